@@ -1,0 +1,14 @@
+"""gaunt-plugins: Gaunt tensor products (Luo, Chen & Zhang, ICLR 2024) for MACE and EquiformerV2.
+
+Public API:
+
+- :func:`gaunt_product`: the functional op (exact grid or 2D-Fourier method).
+- :class:`GauntTensorProduct`, :class:`GauntConvolution`, :class:`GauntManyBody`: the layers.
+- :mod:`gaunt_plugins.math`: the float64 tables (harmonics, grids, Fourier tables, Gaunt coefficients).
+"""
+from .layers import GauntConvolution, GauntManyBody, GauntTensorProduct
+from .ops import gaunt_product
+
+__version__ = "0.1.0"
+
+__all__ = ["gaunt_product", "GauntTensorProduct", "GauntConvolution", "GauntManyBody", "__version__"]

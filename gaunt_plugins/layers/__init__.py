@@ -1,1 +1,6 @@
-"""(filled in by its issue)"""
+"""Gaunt layers (``torch.nn.Module``, e3nn ``Irreps`` at the boundary, TorchScript-able)."""
+from .convolution import GauntConvolution
+from .many_body import GauntManyBody
+from .tensor_product import GauntTensorProduct
+
+__all__ = ["GauntTensorProduct", "GauntConvolution", "GauntManyBody"]

@@ -1,0 +1,145 @@
+"""The Gaunt self-mix sub-layer of EquiformerV2 (Luo et al., ICLR 2024, section 4).
+
+A node-wise, channel-wise residual branch added to every transformer block::
+
+    x  ->  x + linear( gaunt( w1 * norm(x), w2 * norm(x) ) )
+
+- ``x``: fairchem's node features ``[N, (lmax+1)^2, C]`` (coefficient-major, l-major, m = -l..l,
+  e3nn real spherical harmonics, orthonormal basis).
+- ``w1``, ``w2``: learnable per-degree, per-channel weights ``[lmax+1, C]`` (initialised to one).
+- ``gaunt``: the exact Gaunt product of :func:`gaunt_plugins.gaunt_product`, channel by channel,
+  output truncated to degree ``lmax``. It is computed on a quadrature grid exact for degree
+  ``3 lmax`` (or the 2D Fourier path), not on ``SO3_Grid``'s default resolution, which aliases a
+  degree-``2 lmax`` product. It is scaled by ``sqrt(4 pi)`` so that two ``l = 0`` features multiply
+  as plain scalars.
+- ``linear``: a per-degree channel mix ``[lmax+1, C, C]`` with a bias on ``l = 0`` (the shape of
+  fairchem's ``SO3_LinearV2``); it also carries the per-degree output weights.
+
+``mmax``: EquiformerV2's ``mmax_list`` restricts the orders kept by the SO(2) edge convolutions in
+each edge's own rotated frame. Node features carry every order ``m <= l`` in the global frame and
+so does this node-wise layer: cutting orders in the global frame would break equivariance. The
+layer therefore reads and writes all ``(lmax+1)^2`` coefficients whatever ``mmax`` is.
+
+With ``zero_init=True`` the linear starts at zero: the branch adds exactly zero, so a stock model
+converted to the Gaunt variant predicts what it predicted before (see
+:mod:`gaunt_plugins.adapters.equiformer_v2_convert`).
+
+This module does not import fairchem.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["GauntSelfMix", "SQRT_4PI"]
+
+SQRT_4PI = math.sqrt(4.0 * math.pi)
+
+
+def _degree_index(lmax: int) -> torch.Tensor:
+    """``[(lmax+1)^2]`` long tensor: the degree ``l`` of each coefficient (l-major order)."""
+    return torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)], dtype=torch.long)
+
+
+class GauntSelfMix(nn.Module):
+    """``linear(gaunt(w1 * norm(x), w2 * norm(x)))`` on ``[N, (lmax+1)^2, C]`` features.
+
+    Returns the branch only (``[N, (lmax+1)^2, C]``); the caller adds the residual.
+
+    Args:
+        lmax: largest degree of the features (one resolution).
+        channels: number of channels ``C``.
+        norm: an equivariant normalisation module applied first (``None``: identity). In the
+            EquiformerV2 adapter it is fairchem's ``get_normalization_layer(norm_type, ...)``.
+        method: forwarded to :func:`gaunt_plugins.gaunt_product` (``"auto"``, ``"grid"``,
+            ``"fourier"``).
+        zero_init: start the output linear at zero (the branch is then exactly zero).
+        weight_init: ``"normal"`` (std ``1/sqrt(C)``) or ``"uniform"`` (bound ``1/sqrt(C)``) for
+            the output linear when ``zero_init`` is False, as fairchem's ``eqv2_init_weights``.
+
+    Example:
+        >>> mix = GauntSelfMix(lmax=2, channels=4)
+        >>> mix(torch.randn(3, 9, 4)).shape
+        torch.Size([3, 9, 4])
+    """
+
+    def __init__(
+        self,
+        lmax: int,
+        channels: int,
+        norm: Optional[nn.Module] = None,
+        method: str = "auto",
+        zero_init: bool = False,
+        weight_init: str = "normal",
+    ) -> None:
+        super().__init__()
+        if lmax < 0:
+            raise ValueError(f"GauntSelfMix: lmax must be >= 0, got {lmax}")
+        if channels < 1:
+            raise ValueError(f"GauntSelfMix: channels must be >= 1, got {channels}")
+        if weight_init not in ("normal", "uniform"):
+            raise ValueError(f"GauntSelfMix: weight_init must be 'normal' or 'uniform', got {weight_init!r}")
+        self.lmax = int(lmax)
+        self.channels = int(channels)
+        self.method = str(method)
+        self.norm = norm if norm is not None else nn.Identity()
+        self.input_weight1 = nn.Parameter(torch.ones(self.lmax + 1, self.channels))
+        self.input_weight2 = nn.Parameter(torch.ones(self.lmax + 1, self.channels))
+        self.weight = nn.Parameter(torch.empty(self.lmax + 1, self.channels, self.channels))
+        self.bias = nn.Parameter(torch.zeros(self.channels))
+        # derived from lmax: not part of the state dict, so checkpoints carry parameters only
+        self.register_buffer("expand_index", _degree_index(self.lmax), persistent=False)
+        self.reset_parameters(zero_init=zero_init, weight_init=weight_init)
+        self._check_method()
+
+    def reset_parameters(self, zero_init: bool = False, weight_init: str = "normal") -> None:
+        """Input weights to one, bias to zero, the output linear to zero or random."""
+        with torch.no_grad():
+            self.input_weight1.fill_(1.0)
+            self.input_weight2.fill_(1.0)
+            self.bias.zero_()
+            bound = 1.0 / math.sqrt(self.channels)
+            if zero_init:
+                self.weight.zero_()
+            elif weight_init == "normal":
+                self.weight.normal_(0.0, bound)
+            else:
+                self.weight.uniform_(-bound, bound)
+
+    def _check_method(self) -> None:
+        """Fail at construction, with context, if the product cannot serve this degree/method."""
+        from gaunt_plugins import gaunt_product
+
+        probe = torch.zeros(1, (self.lmax + 1) ** 2, dtype=torch.float64)
+        try:
+            gaunt_product(probe, probe, self.lmax, method=self.method)
+        except ValueError as exc:
+            raise ValueError(
+                f"EquiformerV2 Gaunt self-mix (lmax={self.lmax}, method={self.method!r}) is not "
+                f"available: {exc}"
+            ) from exc
+
+    @property
+    def irreps(self) -> str:
+        """The features' irreps in e3nn terms (natural parity describes EquiformerV2's SO(3) features)."""
+        return "+".join(f"{self.channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(self.lmax + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, (lmax+1)^2, C]`` -> branch ``[N, (lmax+1)^2, C]``."""
+        from gaunt_plugins import gaunt_product
+
+        y = self.norm(x)
+        w1 = self.input_weight1.index_select(0, self.expand_index)  # [(L+1)^2, C]
+        w2 = self.input_weight2.index_select(0, self.expand_index)
+        a = (y * w1).transpose(1, 2)  # [N, C, (L+1)^2]
+        b = (y * w2).transpose(1, 2)
+        prod = gaunt_product(a, b, self.lmax, method=self.method) * SQRT_4PI  # [N, C, (L+1)^2]
+        weight = self.weight.index_select(0, self.expand_index)  # [(L+1)^2, C_out, C_in]
+        out = torch.einsum("nim,moi->nmo", prod, weight)  # [N, (L+1)^2, C]
+        return torch.cat([out.narrow(1, 0, 1) + self.bias, out.narrow(1, 1, out.shape[1] - 1)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.lmax}, channels={self.channels}, method={self.method!r}"

@@ -1,0 +1,223 @@
+"""What ``tensor_product: gaunt`` means for a MACE model, and the checks that go with it.
+
+This module is the translation between MACE's configuration (the ``mace_run_train`` arguments, a
+built model's hyper-parameters) and the Gaunt layers. It imports neither MACE nor the layers, so
+the argument parser can be extended without building anything.
+
+Options (command line ``--name value`` or YAML ``name: value``):
+
+``tensor_product``   ``e3nn`` (default: MACE exactly as upstream) or ``gaunt``.
+``gaunt_targets``    which parts become Gaunt products: ``conv`` (the interaction's edge
+                     convolution), ``product`` (the symmetric contraction); default both.
+                     YAML ``[conv, product]``, command line ``--gaunt_targets conv product`` or
+                     ``conv,product``.
+``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default), ``grid``,
+                     ``fourier``; see :func:`gaunt_plugins.ops.gaunt_product`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Union
+
+__all__ = [
+    "TENSOR_PRODUCTS",
+    "GAUNT_TARGETS",
+    "GauntOptions",
+    "gaunt_methods",
+    "parse_targets",
+    "options_from_args",
+    "check_irreps",
+    "check_backends",
+    "add_arguments",
+    "build_options",
+    "current_build_options",
+]
+
+TENSOR_PRODUCTS = ("e3nn", "gaunt")
+GAUNT_TARGETS = ("conv", "product")
+
+
+def gaunt_methods() -> Sequence[str]:
+    """The method names the Gaunt layers accept (``gaunt_plugins.ops.METHODS``)."""
+    try:
+        from gaunt_plugins.ops import METHODS
+    except ImportError:  # the core is not importable: keep the parser usable
+        return ("auto", "grid", "fourier")
+    return tuple(METHODS)
+
+
+@dataclass(frozen=True)
+class GauntOptions:
+    """A resolved ``tensor_product: gaunt`` request.
+
+    >>> GauntOptions(targets=frozenset({"conv"}), method="grid").conv
+    True
+    """
+
+    targets: FrozenSet[str] = frozenset(GAUNT_TARGETS)
+    method: str = "auto"
+
+    def __post_init__(self):
+        unknown = set(self.targets) - set(GAUNT_TARGETS)
+        if unknown:
+            raise ValueError(
+                f"gaunt_targets: unknown target(s) {sorted(unknown)}; choose from {list(GAUNT_TARGETS)}"
+            )
+        if not self.targets:
+            raise ValueError(
+                "gaunt_targets is empty: name at least one of conv, product "
+                "(or use tensor_product: e3nn)"
+            )
+        methods = gaunt_methods()
+        if self.method not in methods:
+            raise ValueError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
+
+    @property
+    def conv(self) -> bool:
+        return "conv" in self.targets
+
+    @property
+    def product(self) -> bool:
+        return "product" in self.targets
+
+    def describe(self) -> str:
+        parts = [t for t in GAUNT_TARGETS if t in self.targets]
+        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method})"
+
+
+def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
+    """``"conv,product"``, ``"[conv, product]"``, ``["conv", "product"]`` -> ``{"conv", "product"}``.
+
+    ``None`` and ``"all"`` mean both.
+
+    >>> sorted(parse_targets("[conv, product]"))
+    ['conv', 'product']
+    >>> sorted(parse_targets(["conv"]))
+    ['conv']
+    """
+    if value is None:
+        return frozenset(GAUNT_TARGETS)
+    items = [value] if isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        for piece in str(item).replace("[", " ").replace("]", " ").replace(",", " ").split():
+            piece = piece.strip().strip("'\"").lower()
+            if piece:
+                names.append(piece)
+    if names == ["all"]:
+        return frozenset(GAUNT_TARGETS)
+    return frozenset(names)
+
+
+def options_from_args(args: Any) -> Optional[GauntOptions]:
+    """The Gaunt options an ``argparse.Namespace`` asks for, or ``None`` for stock MACE.
+
+    Raises ``ValueError`` for an unknown ``tensor_product`` value, unknown targets or method.
+    A namespace without ``tensor_product`` (made by an unpatched parser) means ``e3nn``.
+    """
+    tp = getattr(args, "tensor_product", None)
+    tp = "e3nn" if tp is None else str(tp).strip().lower()
+    if tp not in TENSOR_PRODUCTS:
+        raise ValueError(f"tensor_product: unknown value {tp!r}; choose one of {list(TENSOR_PRODUCTS)}")
+    if tp == "e3nn":
+        return None
+    return GauntOptions(
+        targets=parse_targets(getattr(args, "gaunt_targets", None)),
+        method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
+    )
+
+
+def _twist(l: int, p: int) -> int:
+    return 1 if p == (-1) ** l else -1
+
+
+def check_irreps(hidden_irreps: Any, what: str = "hidden_irreps") -> None:
+    """Raise ``ValueError`` if a MACE hidden irreps cannot be served by Gaunt products.
+
+    A Gaunt product is the pointwise product of spherical functions, so every feature must have
+    natural parity (0e, 1o, 2e, ...). Pseudotensor irreps (0o, 1e, 2o, ...) need the odd
+    ``l1 + l2 + l3`` paths that a Gaunt product does not have.
+    """
+    from gaunt_plugins._e3nn import o3
+
+    irreps = o3.Irreps(str(hidden_irreps))
+    odd = [str(ir) for _, ir in irreps if _twist(ir.l, ir.p) != 1]
+    if odd:
+        raise ValueError(
+            f"tensor_product: gaunt cannot serve {what} {irreps} (pseudotensor irreps {odd}): a Gaunt "
+            f"product multiplies spherical functions, so it only produces natural-parity features "
+            f"(0e, 1o, 2e, ...) and has no path with l1+l2+l3 odd. Use natural-parity hidden irreps "
+            f"(e.g. num_channels/max_L) or tensor_product: e3nn."
+        )
+    muls = {mul for mul, _ in irreps}
+    if len(muls) > 1:
+        raise ValueError(
+            f"tensor_product: gaunt needs one multiplicity for every irrep of {what}, got {irreps}"
+        )
+
+
+def check_backends(enable_cueq: bool = False, enable_oeq: bool = False, only_cueq: bool = False) -> None:
+    """Gaunt layers are their own backend: refuse cuEquivariance / OpenEquivariance with them."""
+    chosen = [n for n, on in (("--enable_cueq", enable_cueq), ("--only_cueq", only_cueq),
+                              ("--enable_oeq", enable_oeq)) if on]
+    if chosen:
+        raise ValueError(
+            f"tensor_product: gaunt cannot be combined with {' / '.join(chosen)}: the Gaunt layers "
+            f"replace the tensor products those backends accelerate. Drop {' and '.join(chosen)} "
+            f"or use tensor_product: e3nn."
+        )
+
+
+def add_arguments(parser: Any) -> Any:
+    """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method`` to MACE's parser."""
+
+    def _tensor_product(value: str) -> str:
+        return str(value).strip().lower()
+
+    parser.add_argument(
+        "--tensor_product",
+        help="tensor-product implementation: e3nn (upstream MACE) or gaunt (Gaunt tensor "
+        "products from gaunt-plugins)",
+        type=_tensor_product,
+        default="e3nn",
+        choices=list(TENSOR_PRODUCTS),
+    )
+    parser.add_argument(
+        "--gaunt_targets",
+        help="with --tensor_product gaunt: which parts use Gaunt products (conv, product)",
+        nargs="+",
+        type=str,
+        default=list(GAUNT_TARGETS),
+    )
+    parser.add_argument(
+        "--gaunt_method",
+        help="with --tensor_product gaunt: how the Gaunt products are computed",
+        type=lambda v: str(v).strip().lower(),
+        default="auto",
+        choices=list(gaunt_methods()),
+    )
+    return parser
+
+
+# The method a Gaunt block uses when it is built through MACE's own constructors, which pass no
+# Gaunt-specific argument. Set with `with build_options(GauntOptions(...)):`.
+_BUILD_OPTIONS: contextvars.ContextVar[GauntOptions] = contextvars.ContextVar(
+    "gaunt_plugins_mace_build_options", default=GauntOptions()
+)
+
+
+def current_build_options() -> GauntOptions:
+    return _BUILD_OPTIONS.get()
+
+
+@contextlib.contextmanager
+def build_options(options: Optional[GauntOptions]) -> Iterator[GauntOptions]:
+    """Make ``options`` the defaults of the Gaunt blocks built inside the ``with`` block."""
+    token = _BUILD_OPTIONS.set(options if options is not None else GauntOptions())
+    try:
+        yield _BUILD_OPTIONS.get()
+    finally:
+        _BUILD_OPTIONS.reset(token)

@@ -1,0 +1,86 @@
+"""GauntConvolution: node features times edge spherical harmonics, per-edge weights (MACE's conv_tp)."""
+from __future__ import annotations
+
+import torch
+
+from .._e3nn import compile_mode
+from ..backends.torch_ops import conv_product
+from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
+from ..math.gaunt import gaunt_path_allowed
+from ._layout import dense_to_flat, flat_to_dense
+from ._tables import product_grid_buffers, resolve_method
+
+__all__ = ["GauntConvolution"]
+
+
+@compile_mode("script")
+class GauntConvolution(torch.nn.Module):
+    """Gaunt equivariant convolution, a drop-in for MACE's ``conv_tp``.
+
+    ``forward(x1 [E, irreps_in1.dim], x2 [E, irreps_in2.dim], weight [E, weight_numel]) -> [E, irreps_out.dim]``:
+    ``x1`` are the sender's node features ``C x (degrees)`` (e3nn ``mul_ir``), ``x2`` the edge's spherical
+    harmonics ``1x0e + 1x1o + ...``, ``weight`` the per-edge output of a radial MLP, viewed as
+    ``[E, K1 + K2 + Ko, C]`` (degree-major: one weight per channel for each node-feature degree, each
+    harmonic degree and each output degree). Per channel ``c``:
+
+        out[c] = w_out[c, lo] * proj_lo( sum_l1 w1[c, l1] x1[c, l1] (*) sum_l2 w2[c, l2] Y_l2(r_ij) )
+
+    The harmonic side goes to the grid once per degree and edge, not per channel.
+
+    Compared with MACE's ``uvu`` Clebsch-Gordan convolution: the paths with ``l1 + l2 + l3`` odd are
+    missing (with natural-parity hidden irreps MACE keeps none of them anyway), the per-path weight
+    factorises as ``w1[l1] w2[l2] w_out[l3]`` (``weight_numel = C (K1 + K2 + Ko)`` instead of one
+    weight per path and channel), and the output carries one copy per degree instead of one per path.
+    ``irreps_out`` defaults to every reachable degree up to ``L1 + L2``.
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto"):
+        super().__init__()
+        f1 = channel_irreps(irreps_in1, "irreps_in1 (node features)")
+        f2 = channel_irreps(irreps_in2, "irreps_in2 (edge spherical harmonics)", mul=1)
+        twist = f1.twist * f2.twist
+        if irreps_out is None:
+            degrees = [c for c in range(f1.lmax + f2.lmax + 1)
+                       if any(gaunt_path_allowed(a, b, c) for a in f1.degrees for b in f2.degrees)]
+            irreps_out = output_irreps(f1.mul, degrees, twist)
+        fo = channel_irreps(irreps_out, "irreps_out", mul=f1.mul)
+        self.method = resolve_method(method, "GauntConvolution")
+        self.irreps_in1, self.irreps_in2, self.irreps_out = f1.irreps, f2.irreps, fo.irreps
+        self.channels = f1.mul
+        self.k1, self.k2, self.k3 = f1.num_degrees, f2.num_degrees, fo.num_degrees
+        self.width1, self.width2 = (f1.lmax + 1) ** 2, (f2.lmax + 1) ** 2
+        self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
+        self.weight_numel = (self.k1 + self.k2 + self.k3) * self.channels
+        y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntConvolution irreps_out")
+        dtype = torch.get_default_dtype()
+        self.register_buffer("to_grid1", y1.to(dtype))
+        self.register_buffer("to_grid2", y2.to(dtype))
+        self.register_buffer("from_grid", proj.to(dtype))
+        self.register_buffer("deg_mask2", f2.degree_mask().to(dtype))
+        self.register_buffer("index_in1", flat_to_dense_index(f1))
+        self.register_buffer("index_in2", flat_to_dense_index(f2))
+        self.register_buffer("index_out", dense_to_flat_index(fo))
+        self.register_buffer("deg1", f1.degree_slots())
+        self.register_buffer("deg3", fo.degree_slots())
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | "
+                f"{self.weight_numel} weights per edge, method={self.method})")
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x1.dim() != 2 or x1.shape[1] != self.dim_in1:
+            raise ValueError(f"GauntConvolution: x1 must be [E, {self.dim_in1}], got {list(x1.shape)}")
+        if x2.dim() != 2 or x2.shape[1] != self.dim_in2 or x2.shape[0] != x1.shape[0]:
+            raise ValueError(f"GauntConvolution: x2 must be [E={x1.shape[0]}, {self.dim_in2}], got {list(x2.shape)}")
+        if weight.dim() != 2 or weight.shape[1] != self.weight_numel or weight.shape[0] != x1.shape[0]:
+            raise ValueError(f"GauntConvolution: weight must be [E={x1.shape[0]}, {self.weight_numel}], "
+                             f"got {list(weight.shape)}")
+        dtype = x1.dtype
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        e = x1.shape[0]
+        a = flat_to_dense(x1.to(compute), self.index_in1, self.channels, self.width1)
+        sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
+        w = weight.to(compute).view(e, self.k1 + self.k2 + self.k3, self.channels)
+        out = conv_product(a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3,
+                           self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute))
+        return dense_to_flat(out, self.index_out).to(dtype)
