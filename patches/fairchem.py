@@ -1,0 +1,176 @@
+"""The fairchem-core patch: ``tensor_product: gaunt`` in EquiformerV2 model configs.
+
+fairchem-core 1.x builds every model through ``registry.get_model_class(name)(**section)`` (the
+trainer's ``load_model``, ``HydraModel`` for ``backbone:`` and ``heads:``, ``OCPCalculator`` through
+the trainer). The patch wraps ``Registry.get_model_class`` so that
+
+- ``equiformer_v2_backbone`` and ``equiformer_v2`` (and their full dotted paths) return a selector
+  that builds the stock class unchanged, or the Gaunt variant when the section has
+  ``tensor_product: gaunt``;
+- ``equiformer_v2_gaunt_backbone`` and ``equiformer_v2_gaunt`` name the Gaunt classes;
+- every other name resolves exactly as before.
+
+Nothing of fairchem is imported by :meth:`FairchemPatch.apply`: if ``fairchem.core.common.registry``
+is not imported yet, a one-shot post-import hook patches it the moment it is (so ``gaunt-run`` can
+apply every patch at interpreter start without paying for fairchem's imports in a MACE run). The
+Gaunt model classes are imported only when a config asks for them.
+
+The Gaunt classes need no patch at all when named by dotted path
+(``gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone``).
+
+EquiformerV2 exists only in fairchem-core 1.x (1.10.0 is the last release with it; 2.0 removed it):
+on 2.x :meth:`FairchemPatch.check_version` raises :class:`UnsupportedVersionError` saying so.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+from .base import FrameworkPatch, MissingTargetError, UnsupportedVersionError
+
+__all__ = ["FairchemPatch", "require_equiformer_v2", "NEEDED_VERSION", "REGISTRY_MODULE"]
+
+logger = logging.getLogger("gaunt_plugins.patches")
+
+NEEDED_VERSION = "1.10.0"
+REGISTRY_MODULE = "fairchem.core.common.registry"
+
+# name in a fairchem config -> (adapter attribute to return, role)
+_STOCK_SELECTORS = {
+    "equiformer_v2_backbone": "EquiformerV2BackboneSelector",
+    "fairchem.core.models.equiformer_v2.equiformer_v2.EquiformerV2Backbone": "EquiformerV2BackboneSelector",
+    "equiformer_v2": "EquiformerV2Selector",
+    "fairchem.core.models.equiformer_v2.equiformer_v2_deprecated.EquiformerV2": "EquiformerV2Selector",
+}
+_GAUNT_NAMES = {
+    "equiformer_v2_gaunt_backbone": "GauntEquiformerV2Backbone",
+    "equiformer_v2_gaunt": "GauntEquiformerV2",
+}
+
+
+class FairchemPatch(FrameworkPatch):
+    """Selects the Gaunt EquiformerV2 from fairchem-core 1.10 configs (see the module docstring)."""
+
+    name = "fairchem"
+    distribution = "fairchem-core"
+    supported = ">=1.10,<2"
+    _hook: Optional["_PostImportHook"] = None
+
+    def check_version(self) -> str:
+        try:
+            return super().check_version()
+        except UnsupportedVersionError as exc:
+            raise UnsupportedVersionError(
+                f"{exc}. The Gaunt EquiformerV2 adapter needs fairchem-core {NEEDED_VERSION} "
+                f"(pip install fairchem-core=={NEEDED_VERSION}): EquiformerV2 was removed from "
+                f"fairchem-core in 2.0"
+            ) from None
+
+    # ------------------------------------------------------------------ apply / revert
+    def _apply(self) -> None:
+        module = sys.modules.get(REGISTRY_MODULE)
+        if module is not None:
+            self._patch_registry(module)
+        else:
+            hook = _PostImportHook(REGISTRY_MODULE, self._on_registry_import)
+            sys.meta_path.insert(0, hook)
+            type(self)._hook = hook
+
+    def _revert(self) -> None:
+        hook = type(self)._hook
+        if hook is not None:
+            hook.disarm()
+            type(self)._hook = None
+
+    def _on_registry_import(self, module: Any) -> None:
+        # the hook is disarmed by revert(), so reaching here means the patch is applied
+        type(self)._hook = None
+        self._patch_registry(module)
+
+    def _patch_registry(self, module: Any) -> None:
+        registry_cls = module.Registry
+        original = registry_cls.__dict__["get_model_class"]
+        original_fn = original.__func__
+
+        def get_model_class(cls, name: str):
+            target = _STOCK_SELECTORS.get(name) or _GAUNT_NAMES.get(name)
+            if target is None:
+                return original_fn(cls, name)
+            from gaunt_plugins.adapters import equiformer_v2 as adapter
+
+            return getattr(adapter, target)
+
+        get_model_class.__doc__ = original_fn.__doc__
+        get_model_class.__wrapped__ = original_fn
+        get_model_class.__gaunt_plugins__ = True
+        self._replace(registry_cls, "get_model_class", classmethod(get_model_class))
+        logger.debug("gaunt-plugins: fairchem Registry.get_model_class wrapped")
+
+
+def require_equiformer_v2() -> str:
+    """Raise a clear error unless a fairchem-core with EquiformerV2 (1.10.x) is installed.
+
+    Used by :mod:`gaunt_plugins.adapters.equiformer_v2` at import, so the dotted-path route (no
+    patch) reports the needed version too. Returns the installed version.
+    """
+    try:
+        return FairchemPatch().check_version()
+    except MissingTargetError as exc:
+        raise MissingTargetError(
+            f"{exc}. The Gaunt EquiformerV2 adapter needs fairchem-core {NEEDED_VERSION}"
+        ) from None
+
+
+class _PostImportHook(importlib.abc.MetaPathFinder):
+    """Runs ``callback(module)`` once, right after ``fullname`` is first imported, then removes itself."""
+
+    def __init__(self, fullname: str, callback: Callable[[Any], None]) -> None:
+        self.fullname = fullname
+        self.callback: Optional[Callable[[Any], None]] = callback
+        self._busy = False
+
+    def disarm(self) -> None:
+        self.callback = None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.fullname or self._busy or self.callback is None:
+            return None
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _CallbackLoader(spec.loader, self)
+        return spec
+
+    def fire(self, module: Any) -> None:
+        callback = self.callback
+        self.disarm()
+        if callback is not None:
+            callback(module)
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, hook: _PostImportHook) -> None:
+        self.loader = loader
+        self.hook = hook
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        self.hook.fire(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
+        return getattr(self.loader, name)
