@@ -1,0 +1,200 @@
+"""Helpers for the EquiformerV2 adapter tests: exact Wigner matrices, EMT data, tiny configs."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from gaunt_plugins.math import real_sph_harm
+
+GAUNT_BACKBONE_PATH = "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone"
+GAUNT_FLAT_PATH = "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2"
+
+
+def random_rotation(seed: int = 0) -> np.ndarray:
+    """A random proper rotation (float64) from a QR decomposition."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def wigner_d(lmax: int, rot: np.ndarray) -> np.ndarray:
+    """``D [(lmax+1)^2, (lmax+1)^2]`` with ``Y(R r) = D Y(r)``, fitted in float64 (exact to ~1e-13).
+
+    Independent of e3nn's ``D_from_matrix`` (which carries float32 constants, ~1e-6).
+    """
+    rng = np.random.default_rng(1)
+    pts = rng.standard_normal((4 * (lmax + 1) ** 2 + 20, 3))
+    y = real_sph_harm(lmax, pts)  # [P, K]
+    y_rot = real_sph_harm(lmax, pts @ rot.T)  # [P, K]
+    d_t, *_ = np.linalg.lstsq(y, y_rot, rcond=None)
+    return d_t.T
+
+
+def brute_force_product(a: np.ndarray, b: np.ndarray, lmax_out: int, n: int = 48) -> np.ndarray:
+    """``proj_{<=lmax_out}(f_a f_b)`` on a large Gauss-Legendre x uniform grid (float64 NumPy).
+
+    ``a``, ``b``: ``[..., (L+1)^2]``. A grid of ``n`` x ``2n`` nodes, far larger than any degree used
+    in the tests, so it shares nothing with the library's own grid sizing.
+    """
+    la = int(round(np.sqrt(a.shape[-1]))) - 1
+    lb = int(round(np.sqrt(b.shape[-1]))) - 1
+    z, wz = np.polynomial.legendre.leggauss(n)
+    phi = 2 * np.pi * np.arange(2 * n) / (2 * n)
+    rho = np.sqrt(1 - z**2)
+    pts = np.stack(
+        [rho[:, None] * np.cos(phi)[None], rho[:, None] * np.sin(phi)[None], np.broadcast_to(z[:, None], (n, 2 * n))],
+        axis=-1,
+    ).reshape(-1, 3)
+    w = (wz[:, None] * np.full(2 * n, 2 * np.pi / (2 * n))[None]).reshape(-1)
+    lmax = max(la, lb, lmax_out)
+    y = real_sph_harm(lmax, pts)  # [P, K]
+    fa = a @ y[:, : a.shape[-1]].T
+    fb = b @ y[:, : b.shape[-1]].T
+    return (fa * fb * w) @ y[:, : (lmax_out + 1) ** 2]
+
+
+# ---------------------------------------------------------------------------------------- data
+def emt_structures(n: int, seed: int = 0, metals=("Cu", "Pt"), adsorbates=("O", "H", "CO")) -> List[Any]:
+    """``n`` small fcc(111) slabs (2x2x2) with one adsorbate, rattled, with EMT energy and forces.
+
+    Everything is computed here, offline, by ASE's EMT calculator.
+    """
+    from ase.build import add_adsorbate, fcc111, molecule
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        metal = metals[i % len(metals)]
+        ads = adsorbates[(i // len(metals)) % len(adsorbates)]
+        slab = fcc111(metal, size=(2, 2, 2), vacuum=5.0)
+        if ads == "CO":
+            add_adsorbate(slab, molecule("CO"), 1.9, "ontop")
+        else:
+            add_adsorbate(slab, ads, 1.2 if ads == "H" else 1.5, ["fcc", "hcp", "ontop"][i % 3])
+        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 2]))
+        slab.rattle(stdev=0.08, seed=int(rng.integers(1 << 30)))
+        slab.calc = EMT()
+        energy = slab.get_potential_energy()
+        forces = slab.get_forces(apply_constraint=False)
+        slab.calc = SinglePointCalculator(slab, energy=energy, forces=forces)
+        out.append(slab)
+    return out
+
+
+def write_ase_db(path: Path, structures) -> Path:
+    from ase.db import connect
+
+    path = Path(path)
+    if path.exists():
+        path.unlink()
+    with connect(str(path)) as db:
+        for atoms in structures:
+            db.write(atoms)
+    return path
+
+
+def batch_from_atoms(atoms_list, max_neighbors: int = 200, radius: float = 6.0):
+    """A fairchem batch (torch_geometric) from ASE atoms, as the OCP trainer builds it."""
+    from fairchem.core.common.data_parallel import data_list_collater
+    from fairchem.core.preprocessing import AtomsToGraphs
+
+    a2g = AtomsToGraphs(max_neigh=max_neighbors, radius=radius, r_edges=False, r_pbc=True)
+    data = []
+    for atoms in atoms_list:
+        d = a2g.convert(atoms)
+        d.tags = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
+        d.fixed = torch.zeros(len(atoms), dtype=torch.long)
+        data.append(d)
+    return data_list_collater(data, otf_graph=True)
+
+
+# -------------------------------------------------------------------------------------- configs
+TINY_BACKBONE: Dict[str, Any] = dict(
+    use_pbc=True,
+    regress_forces=True,
+    otf_graph=True,
+    max_neighbors=200,
+    max_radius=5.0,
+    max_num_elements=90,
+    num_layers=2,
+    sphere_channels=8,
+    attn_hidden_channels=8,
+    num_heads=2,
+    attn_alpha_channels=4,
+    attn_value_channels=4,
+    ffn_hidden_channels=16,
+    norm_type="layer_norm_sh",
+    lmax_list=[3],
+    mmax_list=[2],
+    grid_resolution=16,
+    num_sphere_samples=32,
+    edge_channels=16,
+    use_atom_edge_embedding=True,
+    distance_function="gaussian",
+    num_distance_basis=16,
+    attn_activation="silu",
+    use_s2_act_attn=False,
+    ffn_activation="silu",
+    use_gate_act=False,
+    use_grid_mlp=True,
+    use_sep_s2_act=True,
+    alpha_drop=0.0,
+    drop_path_rate=0.0,
+    proj_drop=0.0,
+    weight_init="uniform",
+    avg_num_nodes=10.0,
+    avg_degree=20.0,
+)
+
+
+def backbone_config(**overrides) -> Dict[str, Any]:
+    cfg = copy.deepcopy(TINY_BACKBONE)
+    cfg.update(overrides)
+    return cfg
+
+
+def hydra_model_config(backbone_name: str = "equiformer_v2_backbone", **overrides) -> Dict[str, Any]:
+    """A fairchem ``model:`` section: hydra with the EquiformerV2 energy and force heads."""
+    backbone = backbone_config(**overrides)
+    backbone["model"] = backbone_name
+    return {
+        "name": "hydra",
+        "backbone": backbone,
+        "heads": {
+            "energy": {"module": "equiformerV2_scalar_head"},
+            "forces": {"module": "equiformerV2_vector_head"},
+        },
+        "pass_through_head_outputs": True,
+    }
+
+
+def build_model(model_config: Dict[str, Any]):
+    """Build a model from a fairchem ``model:`` section through fairchem's registry."""
+    from fairchem.core.common.registry import registry
+    from fairchem.core.common.utils import setup_imports
+
+    setup_imports()
+    cfg = copy.deepcopy(model_config)
+    name = cfg.pop("name")
+    return registry.get_model_class(name)(**cfg)
+
+
+def energy_forces(model, batch):
+    out = model(batch)
+    energy = out["energy"]
+    forces = out["forces"]
+    if isinstance(energy, dict):
+        energy = energy["energy"]
+    if isinstance(forces, dict):
+        forces = forces["forces"]
+    return energy.reshape(-1), forces.reshape(-1, 3)

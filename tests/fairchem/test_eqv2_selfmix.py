@@ -1,0 +1,138 @@
+"""The Gaunt self-mix sub-layer on its own (no fairchem needed): exactness, equivariance, init."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eqv2_testing import brute_force_product, random_rotation, wigner_d
+from gaunt_plugins.adapters.equiformer_v2_selfmix import SQRT_4PI, GauntSelfMix
+
+
+def _randomise(mix: GauntSelfMix, seed: int = 0) -> GauntSelfMix:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mix.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return mix
+
+
+def _reference(mix: GauntSelfMix, x: torch.Tensor) -> np.ndarray:
+    """The self-mix written out in NumPy with a brute-force product (norm is the identity here)."""
+    lmax, c = mix.lmax, mix.channels
+    deg = np.array([l for l in range(lmax + 1) for _ in range(2 * l + 1)])
+    xn = x.detach().numpy()  # [N, K, C]
+    w1 = mix.input_weight1.detach().numpy()[deg]  # [K, C]
+    w2 = mix.input_weight2.detach().numpy()[deg]
+    a = np.moveaxis(xn * w1, 1, 2)  # [N, C, K]
+    b = np.moveaxis(xn * w2, 1, 2)
+    prod = brute_force_product(a, b, lmax) * math.sqrt(4 * math.pi)  # [N, C, K]
+    w = mix.weight.detach().numpy()[deg]  # [K, Cout, Cin]
+    out = np.einsum("nim,moi->nmo", prod, w)
+    out[:, 0, :] += mix.bias.detach().numpy()
+    return out
+
+
+@pytest.mark.parametrize("lmax", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("method", ["grid", "fourier"])
+def test_selfmix_matches_brute_force_reference(lmax, method):
+    mix = _randomise(GauntSelfMix(lmax, 3, method=method).double(), seed=lmax)
+    x = torch.randn(4, (lmax + 1) ** 2, 3, dtype=torch.float64)
+    got = mix(x).detach().numpy()
+    want = _reference(mix, x)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("lmax", [1, 2, 3, 5, 8])
+def test_selfmix_is_equivariant_at_every_degree(lmax):
+    """No aliasing: an exact product commutes with rotations to float64 precision at every L."""
+    mix = _randomise(GauntSelfMix(lmax, 4).double(), seed=10 + lmax)
+    d = torch.from_numpy(wigner_d(lmax, random_rotation(lmax)))
+    x = torch.randn(5, (lmax + 1) ** 2, 4, dtype=torch.float64)
+    rotated_in = mix(torch.einsum("ij,njc->nic", d, x))
+    rotated_out = torch.einsum("ij,njc->nic", d, mix(x))
+    scale = rotated_out.abs().max()
+    assert scale > 1e-3
+    assert (rotated_in - rotated_out).abs().max() < 1e-11 * scale
+
+
+def test_sampled_grid_of_degree_2l_would_alias():
+    """Sanity check of the test itself: squaring on a grid exact only for degree 2L (as the
+    projection of a degree-2L product onto degree L would need 3L) breaks equivariance."""
+    from gaunt_plugins.math import real_sph_harm, s2_product_grid
+
+    lmax = 4
+    xyz, w = s2_product_grid(2 * lmax)  # too small: exact only for degree 2L
+    y = real_sph_harm(lmax, xyz)
+    d = wigner_d(lmax, random_rotation(3))
+    x = np.random.default_rng(0).standard_normal((3, (lmax + 1) ** 2))
+
+    def aliased(v):
+        f = v @ y.T
+        return (f * f * w) @ y
+
+    err = np.abs(aliased(x @ d.T) - aliased(x) @ d.T).max()
+    assert err > 1e-6
+
+
+def test_scalars_multiply_as_scalars():
+    mix = GauntSelfMix(2, 1)
+    with torch.no_grad():
+        mix.weight.zero_()
+        mix.weight[0, 0, 0] = 1.0
+    x = torch.zeros(1, 9, 1)
+    x[0, 0, 0] = 3.0
+    out = mix(x)
+    assert torch.allclose(out[0, 0, 0], torch.tensor(9.0))
+    assert out[0, 1:].abs().max() < 1e-6
+    assert SQRT_4PI == pytest.approx(math.sqrt(4 * math.pi))
+
+
+def test_zero_init_branch_is_exactly_zero_and_trainable():
+    mix = GauntSelfMix(3, 4, zero_init=True)
+    x = torch.randn(6, 16, 4)
+    out = mix(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.pow(2).sum().backward()  # zero loss gradient everywhere at a zero branch...
+    loss = (mix(x) * torch.randn_like(out)).sum()  # ...but a generic loss reaches the linear
+    mix.zero_grad()
+    loss.backward()
+    assert mix.weight.grad.abs().max() > 0
+
+
+def test_output_keeps_every_order_m():
+    """mmax does not apply node-wise: every (l, m) of the output can be non-zero."""
+    mix = _randomise(GauntSelfMix(3, 2).double(), seed=3)
+    out = mix(torch.randn(3, 16, 2, dtype=torch.float64))
+    assert (out.abs().amax(dim=(0, 2)) > 1e-8).all()
+
+
+def test_parameter_shapes_and_no_persistent_buffers():
+    mix = GauntSelfMix(3, 5)
+    shapes = {k: tuple(v.shape) for k, v in mix.state_dict().items()}
+    assert shapes == {
+        "input_weight1": (4, 5),
+        "input_weight2": (4, 5),
+        "weight": (4, 5, 5),
+        "bias": (5,),
+    }
+    assert mix.irreps == "5x0e+5x1o+5x2e+5x3o"
+
+
+def test_float32_close_to_float64():
+    mix = _randomise(GauntSelfMix(4, 3).double(), seed=7)
+    x = torch.randn(4, 25, 3, dtype=torch.float64)
+    ref = mix(x)
+    got = mix.float()(x.float()).double()
+    assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+def test_bad_options_raise_clear_errors():
+    with pytest.raises(ValueError, match="method"):
+        GauntSelfMix(2, 3, method="cg")
+    with pytest.raises(ValueError, match="weight_init"):
+        GauntSelfMix(2, 3, weight_init="xavier")
+    with pytest.raises(ValueError, match="lmax"):
+        GauntSelfMix(-1, 3)
