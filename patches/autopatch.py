@@ -1,0 +1,176 @@
+"""Opt-in automatic patching at interpreter start, for the stock commands and their subprocesses.
+
+With ``GAUNT_PLUGINS_AUTOPATCH=1`` in the environment, a hook that runs at interpreter start (the
+``sitecustomize.py`` that ``gaunt-run`` puts first on ``PYTHONPATH``, or the ``.pth`` file written
+by ``gaunt-run --install-hook``) calls :func:`install`. Nothing is imported eagerly: install
+registers a post-import hook, and the first time a framework's top-level module finishes importing
+(``mace``, ``fairchem``: the entry-point names of group ``gaunt_plugins.patches``) its patch is
+applied through the forgiving loader. So ``mace_run_train --config cfg.yaml`` with
+``tensor_product: gaunt`` in the YAML works unchanged, in the command itself and in every process
+it starts (``torchrun`` workers included), while a Python process that never imports MACE pays
+nothing but reading the entry points.
+
+Variables: ``GAUNT_PLUGINS_AUTOPATCH`` (``1``/``true``/``yes``/``on`` to enable),
+``GAUNT_PLUGINS_PATCHES`` (optional comma-separated subset of patch names),
+``GAUNT_PLUGINS_DISABLED`` (names to skip, see :mod:`.loader`).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from typing import Callable, Dict, List, Optional
+
+__all__ = ["AUTOPATCH_ENV", "PATCHES_ENV", "enabled", "install", "uninstall", "installed", "from_hook"]
+
+AUTOPATCH_ENV = "GAUNT_PLUGINS_AUTOPATCH"
+PATCHES_ENV = "GAUNT_PLUGINS_PATCHES"
+_TRUE = ("1", "true", "yes", "on")
+
+logger = logging.getLogger("gaunt_plugins.patches")
+
+
+def enabled(environ=None) -> bool:
+    """Whether ``GAUNT_PLUGINS_AUTOPATCH`` asks for automatic patching."""
+    environ = os.environ if environ is None else environ
+    return environ.get(AUTOPATCH_ENV, "").strip().lower() in _TRUE
+
+
+def _wanted_names() -> Optional[List[str]]:
+    value = os.environ.get(PATCHES_ENV, "").strip()
+    if not value:
+        return None
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+class _NotifyingLoader(importlib.abc.Loader):
+    """Runs the real loader, then the callback (the module is complete by then)."""
+
+    def __init__(self, loader, callback: Callable[[str], None]):
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        # the module should see its real loader, not this wrapper
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._callback(module.__name__)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """A meta-path finder that finds nothing itself; it wraps the loader of watched modules."""
+
+    def __init__(self):
+        self.watched: Dict[str, List[str]] = {}  # module -> patch names
+        self._busy = set()
+        self._lock = threading.RLock()
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.watched or fullname in self._busy:
+            return None
+        with self._lock:
+            self._busy.add(fullname)
+            try:
+                spec = importlib.util.find_spec(fullname)
+            except Exception:  # let the normal machinery report it
+                return None
+            finally:
+                self._busy.discard(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _NotifyingLoader(spec.loader, self._fire)
+        return spec
+
+    def _fire(self, module_name: str) -> None:
+        with self._lock:
+            names = self.watched.pop(module_name, [])
+        if names:
+            _apply(names)
+        if not self.watched:
+            _remove_finder()
+
+
+_finder: Optional[_PostImportFinder] = None
+
+
+def _apply(names: List[str]) -> None:
+    from .loader import apply_patches
+
+    try:
+        apply_patches(names)
+    except Exception as exc:  # never break the user's import
+        logger.warning("gaunt-plugins: automatic patching of %s failed: %r", names, exc)
+
+
+def _remove_finder() -> None:
+    global _finder
+    if _finder is not None and _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
+    _finder = None
+
+
+def installed() -> bool:
+    """Whether the post-import hook is waiting for a framework import."""
+    return _finder is not None and _finder in sys.meta_path
+
+
+def install(names: Optional[List[str]] = None) -> List[str]:
+    """Apply each patch when its framework is imported (now, if it already is).
+
+    ``names`` defaults to ``GAUNT_PLUGINS_PATCHES`` or every entry point of the group. Entry
+    points are read but not loaded: the patch modules are imported only when their framework is.
+    Returns the names being watched or applied.
+    """
+    global _finder
+    from .loader import _entry_points, disabled_patches
+
+    wanted = names if names is not None else _wanted_names()
+    disabled = disabled_patches()
+    chosen = []
+    for ep in _entry_points():
+        if wanted is not None and ep.name not in wanted:
+            continue
+        if "all" in disabled or ep.name.lower() in disabled or ep.name in chosen:
+            continue
+        chosen.append(ep.name)
+    now = [n for n in chosen if n in sys.modules]
+    later = [n for n in chosen if n not in sys.modules]
+    if now:
+        _apply(now)
+    if later:
+        if _finder is None:
+            _finder = _PostImportFinder()
+        for name in later:
+            _finder.watched.setdefault(name, [])
+            if name not in _finder.watched[name]:
+                _finder.watched[name].append(name)
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+    return chosen
+
+
+def uninstall() -> None:
+    """Stop watching for framework imports (patches already applied stay applied)."""
+    _remove_finder()
+
+
+def from_hook() -> None:
+    """Entry for the ``sitecustomize.py`` / ``.pth`` hooks: install if enabled, never raise."""
+    if not enabled():
+        return
+    try:
+        install()
+    except Exception as exc:  # pragma: no cover - a broken install must not break python
+        sys.stderr.write(f"gaunt-plugins: automatic patching disabled: {exc!r}\n")

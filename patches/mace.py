@@ -1,0 +1,116 @@
+"""The MACE patch: ``tensor_product: gaunt`` in ``mace_run_train``.
+
+Applying it (``gaunt_plugins.patch("mace")``, ``gaunt-run``, or the automatic hook) changes, and
+:meth:`MacePatch.revert` puts back exactly:
+
+- ``mace.modules.interaction_classes`` gains ``GauntRealAgnosticInteractionBlock`` and
+  ``GauntRealAgnosticResidualInteractionBlock`` (so ``--interaction`` / ``--interaction_first`` and
+  configs naming them resolve);
+- ``mace.tools.build_default_arg_parser`` (the one ``mace_run_train`` calls) also accepts
+  ``--tensor_product {e3nn,gaunt}``, ``--gaunt_targets``, ``--gaunt_method`` and the Gaunt
+  interaction names; a YAML passed with ``--config`` may carry the same keys;
+- ``configure_model`` (as imported by ``mace.cli.run_train``): with ``tensor_product: gaunt``
+  the arguments are checked (natural-parity hidden irreps, no cuEquivariance/OpenEquivariance),
+  MACE builds its model as usual (fine-tuning from a foundation model included) and the chosen
+  parts are then converted with :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`.
+  Without the key (or ``tensor_product: e3nn``) the original function runs untouched.
+
+Importing this module imports neither MACE nor torch; :meth:`MacePatch.apply` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from .base import FrameworkPatch
+
+__all__ = ["MacePatch"]
+
+logger = logging.getLogger("gaunt_plugins.patches")
+
+
+def _wrap_parser_builder(original):
+    @functools.wraps(original)
+    def build_default_arg_parser(*args, **kwargs):
+        from gaunt_plugins.adapters.mace_blocks import GAUNT_INTERACTIONS
+        from gaunt_plugins.adapters.mace_config import add_arguments
+
+        parser = original(*args, **kwargs)
+        add_arguments(parser)
+        names = {stock.__name__: gaunt.__name__ for stock, gaunt in GAUNT_INTERACTIONS.items()}
+        for action in parser._actions:  # pylint: disable=protected-access
+            if action.dest in ("interaction", "interaction_first") and action.choices:
+                extra = [g for s, g in names.items() if s in action.choices and g not in action.choices]
+                action.choices = list(action.choices) + extra
+        return parser
+
+    build_default_arg_parser.__gaunt_original__ = original
+    return build_default_arg_parser
+
+
+def _wrap_configure_model(original):
+    @functools.wraps(original)
+    def configure_model(args, *rest, **kwargs):
+        from gaunt_plugins.adapters.mace_config import check_backends, check_irreps, options_from_args
+
+        options = options_from_args(args)
+        if options is None:
+            return original(args, *rest, **kwargs)
+        check_backends(
+            enable_cueq=bool(getattr(args, "enable_cueq", False)),
+            enable_oeq=bool(getattr(args, "enable_oeq", False)),
+            only_cueq=bool(getattr(args, "only_cueq", False)),
+        )
+        if getattr(args, "hidden_irreps", None) is not None:
+            check_irreps(args.hidden_irreps)
+        if getattr(args, "use_so3", False):
+            raise ValueError(
+                "tensor_product: gaunt cannot be combined with use_so3: True (the SO(3) spherical "
+                "harmonics carry pseudotensor parities)"
+            )
+        from gaunt_plugins.adapters.mace_blocks import gauntify_model
+
+        model, output_args = original(args, *rest, **kwargs)
+        model, report = gauntify_model(model, options)
+        logger.info("gaunt-plugins: %s", options.describe())
+        for line in report.converted_blocks:
+            logger.info("gaunt-plugins:   %s", line)
+        logging.info(
+            "Gaunt tensor products (gaunt-plugins): %s; %d tensors kept, %d freshly initialised",
+            options.describe(),
+            len(report.copied),
+            len(report.fresh),
+        )
+        return model, output_args
+
+    configure_model.__gaunt_original__ = original
+    return configure_model
+
+
+class MacePatch(FrameworkPatch):
+    """Teach mace-torch's training CLI ``tensor_product: gaunt``; see the module docstring."""
+
+    name = "mace"
+    distribution = "mace-torch"
+    supported = ">=0.3.16,<0.4"
+
+    def _apply(self) -> None:
+        import mace.modules
+        import mace.tools
+        import mace.tools.arg_parser
+        import mace.tools.model_script_utils
+        import mace.cli.run_train
+
+        from gaunt_plugins.adapters.mace_blocks import GAUNT_INTERACTIONS
+
+        for gaunt in GAUNT_INTERACTIONS.values():
+            self._replace(mace.modules.interaction_classes, gaunt.__name__, gaunt)
+
+        parser_builder = _wrap_parser_builder(mace.tools.arg_parser.build_default_arg_parser)
+        self._replace(mace.tools.arg_parser, "build_default_arg_parser", parser_builder)
+        self._replace(mace.tools, "build_default_arg_parser", parser_builder)
+
+        configure = _wrap_configure_model(mace.tools.model_script_utils.configure_model)
+        self._replace(mace.tools.model_script_utils, "configure_model", configure)
+        self._replace(mace.cli.run_train, "configure_model", configure)
