@@ -168,7 +168,10 @@ class _CallbackLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        # the module sees its real loader, not this wrapper
         module.__loader__ = self.loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self.loader
         self.loader.exec_module(module)
         self.hook.fire(module)
 

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 import torch
+import yaml
 
 from gaunt_plugins.math import real_sph_harm
 
@@ -198,3 +203,93 @@ def energy_forces(model, batch):
     if isinstance(forces, dict):
         forces = forces["forces"]
     return energy.reshape(-1), forces.reshape(-1, 3)
+
+
+# ------------------------------------------------------------------------ fairchem entry point
+BIN = Path(sys.executable).parent
+
+
+def console_script(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            raise RuntimeError(f"console script {name!r} not installed next to {sys.executable}")
+        return found
+    return str(path)
+
+
+def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **optim):
+    a2g = {"r_energy": True, "r_forces": True}
+    cfg = {
+        "trainer": "ocp",
+        "dataset": {
+            "train": {"format": "ase_db", "src": str(train_db), "a2g_args": a2g},
+            "val": {"format": "ase_db", "src": str(val_db), "a2g_args": a2g},
+        },
+        "logger": {"name": "tensorboard"},
+        "outputs": {
+            "energy": {"level": "system", "property": "energy"},
+            "forces": {
+                "level": "atom",
+                "property": "forces",
+                "train_on_free_atoms": True,
+                "eval_on_free_atoms": True,
+            },
+        },
+        "loss_functions": [
+            {"energy": {"fn": "mae", "coefficient": 1}},
+            {"forces": {"fn": "l2mae", "coefficient": 10}},
+        ],
+        "evaluation_metrics": {
+            "primary_metric": "forces_mae",
+            "metrics": {"energy": ["mae"], "forces": ["mae"]},
+        },
+        "optim": {
+            "batch_size": batch_size,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+            "lr_initial": 1e-3,
+            "optimizer": "AdamW",
+            "optimizer_params": {"weight_decay": 0.0},
+            "scheduler": "Null",
+            "max_epochs": max_epochs,
+            "clip_grad_norm": 20,
+            **optim,
+        },
+        "model": model or hydra_model_config(GAUNT_BACKBONE_PATH),
+    }
+    return cfg
+
+
+def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher=None, timeout=900):
+    cfg_path = tmp / f"{ident}.yml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    cmd = [
+        console_script("fairchem"),
+        "--mode", "train",
+        "--config-yml", str(cfg_path),
+        "--cpu",
+        "--run-dir", str(tmp),
+        "--identifier", ident,
+        "--timestamp-id", ident,
+        "--seed", "0",
+        "--print-every", "1",
+        *extra,
+    ]
+    if launcher is not None:
+        cmd = [console_script(launcher), *cmd]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-6000:]
+    ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
+    assert ckpt.exists(), log[-3000:]
+    return ckpt, log
+
+
+def load_checkpoint(ckpt: Path) -> dict:
+    return torch.load(str(ckpt), map_location="cpu", weights_only=False)
+
+

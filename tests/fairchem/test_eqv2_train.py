@@ -5,40 +5,27 @@ stock checkpoint, and a 2-process DDP run (gloo, CPU) matching a single-process 
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("fairchem.core")
 
 from eqv2_testing import (  # noqa: E402
     GAUNT_BACKBONE_PATH,
+    console_script,
     emt_structures,
     hydra_model_config,
+    load_checkpoint,
     random_rotation,
+    run_fairchem,
+    train_config,
     write_ase_db,
 )
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def _console(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        found = shutil.which(name)
-        if found is None:
-            pytest.fail(f"console script {name!r} not installed next to {sys.executable}")
-        return found
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -49,86 +36,12 @@ def emt_data(tmp_path_factory):
     return train, val
 
 
-def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **optim):
-    a2g = {"r_energy": True, "r_forces": True}
-    cfg = {
-        "trainer": "ocp",
-        "dataset": {
-            "train": {"format": "ase_db", "src": str(train_db), "a2g_args": a2g},
-            "val": {"format": "ase_db", "src": str(val_db), "a2g_args": a2g},
-        },
-        "logger": {"name": "tensorboard"},
-        "outputs": {
-            "energy": {"level": "system", "property": "energy"},
-            "forces": {
-                "level": "atom",
-                "property": "forces",
-                "train_on_free_atoms": True,
-                "eval_on_free_atoms": True,
-            },
-        },
-        "loss_functions": [
-            {"energy": {"fn": "mae", "coefficient": 1}},
-            {"forces": {"fn": "l2mae", "coefficient": 10}},
-        ],
-        "evaluation_metrics": {
-            "primary_metric": "forces_mae",
-            "metrics": {"energy": ["mae"], "forces": ["mae"]},
-        },
-        "optim": {
-            "batch_size": batch_size,
-            "eval_batch_size": 4,
-            "num_workers": 0,
-            "lr_initial": 1e-3,
-            "optimizer": "AdamW",
-            "optimizer_params": {"weight_decay": 0.0},
-            "scheduler": "Null",
-            "max_epochs": max_epochs,
-            "clip_grad_norm": 20,
-            **optim,
-        },
-        "model": model or hydra_model_config(GAUNT_BACKBONE_PATH),
-    }
-    return cfg
-
-
-def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher=None, timeout=900):
-    cfg_path = tmp / f"{ident}.yml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    cmd = [
-        _console("fairchem"),
-        "--mode", "train",
-        "--config-yml", str(cfg_path),
-        "--cpu",
-        "--run-dir", str(tmp),
-        "--identifier", ident,
-        "--timestamp-id", ident,
-        "--seed", "0",
-        "--print-every", "1",
-        *extra,
-    ]
-    if launcher is not None:
-        cmd = [_console(launcher), *cmd]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, log[-6000:]
-    ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
-    assert ckpt.exists(), log[-3000:]
-    return ckpt, log
-
-
-def load(ckpt: Path) -> dict:
-    return torch.load(str(ckpt), map_location="cpu", weights_only=False)
-
-
 def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
     train_db, val_db = emt_data
     config = train_config(train_db, val_db, max_epochs=2)
     ckpt, log = run_fairchem(tmp_path, config, "gaunt2")
 
-    state = load(ckpt)
+    state = load_checkpoint(ckpt)
     steps_per_epoch = 8 // 2
     assert state["step"] == 2 * steps_per_epoch
     assert state["config"]["model"]["backbone"]["model"] == GAUNT_BACKBONE_PATH
@@ -143,7 +56,7 @@ def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
     resumed_cfg = copy.deepcopy(config)
     resumed_cfg["optim"]["max_epochs"] = 3
     ckpt3, log3 = run_fairchem(tmp_path, resumed_cfg, "gaunt3", "--checkpoint", str(ckpt))
-    state3 = load(ckpt3)
+    state3 = load_checkpoint(ckpt3)
     assert state3["step"] == 3 * steps_per_epoch, log3[-2000:]
     changed = [k for k in mix_keys if not torch.equal(state3["state_dict"][k], state["state_dict"][k])]
     assert changed, "resumed training did not update the self-mix"
@@ -177,7 +90,7 @@ def test_key_on_stock_name_through_gaunt_run(tmp_path, emt_data):
     model = hydra_model_config("equiformer_v2_backbone", tensor_product="gaunt")
     config = train_config(train_db, val_db, model=model, max_epochs=1)
     ckpt, log = run_fairchem(tmp_path, config, "keyed", launcher="gaunt-run")
-    state = load(ckpt)
+    state = load_checkpoint(ckpt)
     assert state["config"]["model"]["backbone"]["tensor_product"] == "gaunt"
     assert any(".gaunt_mix." in k for k in state["state_dict"])
 
@@ -189,7 +102,7 @@ def test_convert_trained_stock_checkpoint(tmp_path, emt_data):
     stock_ckpt, _ = run_fairchem(tmp_path, config, "stock")
     gaunt_ckpt = tmp_path / "converted.pt"
     res = subprocess.run(
-        [_console("gaunt-convert-equiformer-v2"), str(stock_ckpt), str(gaunt_ckpt), "--verify"],
+        [console_script("gaunt-convert-equiformer-v2"), str(stock_ckpt), str(gaunt_ckpt), "--verify"],
         capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
