@@ -69,7 +69,7 @@ def power_grid_buffers(feat: ChannelIrreps, out: ChannelIrreps, correlation: int
     for nu in range(1, correlation + 1):
         if feat.twist ** nu != out.twist:
             continue
-        norms = product_normalization([feat.degrees] * nu, list(range(out.lmax + 1)))
+        norms = product_normalization([feat.degrees] * nu, list(range(out.lmax + 1)), identical=True)
         scale = torch.zeros((out.lmax + 1) ** 2, dtype=torch.float64)
         for l in out.degrees:
             if norms[l] > 0:
