@@ -1,0 +1,236 @@
+"""Backend registry and dispatch for the three Gaunt operations (and the fused MACE message step).
+
+Selection, for each call (first match wins):
+
+1. the call's ``backend=`` argument, when it is ``"torch"`` or ``"triton"``;
+2. :func:`set_backend` / the :func:`use_backend` context (process-wide setting);
+3. the environment variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``);
+4. ``auto``: CUDA tensors go to Triton, everything else to PyTorch.
+
+A forced ``triton`` never falls back: when the kernels cannot serve the call the backend's
+``validate`` raises a ``ValueError`` that says why. Under ``auto`` a CUDA call that Triton cannot
+serve (Triton missing, a width past the kernels' limits, ...) runs on PyTorch and warns once per
+reason. The backend actually chosen is returned by :func:`select_backend` and recorded per op in
+:func:`last_backend` (eager calls only).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+
+from . import torch_ops
+from .triton_backend import TritonBackend
+
+__all__ = [
+    "BACKEND_ENV",
+    "BACKEND_CHOICES",
+    "TorchBackend",
+    "TritonBackend",
+    "register_backend",
+    "get_backend",
+    "available_backends",
+    "backend_setting",
+    "set_backend",
+    "use_backend",
+    "select_backend",
+    "last_backend",
+    "weighted_product",
+    "conv_product",
+    "many_body_product",
+    "conv_message",
+]
+
+BACKEND_ENV = "GAUNT_BACKEND"
+BACKEND_CHOICES = ("auto", "torch", "triton")
+
+
+class TorchBackend:
+    """The PyTorch reference (:mod:`.torch_ops`): every device and dtype, TorchScript-able."""
+
+    name = "torch"
+    capabilities = {"dtypes": "any floating", "double_backward": True, "fused_message": False,
+                    "deterministic_message": True}
+    available = True
+
+    def unavailable_reason(self) -> Optional[str]:
+        return None
+
+    def validate(self, op: str, tensors, **info) -> None:
+        return None
+
+    def weighted_product(self, *args):
+        return torch_ops.weighted_product(*args)
+
+    def conv_product(self, *args):
+        return torch_ops.conv_product(*args)
+
+    def many_body_product(self, x, w_in, w_out, deg_in, deg_out, to_grid, from_grids):
+        return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, list(from_grids))
+
+    def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+                     from_grid, deterministic: bool = False):
+        """Gather, :func:`torch_ops.conv_product` (the ``[E, C, P]`` grid materialised), scatter-sum."""
+        src, dst = edge_index[0], edge_index[1]
+        msg = torch_ops.conv_product(x.index_select(0, src), sh, weight, k1, deg1, deg_mask2, deg3, to_grid1,
+                                     to_grid2, from_grid)
+        if deterministic and msg.is_cuda:
+            # segment sums over receiver-sorted edges: a fixed order (index_add_ uses atomics on CUDA)
+            perm = torch.argsort(dst, stable=True)
+            counts = torch.bincount(dst, minlength=int(num_nodes))
+            return torch.segment_reduce(msg.index_select(0, perm), "sum", lengths=counts, axis=0, unsafe=True)
+        out = msg.new_zeros((int(num_nodes),) + tuple(msg.shape[1:]))
+        return out.index_add(0, dst, msg)
+
+
+_BACKENDS: Dict[str, object] = {"torch": TorchBackend(), "triton": TritonBackend()}
+_SETTING: List[Optional[str]] = [None]
+_LAST: Dict[str, str] = {}
+_WARNED: set = set()
+
+
+def register_backend(backend) -> None:
+    """Add (or replace) a backend: an object with ``name``, ``available``, ``validate(op, tensors, **info)``
+    and the op methods."""
+    _BACKENDS[backend.name] = backend
+
+
+def get_backend(name: str):
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown Gaunt backend {name!r}; choose one of {sorted(_BACKENDS)} (or 'auto')")
+    return _BACKENDS[name]
+
+
+def available_backends() -> Dict[str, Optional[str]]:
+    """``{name: None if usable here, else the reason it is not}``."""
+    return {name: b.unavailable_reason() for name, b in _BACKENDS.items()}
+
+
+def _check_choice(name: str, where: str) -> str:
+    if name not in BACKEND_CHOICES and name not in _BACKENDS:
+        raise ValueError(f"{where}: unknown Gaunt backend {name!r}; choose one of "
+                         f"{sorted(set(BACKEND_CHOICES) | set(_BACKENDS))}")
+    return name
+
+
+def backend_setting() -> str:
+    """The process-wide setting: :func:`set_backend`, else ``$GAUNT_BACKEND``, else ``"auto"``."""
+    if _SETTING[0] is not None:
+        return _SETTING[0]
+    env = os.environ.get(BACKEND_ENV, "").strip().lower()
+    return _check_choice(env, f"${BACKEND_ENV}") if env else "auto"
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force ``"torch"`` or ``"triton"`` for every call without its own ``backend=``; ``"auto"``
+    selects by device; ``None`` returns to ``$GAUNT_BACKEND``."""
+    _SETTING[0] = None if name is None else _check_choice(name, "set_backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """``with use_backend("torch"): ...`` — :func:`set_backend` for the duration of the block."""
+    prev = _SETTING[0]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _SETTING[0] = prev
+
+
+def last_backend(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
+    """The backend that ran the latest eager call of ``op`` (or all ops)."""
+    return dict(_LAST) if op is None else _LAST.get(op)
+
+
+def _devices(tensors: Dict[str, Optional[torch.Tensor]]) -> set:
+    return {t.device.type for t in tensors.values() if isinstance(t, torch.Tensor)}
+
+
+def select_backend(op: str, tensors: Dict[str, Optional[torch.Tensor]], backend: Optional[str] = None, **info):
+    """The backend object that will run ``op`` on ``tensors`` (see the module docstring for the order)."""
+    if backend is not None:
+        _check_choice(backend, f"{op}(backend=...)")
+    choice = backend if backend not in (None, "auto") else backend_setting()
+    if choice != "auto":
+        chosen = get_backend(choice)
+        try:
+            chosen.validate(op, tensors, **info)
+        except ValueError as exc:
+            source = (f"backend={backend!r}" if backend not in (None, "auto")
+                      else ("set_backend()" if _SETTING[0] is not None else f"{BACKEND_ENV}={choice}"))
+            raise ValueError(f"{exc} [{source} forces it; use 'auto' or 'torch' to run elsewhere]") from exc
+    else:
+        chosen = _BACKENDS["torch"]
+        if _devices(tensors) == {"cuda"}:
+            triton_backend = _BACKENDS["triton"]
+            try:
+                triton_backend.validate(op, tensors, **info)
+                chosen = triton_backend
+            except ValueError as exc:
+                reason = str(exc)
+                if reason not in _WARNED:
+                    _WARNED.add(reason)
+                    warnings.warn(f"Gaunt {op}: running the PyTorch backend on CUDA because {reason}",
+                                  RuntimeWarning, stacklevel=3)
+    if not torch.compiler.is_compiling():
+        _LAST[op] = chosen.name
+    return chosen
+
+
+def _width(t: torch.Tensor) -> int:
+    return int(t.shape[-1])
+
+
+# -------------------------------------------------------------------------------------------------
+# dispatching ops: the torch_ops signatures plus backend=
+# -------------------------------------------------------------------------------------------------
+def weighted_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+                     deg1: torch.Tensor, deg2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor,
+                     to_grid2: torch.Tensor, from_grid: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`torch_ops.weighted_product` on the selected backend."""
+    b = select_backend("weighted_product", dict(x1=x1, x2=x2, w1=w1, w2=w2, w3=w3, deg1=deg1, deg2=deg2,
+                                                deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2,
+                                                from_grid=from_grid), backend,
+                       widths=dict(x1=_width(x1), x2=_width(x2), out=_width(from_grid)))
+    return b.weighted_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
+
+
+def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, deg1: torch.Tensor,
+                 deg_mask2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
+                 from_grid: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`torch_ops.conv_product` on the selected backend."""
+    b = select_backend("conv_product", dict(x1=x1, sh=sh, weight=weight, deg1=deg1, deg_mask2=deg_mask2,
+                                            deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2, from_grid=from_grid),
+                       backend, widths=dict(x1=_width(x1), sh=_width(sh), out=_width(from_grid)))
+    return b.conv_product(x1, sh, weight, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2, from_grid)
+
+
+def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, deg_in: torch.Tensor,
+                      deg_out: torch.Tensor, to_grid: torch.Tensor,
+                      from_grids: Union[torch.Tensor, Sequence[torch.Tensor]],
+                      backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`torch_ops.many_body_product` on the selected backend (``from_grids``: ``[nu, P, Io]`` or a list)."""
+    fs = from_grids if isinstance(from_grids, torch.Tensor) else torch.stack(list(from_grids))
+    b = select_backend("many_body_product", dict(x=x, w_in=w_in, w_out=w_out, deg_in=deg_in, deg_out=deg_out,
+                                                 to_grid=to_grid, from_grids=fs), backend,
+                       widths=dict(x=_width(x), out=_width(fs)), correlation=int(fs.shape[0]))
+    return b.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, fs)
+
+
+def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
+                 num_nodes: int, k1: int, deg1: torch.Tensor, deg_mask2: torch.Tensor, deg3: torch.Tensor,
+                 to_grid1: torch.Tensor, to_grid2: torch.Tensor, from_grid: torch.Tensor,
+                 deterministic: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+    """MACE message step ``out[v] = sum_{e: dst[e]=v} conv_product(x[src[e]], sh[e], weight[e])`` ->
+    ``[num_nodes, C, Io]``; fused into one kernel on the Triton backend (``deterministic=True``: fixed
+    summation order, bit-reproducible)."""
+    b = select_backend("conv_message", dict(x=x, sh=sh, weight=weight, edge_index=edge_index, deg1=deg1,
+                                            deg_mask2=deg_mask2, deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2,
+                                            from_grid=from_grid), backend,
+                       widths=dict(x=_width(x), sh=_width(sh), out=_width(from_grid)))
+    return b.conv_message(x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+                          from_grid, deterministic=deterministic)

@@ -1,0 +1,104 @@
+"""Padded, contiguous copies of the Gaunt tables in the kernels' compute dtype, cached.
+
+The kernels read ``Y [IP, PP]``, ``F [PP, IOP]`` and degree masks ``M [KP, IP]`` zero-padded to the
+widths in :mod:`.constants`, so padded lanes contribute nothing and the inner loop needs no masks.
+Building them is a handful of tiny copies; in eager mode they are cached per source tensor
+(identity checked through a weak reference, plus the tensor's version counter, so an in-place
+update of a table is seen). Under tracing (FakeTensor / functional tensors, ``torch.compile``)
+nothing is cached and the padding is simply part of the graph.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .constants import grid_padded, padded
+
+__all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_mask", "clear_cache"]
+
+_CACHE: dict = {}
+_CACHE_MAX = 512
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else (float32, float16, bfloat16) computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _plain(t: torch.Tensor) -> bool:
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
+
+def cached(tag: str, tensors: Sequence[Optional[torch.Tensor]], params: tuple, build: Callable[[], object]):
+    """``build()``, memoised on the identity and version of ``tensors`` (eager real tensors only)."""
+    real = [t for t in tensors if t is not None]
+    if torch.compiler.is_compiling() or not all(_plain(t) for t in real):
+        return build()
+    try:
+        key = (tag, params) + tuple(
+            (id(t), t._version, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, str(t.device))
+            for t in real)
+    except RuntimeError:  # inference tensors have no version counter
+        return build()
+    hit = _CACHE.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], real)):
+        return hit[1]
+    value = build()
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[key] = ([weakref.ref(t) for t in real], value)
+    return value
+
+
+def pad2(t: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """``t [r, c]`` zero-padded to ``[rows, cols]``, contiguous, in ``dtype``."""
+    r, c = t.shape
+    return F.pad(t.to(dtype), (0, cols - c, 0, rows - r)).contiguous()
+
+
+def pad3(t: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """``t [n, r, c]`` zero-padded to ``[n, rows, cols]``."""
+    _, r, c = t.shape
+    return F.pad(t.to(dtype), (0, cols - c, 0, rows - r)).contiguous()
+
+
+def degree_mask(deg: torch.Tensor, k: int) -> torch.Tensor:
+    """``M [k, I]`` with ``M[j, i] = 1`` where coefficient ``i`` has degree slot ``deg[i] == j``."""
+    return (deg.view(1, -1).to(torch.long) == torch.arange(k, device=deg.device).view(-1, 1)).to(torch.float64)
+
+
+def product_tables(y1: torch.Tensor, y2: torch.Tensor, f: torch.Tensor, dtype: torch.dtype):
+    """Padded ``(Y1 [I1P, PP], Y2 [I2P, PP], F [PP, IOP])`` and the padded sizes."""
+    def build():
+        p = y1.shape[1]
+        pp = grid_padded(p)
+        i1p, i2p, iop = padded(y1.shape[0]), padded(y2.shape[0]), padded(f.shape[1])
+        return (pad2(y1, i1p, pp, dtype), pad2(y2, i2p, pp, dtype), pad2(f, pp, iop, dtype),
+                dict(I1P=i1p, I2P=i2p, IOP=iop, PP=pp))
+    return cached("product", (y1, y2, f), (dtype,), build)
+
+
+def power_tables(y: torch.Tensor, fs: torch.Tensor, dtype: torch.dtype):
+    """Padded ``(Y [IP, PP], F [NU, PP, IOP])`` and the padded sizes."""
+    def build():
+        p = y.shape[1]
+        pp = grid_padded(p)
+        ip, iop = padded(y.shape[0]), padded(fs.shape[2])
+        return pad2(y, ip, pp, dtype), pad3(fs, pp, iop, dtype), dict(IP=ip, IOP=iop, PP=pp)
+    return cached("power", (y, fs), (dtype,), build)
+
+
+def padded_mask(m: Optional[torch.Tensor], width: int, dtype: torch.dtype, like: torch.Tensor):
+    """Mask ``[K, I]`` padded to ``[KP, padded(I)]`` (a 1x1 zero placeholder when ``m`` is None)."""
+    if m is None:
+        return like.new_zeros(1, 1, dtype=dtype), padded(1)
+    k = m.shape[0]
+    kp = padded(k)
+    return cached("mask", (m,), (dtype, width), lambda: pad2(m, kp, padded(width), dtype)), kp
