@@ -69,7 +69,7 @@ class TorchBackend:
         return torch_ops.conv_product(*args)
 
     def many_body_product(self, x, w_in, w_out, deg_in, deg_out, to_grid, from_grids):
-        return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, list(from_grids))
+        return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
 
     def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
                      from_grid, deterministic: bool = False):

@@ -47,9 +47,9 @@ def product_grid_buffers(f1: ChannelIrreps, f2: ChannelIrreps, out: ChannelIrrep
                          what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``to_grid1 [I1, P]``, ``to_grid2 [I2, P]``, ``from_grid [P, Io]`` (float64, output degrees the
     layer does not emit are zeroed, normalisation folded in), after validating ``out``."""
+    _check_degree(f1.lmax + f2.lmax + out.lmax, what)
     norms = product_normalization([f1.degrees, f2.degrees], list(range(out.lmax + 1)))
     check_output(out, f1.twist * f2.twist, norms, what, f"{f1.irreps} and {f2.irreps}")
-    _check_degree(f1.lmax + f2.lmax + out.lmax, what)
     y1, y2, proj = grid_tables(f1.lmax, f2.lmax, out.lmax)
     scale = torch.zeros((out.lmax + 1) ** 2, dtype=torch.float64)
     for l in out.degrees:

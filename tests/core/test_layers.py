@@ -1,0 +1,242 @@
+"""The Gaunt layers: equivariance, parity rules, autograd, TorchScript, torch.compile, bad input."""
+import pytest
+import torch
+
+from gaunt_plugins import GauntConvolution, GauntManyBody, GauntTensorProduct
+from gaunt_plugins._e3nn import E3NN_VERSION, o3
+from gaunt_plugins.backends.torch_ops import weighted_product
+from gaunt_plugins.ops import gaunt_product
+from gaunt_plugins.testing import equivariance_error, random_rotation
+
+pytestmark = pytest.mark.e3nn044
+
+
+def natural(mul, lmax):
+    return o3.Irreps([(mul, (l, (-1) ** l)) for l in range(lmax + 1)])
+
+
+def twisted(mul, lmax):
+    return o3.Irreps([(mul, (l, -((-1) ** l))) for l in range(lmax + 1)])
+
+
+def sh_irreps(lmax):
+    return natural(1, lmax)
+
+
+def test_runs_under_the_e3nn_version_this_pass_expects(expected_e3nn):
+    if expected_e3nn:
+        assert E3NN_VERSION == expected_e3nn
+
+
+def _layers(c, lmax):
+    lo = min(lmax, 4)
+    yield "tp", GauntTensorProduct(natural(c, lmax), natural(c, lmax)), 2
+    yield "conv", GauntConvolution(natural(c, lmax), sh_irreps(min(lmax, 3)), natural(c, lo)), 2
+    yield "many_body", GauntManyBody(natural(c, lmax), natural(c, min(lmax, 2)), 3, 3), 1
+
+
+def _inputs(name, layer, n, dtype):
+    if name == "tp":
+        args = (torch.randn(n, layer.irreps_in1.dim, dtype=dtype), torch.randn(n, layer.irreps_in2.dim, dtype=dtype))
+        return args, [layer.irreps_in1, layer.irreps_in2]
+    if name == "conv":
+        vec = torch.randn(n, 3, dtype=dtype)
+        sh = o3.spherical_harmonics(layer.irreps_in2, vec, True, normalization="component")
+        args = (torch.randn(n, layer.irreps_in1.dim, dtype=dtype), sh, torch.randn(n, layer.weight_numel, dtype=dtype))
+        return args, [layer.irreps_in1, layer.irreps_in2, None]
+    x = torch.randn(n, layer.channels, layer.irreps_in.dim // layer.channels, dtype=dtype)
+    attrs = torch.nn.functional.one_hot(torch.arange(n) % layer.num_elements, layer.num_elements).to(dtype)
+    return (x, attrs), [None, None]
+
+
+def _many_body_error(layer, x, attrs, rot):
+    """x is [N, C, width]: rotate every channel's coefficients."""
+    d = _exact_d(o3.Irreps([(1, ir) for _, ir in layer.irreps_in]), rot).to(x.dtype)
+    out = layer(x, attrs)
+    lhs = layer(x @ d.T, attrs)
+    rhs = out @ _exact_d(layer.irreps_out, rot).to(out.dtype).T
+    return ((lhs - rhs).abs().max() / out.abs().max()).item()
+
+
+def _exact_d(irreps, rot):
+    from gaunt_plugins.testing import wigner_d
+    return wigner_d(irreps, rot)
+
+
+@pytest.mark.parametrize("lmax", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_every_layer_is_rotation_equivariant(lmax, dtype, tol):
+    torch.set_default_dtype(dtype)
+    try:
+        rot = random_rotation(torch.float64)
+        for name, layer, _ in _layers(4, lmax):
+            args, irreps = _inputs(name, layer, 6, dtype)
+            if name == "many_body":
+                err = _many_body_error(layer, *args, rot)
+            else:
+                err = equivariance_error(layer, args, irreps, layer.irreps_out, rot)
+            assert err < tol, (name, lmax, err)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_float32_equivariance_with_e3nns_own_wigner_d():
+    from gaunt_plugins.testing import wigner_d
+    rot = random_rotation(torch.float32)
+    layer = GauntConvolution(natural(8, 3), sh_irreps(3), natural(8, 3))
+    args, irreps = _inputs("conv", layer, 10, torch.float32)
+    d = [None if ir is None else wigner_d(ir, rot, exact=False) for ir in irreps]
+    rotated = [x if dd is None else x @ dd.T for x, dd in zip(args, d)]
+    out = layer(*args)
+    err = (layer(*rotated) - out @ wigner_d(layer.irreps_out, rot, exact=False).T).abs().max() / out.abs().max()
+    assert err < 1e-5
+
+
+def test_twisted_features_follow_the_parity_rule():
+    tp = GauntTensorProduct(twisted(3, 2), natural(3, 2))
+    assert all(ir.p == -((-1) ** ir.l) for _, ir in tp.irreps_out)
+    tp2 = GauntTensorProduct(twisted(3, 2), twisted(3, 2))
+    assert all(ir.p == (-1) ** ir.l for _, ir in tp2.irreps_out)
+    # reflection: a twisted feature changes sign an extra time under inversion
+    x1, x2 = torch.randn(5, tp.irreps_in1.dim), torch.randn(5, tp.irreps_in2.dim)
+    inv = lambda irreps: torch.diag(torch.cat([torch.full((ir.dim,), float(ir.p)).repeat(m) for m, ir in irreps]))
+    out = tp(x1 @ inv(tp.irreps_in1), x2 @ inv(tp.irreps_in2))
+    assert torch.allclose(out, tp(x1, x2) @ inv(tp.irreps_out), atol=1e-6)
+
+
+def test_many_body_of_twisted_input_keeps_only_terms_of_the_requested_parity():
+    mb = GauntManyBody(twisted(2, 2), twisted(2, 1), 3, 1)
+    assert mb.from_grids[1].abs().max() == 0  # nu = 2 is natural
+    assert mb.from_grids[0].abs().max() > 0 and mb.from_grids[2].abs().max() > 0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: GauntTensorProduct("4x0e+4x1e", "4x0e"), "mixed parity"),
+    (lambda: GauntTensorProduct("4x0e+4x1o", "4x0e+4x1o", "4x1e"), "only produces natural"),
+    (lambda: GauntTensorProduct("4x1o", "4x1o", "4x3o"), "cannot be produced"),
+    (lambda: GauntTensorProduct("4x0e+2x1o", "4x0e"), "same multiplicity"),
+    (lambda: GauntTensorProduct("4x0e", "2x0e"), "expected multiplicity 4"),
+    (lambda: GauntTensorProduct("4x0e+4x0e", "4x0e"), "each degree may appear once"),
+    (lambda: GauntTensorProduct("4x1o+4x0e", "4x0e"), "increasing order"),
+    (lambda: GauntTensorProduct("4x0e", "4x0e", method="fourierr"), "unknown method"),
+    (lambda: GauntConvolution("4x0e+4x1o", "2x0e+2x1o"), "expected multiplicity 1"),
+    (lambda: GauntConvolution("4x0e+4x1o", "0e+1o", "4x0o+4x1e"), "only produces natural"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0o+4x1e", 2, 3), "only produces natural"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 0, 3), "correlation must be >= 1"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e+4x1o+4x2e", 3, 3, method="x"), "unknown method"),
+    (lambda: GauntTensorProduct("4x40e", "4x30e", "4x10e"), "no grid table"),
+    (lambda: GauntTensorProduct("4x0e", "4x0e", "4xfoo"), "cannot parse irreps"),
+])
+def test_bad_irreps_raise_a_value_error_naming_them(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_shapes_raise_clear_errors():
+    conv = GauntConvolution(natural(4, 1), sh_irreps(1), natural(4, 1))
+    x, sh, w = torch.randn(3, 16), torch.randn(3, 4), torch.randn(3, conv.weight_numel)
+    with pytest.raises(ValueError, match="x1 must be"):
+        conv(torch.randn(3, 15), sh, w)
+    with pytest.raises(ValueError, match="weight must be"):
+        conv(x, sh, w[:, 1:])
+    with pytest.raises(ValueError, match="x2 must be"):
+        conv(x, sh[:2], w)
+    mb = GauntManyBody(natural(4, 1), natural(4, 1), 2, 3)
+    with pytest.raises(ValueError, match="node_attrs must be"):
+        mb(torch.randn(3, 4, 4), torch.randn(3, 2))
+    tp = GauntTensorProduct(natural(4, 1), natural(4, 1))
+    with pytest.raises(ValueError, match="same leading"):
+        tp(torch.randn(3, 16), torch.randn(2, 16))
+
+
+def test_tensor_product_with_unit_weights_is_the_channelwise_gaunt_product():
+    tp = GauntTensorProduct(natural(3, 2), natural(3, 2), normalize=False)
+    x1, x2 = torch.randn(4, tp.irreps_in1.dim), torch.randn(4, tp.irreps_in2.dim)
+    to_dense = lambda x: torch.cat([x[:, :3, None], x[:, 3:12].view(4, 3, 3), x[:, 12:].view(4, 3, 5)], -1)
+    ref = gaunt_product(to_dense(x1), to_dense(x2), 2)
+    out = tp(x1, x2)
+    assert torch.allclose(to_dense(out), ref, atol=1e-5)
+
+
+def test_external_per_sample_weights_match_internal_ones():
+    internal = GauntTensorProduct(natural(3, 2), natural(3, 2))
+    with torch.no_grad():
+        internal.weight.normal_()
+    external = GauntTensorProduct(natural(3, 2), natural(3, 2), internal_weights=False, shared_weights=False)
+    x1, x2 = torch.randn(5, internal.irreps_in1.dim), torch.randn(5, internal.irreps_in2.dim)
+    w = internal.weight.detach().reshape(1, -1).expand(5, -1)
+    assert torch.allclose(internal(x1, x2), external(x1, x2, w), atol=1e-6)
+    with pytest.raises(ValueError, match="needs a weight"):
+        external(x1, x2)
+
+
+def test_many_body_weights_depend_on_the_element():
+    mb = GauntManyBody(natural(3, 2), natural(3, 1), 2, 2)
+    x = torch.randn(1, 3, 9).expand(2, -1, -1)
+    out = mb(x, torch.eye(2))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_outputs_start_near_unit_variance():
+    conv = GauntConvolution(natural(16, 2), sh_irreps(3), natural(16, 3))
+    n = 3000
+    sh = o3.spherical_harmonics(conv.irreps_in2, torch.randn(n, 3), True, normalization="component")
+    out = conv(torch.randn(n, conv.irreps_in1.dim), sh, torch.ones(n, conv.weight_numel))
+    assert 0.7 < out.std().item() < 1.4
+
+
+def test_gradcheck_every_layer_float64():
+    torch.set_default_dtype(torch.float64)
+    try:
+        for name, layer, _ in _layers(2, 2):
+            args, _ = _inputs(name, layer, 3, torch.float64)
+            args = tuple(a.clone().requires_grad_(name != "many_body" or i == 0) for i, a in enumerate(args))
+            assert torch.autograd.gradcheck(layer, args), name
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_every_layer_scripts_and_matches_eager():
+    for name, layer, _ in _layers(4, 3):
+        args, _ = _inputs(name, layer, 5, torch.float32)
+        scripted = torch.jit.script(layer)
+        assert torch.allclose(scripted(*args), layer(*args), atol=1e-6), name
+
+
+def test_every_layer_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    for name, layer, _ in _layers(4, 2):
+        args, _ = _inputs(name, layer, 5, torch.float32)
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        assert torch.allclose(compiled(*args), layer(*args), atol=1e-6), name
+
+
+def test_convolution_compiles_with_inductor_and_backward_matches():
+    torch._dynamo.reset()
+    conv = GauntConvolution(natural(4, 2), sh_irreps(2), natural(4, 2))
+    args, _ = _inputs("conv", conv, 7, torch.float32)
+    args = [a.clone().requires_grad_() for a in args]
+    compiled = torch.compile(conv, fullgraph=True)
+    out_c = compiled(*args)
+    grads_c = torch.autograd.grad(out_c.square().sum(), args)
+    out_e = conv(*args)
+    grads_e = torch.autograd.grad(out_e.square().sum(), args)
+    assert torch.allclose(out_c, out_e, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_c, grads_e))
+
+
+def test_layers_follow_the_model_dtype():
+    conv = GauntConvolution(natural(4, 1), sh_irreps(1), natural(4, 1)).to(torch.float64)
+    assert conv.to_grid1.dtype == torch.float64
+    args, _ = _inputs("conv", conv, 3, torch.float64)
+    assert conv(*args).dtype == torch.float64
+
+
+def test_weighted_product_reference_matches_the_functional_op_per_channel():
+    from gaunt_plugins.math import grid_tables
+    y1, y2, proj = (torch.from_numpy(t) for t in grid_tables(2, 1, 2))
+    x1, x2 = torch.randn(3, 2, 9, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
+    ones = lambda k: torch.ones(k, 2, dtype=torch.float64)
+    deg = lambda l: torch.tensor([d for d in range(l + 1) for _ in range(2 * d + 1)])
+    out = weighted_product(x1, x2, ones(3), ones(2), ones(3), deg(2), deg(1), deg(2), y1, y2, proj)
+    assert torch.allclose(out, gaunt_product(x1, x2, 2), atol=1e-13)
