@@ -41,12 +41,13 @@ GAUNT_TARGETS = ("conv", "product")
 
 
 def gaunt_methods() -> Sequence[str]:
-    """The method names the Gaunt layers accept (``gaunt_plugins.ops.METHODS``)."""
+    """The method names the Gaunt layers accept (the layers' own list, which may be shorter than
+    :func:`gaunt_plugins.gaunt_product`'s)."""
     try:
-        from gaunt_plugins.ops import METHODS
+        from gaunt_plugins.layers._tables import METHOD_CHOICES
     except ImportError:  # the core is not importable: keep the parser usable
-        return ("auto", "grid", "fourier")
-    return tuple(METHODS)
+        return ("auto", "grid")
+    return tuple(METHOD_CHOICES)
 
 
 @dataclass(frozen=True)

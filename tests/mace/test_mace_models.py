@@ -1,0 +1,174 @@
+"""Gaunt MACE models: symmetry (float64, 1e-8), TorchScript, dtypes, save/load, conversion rules.
+
+Marked ``e3nn044``: the same tests run again in the pass under mace-torch's pinned e3nn 0.4.4.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+import mace  # noqa: F401
+import torch
+
+from conftest import acac_batch, tiny_model
+
+from gaunt_plugins.adapters.mace_blocks import (
+    GauntProductBasisBlock,
+    GauntRealAgnosticInteractionBlock,
+    GauntRealAgnosticResidualInteractionBlock,
+    gauntify_model,
+    is_gaunt_model,
+)
+from gaunt_plugins.adapters.mace_config import GauntOptions
+from gaunt_plugins.testing import random_rotation
+
+pytestmark = pytest.mark.e3nn044
+
+
+def _energy_forces(model, batch):
+    out = model(batch, training=False, compute_force=True)
+    return out["energy"].detach(), out["forces"].detach()
+
+
+def _gaunt(targets=("conv", "product"), method="auto", **kw):
+    model, report = gauntify_model(tiny_model(**kw), GauntOptions(targets=frozenset(targets), method=method))
+    return model, report
+
+
+@pytest.mark.parametrize("targets", [("conv", "product"), ("conv",), ("product",)])
+def test_energy_invariant_forces_equivariant_float64(float64, targets):
+    model, _ = _gaunt(targets)
+    gen = torch.Generator().manual_seed(7)
+    energy, forces = _energy_forces(model, acac_batch(3))
+    assert torch.isfinite(energy).all() and forces.abs().max() > 0
+    for _ in range(2):
+        rot = random_rotation(torch.float64, generator=gen)
+        energy_r, forces_r = _energy_forces(model, acac_batch(3, rotation=rot))
+        assert torch.allclose(energy_r, energy, atol=1e-8, rtol=0), (energy_r - energy).abs().max()
+        assert torch.allclose(forces_r, forces @ rot.T, atol=1e-8, rtol=0), (forces_r - forces @ rot.T).abs().max()
+
+
+def test_conversion_replaces_the_chosen_blocks(float64):
+    model, report = _gaunt(("conv", "product"), residual_first=False)
+    assert type(model.interactions[0]) is GauntRealAgnosticInteractionBlock
+    assert type(model.interactions[1]) is GauntRealAgnosticResidualInteractionBlock
+    assert all(type(p) is GauntProductBasisBlock for p in model.products)
+    assert is_gaunt_model(model)
+    # the radial MLP is sized by the Gaunt convolution
+    for block in model.interactions:
+        assert block.conv_tp_weights.hs[-1] == block.conv_tp.weight_numel
+        assert block.linear.irreps_in == block.conv_tp.irreps_out
+    # MACE's tools read the correlation and irreps off the Gaunt product
+    from mace.tools.scripts_utils import extract_config_mace_model
+
+    config = extract_config_mace_model(model)
+    assert config["correlation"] == 3
+    assert config["interaction_cls"] is GauntRealAgnosticResidualInteractionBlock
+    assert config["interaction_cls_first"] is GauntRealAgnosticInteractionBlock
+    assert "conv_tp_weights.layer0.weight" in " ".join(report.copied)
+    assert any(n.endswith("symmetric_contractions.weights_out") for n in report.fresh)
+
+    conv_only, _ = _gaunt(("conv",))
+    assert not any(isinstance(p, GauntProductBasisBlock) for p in conv_only.products)
+    product_only, _ = _gaunt(("product",))
+    assert not any(isinstance(b, GauntRealAgnosticResidualInteractionBlock) for b in product_only.interactions)
+
+
+def test_rebuilding_from_the_gaunt_classes_gives_gaunt_convolutions(float64):
+    """MACE rebuilds models from ``extract_config_mace_model`` (fine-tuning, backend conversion):
+    the interaction classes it records build Gaunt convolutions themselves."""
+    from mace import modules
+    from mace.tools.scripts_utils import extract_config_mace_model
+
+    model, _ = _gaunt(("conv",))
+    rebuilt = modules.ScaleShiftMACE(**extract_config_mace_model(model))
+    rebuilt.load_state_dict(model.state_dict())
+    batch = acac_batch(2)
+    assert torch.equal(_energy_forces(rebuilt, batch)[0], _energy_forces(model, batch)[0])
+
+
+def test_torchscript_as_mace_deploys(float64):
+    """MACE's ``_compiled.model`` path: ``e3nn.util.jit.compile`` of the whole model."""
+    from e3nn.util import jit
+
+    model, _ = _gaunt()
+    batch = acac_batch(2)
+    energy, forces = _energy_forces(model, batch)
+    scripted = jit.compile(model)
+    energy_s, forces_s = _energy_forces(scripted, batch)
+    assert torch.allclose(energy_s, energy, atol=1e-10) and torch.allclose(forces_s, forces, atol=1e-10)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    assert torch.allclose(_energy_forces(loaded, batch)[0], energy, atol=1e-10)
+
+
+def test_pickle_round_trip_and_float32():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        model, _ = _gaunt()
+        batch = acac_batch(2)
+        energy, forces = _energy_forces(model, batch)
+        assert energy.dtype == torch.float32 and torch.isfinite(forces).all()
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert torch.equal(_energy_forces(loaded, batch)[0], energy)
+        # float64 copy of the float32 model agrees to float32 precision
+        energy64, _ = _energy_forces(loaded.double(), {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()})
+        assert torch.allclose(energy64.float(), energy, rtol=1e-5, atol=1e-3)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_every_method_gives_the_same_model(float64):
+    """Every ``gaunt_method`` the layers offer is exact: same weights, same energies and forces."""
+    from gaunt_plugins.adapters.mace_config import gaunt_methods
+
+    batch = acac_batch(2)
+    reference, _ = _gaunt(method="auto")
+    e_ref, f_ref = _energy_forces(reference, batch)
+    for method in gaunt_methods():
+        model, _ = _gaunt(method=method)
+        model.load_state_dict(reference.state_dict())
+        assert model.interactions[1].gaunt_method == method
+        energy, forces = _energy_forces(model, batch)
+        assert torch.allclose(energy, e_ref, atol=1e-9, rtol=0)
+        assert torch.allclose(forces, f_ref, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="gaunt_method"):
+        GauntOptions(method="no-such-method")
+
+
+def test_unsupported_interactions_and_irreps_are_refused(float64):
+    from mace import modules
+
+    model = tiny_model()
+    model.interactions[1] = modules.RealAgnosticDensityResidualInteractionBlock(**{
+        k: getattr(model.interactions[1], k) for k in (
+            "node_attrs_irreps", "node_feats_irreps", "edge_attrs_irreps", "edge_feats_irreps",
+            "target_irreps", "hidden_irreps", "avg_num_neighbors", "radial_MLP")})
+    with pytest.raises(ValueError, match="no Gaunt version of interaction RealAgnosticDensityResidualInteractionBlock"):
+        gauntify_model(model)
+    # the product alone can still be converted
+    gauntify_model(model, GauntOptions(targets=frozenset({"product"})))
+
+    pseudo = tiny_model(hidden="8x0e+8x0o+8x1o+8x1e")
+    with pytest.raises(ValueError, match="pseudotensor"):
+        gauntify_model(pseudo)
+
+
+def test_cueq_config_is_refused(float64):
+    from mace.modules.wrapper_ops import CuEquivarianceConfig
+
+    block = tiny_model().interactions[1]
+    kwargs = {k: getattr(block, k) for k in (
+        "node_attrs_irreps", "node_feats_irreps", "edge_attrs_irreps", "edge_feats_irreps",
+        "target_irreps", "hidden_irreps", "avg_num_neighbors", "radial_MLP")}
+    config = CuEquivarianceConfig(enabled=False)
+    config.enabled = True  # as on a machine with cuEquivariance installed
+    with pytest.raises(ValueError, match="cuEquivariance"):
+        GauntRealAgnosticResidualInteractionBlock(**kwargs, cueq_config=config)

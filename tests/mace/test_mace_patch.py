@@ -1,0 +1,224 @@
+"""The patch machinery (base, loader, ``gaunt_plugins.patch``) and what the MACE patch changes."""
+from __future__ import annotations
+
+import argparse
+import types
+import warnings
+
+import pytest
+
+import mace  # noqa: F401
+
+from gaunt_plugins.patches.base import FrameworkPatch, MissingTargetError, UnsupportedVersionError
+from gaunt_plugins.patches.loader import apply_patches, available_patches, revert_patches
+from gaunt_plugins.patches.mace import MacePatch
+
+
+# ---------------------------------------------------------------------------- base class
+_target = types.ModuleType("_gaunt_test_target")
+_target.value = 1
+_target.table = {"a": 1}
+
+
+class _Holder:
+    @staticmethod
+    def f():
+        return "original"
+
+
+class _TestPatch(FrameworkPatch):
+    name = "_test"
+    distribution = "torch"
+    supported = ">=2"
+
+    def _apply(self):
+        self._replace(_target, "value", 2)
+        self._replace(_target, "added", 3)
+        self._replace(_target.table, "a", 10)
+        self._replace(_target.table, "b", 20)
+        self._replace(_Holder, "f", staticmethod(lambda: "patched"))
+
+
+def test_replace_and_revert_restore_exactly():
+    original_f = _Holder.__dict__["f"]
+    patch = _TestPatch()
+    assert patch.apply() is True and patch.applied and _TestPatch().applied
+    assert (_target.value, _target.added, _target.table, _Holder.f()) == (2, 3, {"a": 10, "b": 20}, "patched")
+    with pytest.warns(RuntimeWarning, match="already applied"):
+        assert _TestPatch().apply() is False
+    assert _TestPatch().revert() is True and not patch.applied
+    assert _target.value == 1 and not hasattr(_target, "added") and _target.table == {"a": 1}
+    assert _Holder.__dict__["f"] is original_f
+    with pytest.warns(RuntimeWarning, match="not applied"):
+        assert patch.revert() is False
+
+
+def test_version_check_names_the_needed_version():
+    class TooNew(_TestPatch):
+        supported = "<1.0"
+
+    with pytest.raises(UnsupportedVersionError, match=r"supports torch<1\.0; installed is torch=="):
+        TooNew().apply()
+    assert not TooNew().applied and _target.value == 1
+
+    class Missing(_TestPatch):
+        distribution = "no-such-distribution-xyz"
+
+    with pytest.raises(MissingTargetError):
+        Missing().check_version()
+
+
+def test_a_failing_apply_leaves_nothing_behind():
+    class Broken(_TestPatch):
+        def _apply(self):
+            self._replace(_target, "value", 99)
+            raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        Broken().apply()
+    assert _target.value == 1 and not Broken().applied
+
+
+# ---------------------------------------------------------------------------- loader
+def test_entry_points_list_mace():
+    patches = available_patches()
+    assert patches["mace"] is MacePatch
+    assert MacePatch.distribution == "mace-torch"
+
+
+def test_loader_is_forgiving(monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gaunt_plugins.patches")
+    monkeypatch.setenv("GAUNT_PLUGINS_DISABLED", "mace")
+    assert apply_patches(["mace", "no-such-framework"]) == {}
+    assert not MacePatch().applied
+    assert "disabled by GAUNT_PLUGINS_DISABLED" in caplog.text
+    assert "no-such-framework" in caplog.text
+
+    monkeypatch.delenv("GAUNT_PLUGINS_DISABLED")
+    monkeypatch.setattr(MacePatch, "supported", "<0.1")
+    assert apply_patches(["mace"]) == {}
+    assert "supports mace-torch<0.1" in caplog.text
+    monkeypatch.undo()
+
+    applied = apply_patches(["mace"])
+    try:
+        assert list(applied) == ["mace"] and MacePatch().applied
+        assert apply_patches(["mace"])["mace"] is applied["mace"]  # already applied: left alone
+    finally:
+        assert revert_patches(["mace"]) == ["mace"]
+    assert not MacePatch().applied
+
+
+# ---------------------------------------------------------------------------- gaunt_plugins.patch
+def test_patch_is_idempotent_and_undoable():
+    import mace.cli.run_train
+    import mace.modules
+    import mace.tools
+    import mace.tools.model_script_utils
+
+    from gaunt_plugins.patch import is_patched, patch, unpatch
+
+    before = (mace.tools.build_default_arg_parser, mace.cli.run_train.configure_model,
+              mace.tools.model_script_utils.configure_model, dict(mace.modules.interaction_classes))
+    p = patch("mace")
+    try:
+        assert p.applied and is_patched("mace")
+        assert "GauntRealAgnosticResidualInteractionBlock" in mace.modules.interaction_classes
+        assert mace.cli.run_train.configure_model is not before[1]
+        with pytest.warns(RuntimeWarning, match="already applied"):
+            patch("mace")
+    finally:
+        unpatch("mace")
+    after = (mace.tools.build_default_arg_parser, mace.cli.run_train.configure_model,
+             mace.tools.model_script_utils.configure_model, dict(mace.modules.interaction_classes))
+    assert after[0] is before[0] and after[1] is before[1] and after[2] is before[2]
+    assert after[3] == before[3]
+    assert not is_patched("mace")
+    with pytest.raises(KeyError, match="no gaunt-plugins patch named 'nope'"):
+        patch("nope")
+
+
+def test_gaunt_plugins_exports_patch():
+    import gaunt_plugins
+
+    if not hasattr(gaunt_plugins, "unpatch"):
+        pytest.skip("gaunt_plugins/__init__.py does not re-export patch/unpatch yet")
+    assert callable(gaunt_plugins.patch) and callable(gaunt_plugins.unpatch)
+
+
+# ---------------------------------------------------------------------------- the MACE parser
+def _parse(argv):
+    import mace.tools
+
+    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + argv)
+
+
+def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tensor_product: gaunt\ngaunt_targets: [conv, product]\ngaunt_method: grid\n")
+    with pytest.raises(SystemExit):
+        _parse(["--config", str(cfg)])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+    from gaunt_plugins.patch import patched
+
+    with patched("mace"):
+        args = _parse(["--config", str(cfg)])
+        assert (args.tensor_product, args.gaunt_method) == ("gaunt", "grid")
+        from gaunt_plugins.adapters.mace_config import options_from_args
+
+        options = options_from_args(args)
+        assert options.targets == frozenset({"conv", "product"}) and options.method == "grid"
+        args = _parse(["--tensor_product", "GAUNT", "--gaunt_targets", "conv"])
+        assert options_from_args(args).targets == frozenset({"conv"})
+        assert options_from_args(_parse([])) is None  # default: stock MACE
+        args = _parse(["--interaction", "GauntRealAgnosticResidualInteractionBlock"])
+        assert args.interaction == "GauntRealAgnosticResidualInteractionBlock"
+        with pytest.raises(SystemExit):
+            _parse(["--tensor_product", "cuda-magic"])
+        assert "invalid choice: 'cuda-magic'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (dict(hidden_irreps="8x0e+8x0o+8x1o+8x1e"), "pseudotensor"),
+        (dict(enable_cueq=True), "--enable_cueq"),
+        (dict(enable_oeq=True), "--enable_oeq"),
+        (dict(gaunt_targets=["conv", "edges"]), "unknown target"),
+        (dict(tensor_product="cuda-magic"), "unknown value 'cuda-magic'"),
+    ],
+)
+def test_configure_model_errors(extra, message):
+    """The errors come before MACE builds anything (the original is never called)."""
+    from gaunt_plugins.patches.mace import _wrap_configure_model
+
+    def original(*args, **kwargs):  # pragma: no cover - must not run
+        raise AssertionError("configure_model ran")
+
+    args = argparse.Namespace(tensor_product="gaunt", gaunt_targets=["conv", "product"], gaunt_method="auto",
+                              hidden_irreps="8x0e+8x1o", enable_cueq=False, enable_oeq=False, only_cueq=False)
+    for key, value in extra.items():
+        setattr(args, key, value)
+    with pytest.raises(ValueError, match=message):
+        _wrap_configure_model(original)(args, None, None)
+
+
+def test_configure_model_without_the_key_is_untouched():
+    from gaunt_plugins.patches.mace import _wrap_configure_model
+
+    sentinel = object()
+    calls = []
+
+    def original(*args, **kwargs):
+        calls.append((args, kwargs))
+        return sentinel, {}
+
+    wrapped = _wrap_configure_model(original)
+    for args in (argparse.Namespace(), argparse.Namespace(tensor_product="e3nn")):
+        model, _ = wrapped(args, 1, 2, heads=3)
+        assert model is sentinel
+    assert calls == [((argparse.Namespace(), 1, 2), {"heads": 3}),
+                     ((argparse.Namespace(tensor_product="e3nn"), 1, 2), {"heads": 3})]
