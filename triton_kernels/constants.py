@@ -7,7 +7,10 @@ numbers themselves have not been autotuned on an H100 yet. Change them here, now
 """
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "FP32_DOT_PRECISION",
     "MIN_DOT",
     "BLOCK_P",
     "BLOCK_M_FWD",
@@ -22,8 +25,19 @@ __all__ = [
     "padded",
     "grid_padded",
     "num_warps_for",
+    "num_warps_many_body",
     "tile_shape",
 ]
+
+FP32_DOT_PRECISION = os.environ.get("GAUNT_TRITON_FP32_DOT", "ieee")
+"""``tl.dot`` input precision for float32 features (read once, at import). ``"ieee"`` (default):
+exact float32 products on the CUDA cores, what the issue asks for (float32 accumulates exactly).
+``"tf32x3"``: three TF32 tensor-core products per dot, about float32 accuracy (~1e-6 relative) at
+tensor-core throughput; ``"tf32"``: ~1e-3 relative, fastest. The dots are small (K = 16..64), so
+which one wins on an H100 is to be measured (``benchmarks/gpu_ops.py``); set the variable
+``GAUNT_TRITON_FP32_DOT`` before importing ``gaunt_plugins.triton_kernels`` to try one."""
+if FP32_DOT_PRECISION not in ("ieee", "tf32x3", "tf32"):
+    raise ValueError(f"GAUNT_TRITON_FP32_DOT={FP32_DOT_PRECISION!r}: choose ieee, tf32x3 or tf32")
 
 MIN_DOT = 16
 """Smallest ``tl.dot`` operand dimension. The GPU compiler rejects dot tiles under 16 (the MMA
@@ -46,7 +60,8 @@ inside 4 warps' registers; larger M did not need to be considered without a GPU 
 BLOCK_M_BWD = 32
 """Pairs per program in the backward product kernels: they carry three accumulators (projected
 output for the w3 gradient, dx1, dx2) and four grid-sized chunks, about twice the live state of
-the forward, so half the rows."""
+the forward, so half the rows. Evidence (``ptxas -v``, sm_90, conv L=2 C=128): 64 pairs used 255
+registers and spilled 448 bytes; 32 pairs fit in 175 registers without spills."""
 
 BLOCK_M_MANY_BODY_FWD = 64
 """Pairs per program in the many-body forward: nu accumulators of width Io (Io is small in MACE,
@@ -54,7 +69,8 @@ BLOCK_M_MANY_BODY_FWD = 64
 
 BLOCK_M_MANY_BODY_BWD = 32
 """Pairs per program in the many-body backward: nu input-gradient accumulators plus nu running
-products and their adjoints per grid chunk."""
+products and their adjoints per grid chunk. With 8 warps (``num_warps_many_body``) nu = 3, L = 3
+fits in 184 registers without spills (``ptxas -v``, sm_90); with 4 warps it spilled."""
 
 BLOCK_M_SEGMENT = 64
 """(edge slot, channel) pairs per step of the deterministic (CSR segment) message kernels: one
@@ -97,16 +113,23 @@ def grid_padded(p: int) -> int:
 
 
 def num_warps_for(*widths: int) -> int:
-    """4 warps while every padded width is <= 32; 8 beyond (L >= 5), where the accumulators per
-    program double and 4 warps would spill registers."""
-    return _NUM_WARPS_LARGE if max(widths) > 32 else _NUM_WARPS_SMALL
+    """4 warps while every padded width is 16 (L <= 3); 8 beyond, where the [M, width] tiles per
+    program double and 4 warps spill registers (``ptxas -v`` for sm_90: the L=4 forward at 64
+    pairs per program used 255 registers and spilled with 4 warps, 80 registers with 8)."""
+    return _NUM_WARPS_LARGE if max(widths) > 16 else _NUM_WARPS_SMALL
+
+
+def num_warps_many_body(ip: int, iop: int, nu: int) -> int:
+    """The many-body kernels hold ``nu`` weighted inputs and ``nu`` accumulators per pair: from
+    nu = 3 on, 4 warps spill at L = 3 (ptxas, sm_90), so they take 8."""
+    return _NUM_WARPS_LARGE if (nu >= 3 or max(ip, iop) > 16) else _NUM_WARPS_SMALL
 
 
 def tile_shape(channels: int, block_m: int) -> tuple[int, int]:
     """``(BLOCK_R, BLOCK_C)``: rows x channels per program with ``BLOCK_R * BLOCK_C == block_m``
     (or more when the channel block alone exceeds it). ``BLOCK_C`` is the channel count rounded
-    to a power of two, capped at ``MAX_BLOCK_C``; small channel counts take several rows per
+    to a power of two, capped at ``MAX_BLOCK_C`` and at ``block_m``; small channel counts take several rows per
     program so that the dot's M dimension never drops under ``MIN_DOT``."""
-    block_c = min(next_pow2(channels), MAX_BLOCK_C)
+    block_c = min(next_pow2(channels), MAX_BLOCK_C, block_m)
     block_r = max(1, block_m // block_c)
     return block_r, block_c

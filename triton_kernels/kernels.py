@@ -13,18 +13,24 @@ The grid dimension P is walked in chunks of ``BLOCK_P`` (flash-attention style):
 ``[rows, C, P]`` grid intermediate is never written anywhere. Backward kernels recompute the chunk
 instead of saving it.
 
-Tables arrive padded (``constants.padded``): ``Y [IP, PP]``, ``F [PP, IOP]``, degree masks
-``M [KP, IP]`` with zero rows/columns, so padded lanes contribute exactly zero and the inner loop
-needs no masks. Feature loads are masked (ragged rows, channels and coefficient widths).
+Tables arrive padded (``constants.padded``): ``Y [IP, PP]``, ``F [PP, IOP]`` with zero rows and
+columns, so padded lanes contribute exactly zero and the inner loop needs no masks. Per-degree
+weights are gathered through ``deg [IP]`` (int32 degree slot of each coefficient) and
+``scale [IP]`` (its mask value, 0 on padding). Feature loads are masked (ragged rows, channels
+and coefficient widths).
 
-Accumulation: float64 inputs compute in float64; float32 in float32 with IEEE dots (no TF32);
-float16/bfloat16 inputs are converted to float32 on load (the tables are float32) and the result
-is cast back on store.
+Accumulation: float64 inputs compute in float64; float32 in float32 with IEEE dots (no TF32,
+unless ``constants.FP32_DOT_PRECISION`` says otherwise); float16/bfloat16 inputs are converted
+to float32 on load (the tables are float32) and the result is cast back on store.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .constants import FP32_DOT_PRECISION
+
+_FP32_PREC = tl.constexpr(FP32_DOT_PRECISION)
 
 __all__ = [
     "gp_fwd_kernel",
@@ -41,11 +47,11 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _mm(a, b):
-    """``a @ b`` accumulated exactly in the operands' precision (no TF32 for float32)."""
+    """``a @ b`` accumulated in the operands' precision (float32: ``FP32_DOT_PRECISION``, IEEE by default)."""
     if a.dtype == tl.float64:
         return tl.dot(a, b, out_dtype=tl.float64)
     else:
-        return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b, input_precision=_FP32_PREC)
 
 
 @triton.jit
@@ -71,31 +77,31 @@ def _atomic_rows(ptr, val, row, ch, valid, s_n, s_c, width, WP: tl.constexpr):
 
 
 @triton.jit
-def _expand(w_ptr, m_ptr, wrow, ch, valid, s_n, s_k, s_c, K, KP: tl.constexpr, IP: tl.constexpr):
-    """Per-degree weights ``w[wrow, :K, ch]`` expanded to the coefficients: ``[M, KP] @ mask [KP, IP]``."""
-    k = tl.arange(0, KP)
+def _expand(w_ptr, d_ptr, s_ptr, wrow, ch, valid, s_n, s_k, s_c, IP: tl.constexpr):
+    """Per-degree weights expanded to the coefficients: ``w[wrow, deg[i], ch] * scale[i]`` ``[M, IP]``.
+
+    ``deg [IP]`` (int32) is the degree slot of each coefficient and ``scale [IP]`` its mask value
+    (1, or 0 on padding and on coefficients that no weight covers). A gather, not a product: for a
+    fixed coefficient consecutive pairs read consecutive channels, so the loads coalesce and the
+    repeated slots hit L1.
+    """
     i = tl.arange(0, IP)
-    mask_t = tl.load(m_ptr + k[:, None] * IP + i[None, :])
-    w = tl.load(w_ptr + wrow[:, None] * s_n + k[None, :] * s_k + ch[:, None] * s_c,
-                mask=valid[:, None] & (k[None, :] < K), other=0.0)
-    return _mm(w.to(mask_t.dtype), mask_t)
+    d = tl.load(d_ptr + i)
+    sc = tl.load(s_ptr + i)
+    w = tl.load(w_ptr + wrow[:, None] * s_n + d[None, :] * s_k + ch[:, None] * s_c,
+                mask=valid[:, None] & (sc[None, :] != 0), other=0.0)
+    return w.to(sc.dtype) * sc[None, :]
 
 
 @triton.jit
-def _degree_sum(t, m_ptr, KP: tl.constexpr, IP: tl.constexpr):
-    """Sum of ``t [M, IP]`` over the coefficients of each degree slot: ``t @ mask^T -> [M, KP]``."""
-    k = tl.arange(0, KP)
+def _store_degree_sum(ptr, t, d_ptr, s_ptr, row, ch, valid, s_n, s_k, s_c, KC: tl.constexpr, IP: tl.constexpr):
+    """``ptr[row, k, ch] = sum_{i: deg[i] = k} scale[i] t[:, i]`` for ``k < KC`` (the weight gradient)."""
     i = tl.arange(0, IP)
-    mask_tt = tl.load(m_ptr + k[None, :] * IP + i[:, None])
-    return _mm(t, mask_tt)
-
-
-@triton.jit
-def _store_w(ptr, val, row, ch, valid, s_n, s_k, s_c, K, KP: tl.constexpr):
-    """Store ``val [M, KP]`` to ``ptr[row, k, ch]`` for ``k < K``."""
-    k = tl.arange(0, KP)
-    offs = row[:, None] * s_n + k[None, :] * s_k + ch[:, None] * s_c
-    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=valid[:, None] & (k[None, :] < K))
+    d = tl.load(d_ptr + i)
+    ts = t * tl.load(s_ptr + i)[None, :]
+    for k in tl.static_range(KC):
+        v = tl.sum(tl.where(d[None, :] == k, ts, 0.0), axis=1)
+        tl.store(ptr + row * s_n + k * s_k + ch * s_c, v.to(ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
@@ -149,9 +155,9 @@ def _bwd_chain(a, b, h, y1_ptr, y2_ptr, f_ptr, BM: tl.constexpr, I1P: tl.constex
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["N", "N_OUT"])
 def gp_fwd_kernel(
-    x1_ptr, x2_ptr, w1_ptr, w2_ptr, w3_ptr, m1_ptr, m2_ptr, m3_ptr, y1_ptr, y2_ptr, f_ptr, out_ptr,
+    x1_ptr, x2_ptr, w1_ptr, w2_ptr, w3_ptr, dg1_ptr, sc1_ptr, dg2_ptr, sc2_ptr, dg3_ptr, sc3_ptr, y1_ptr, y2_ptr, f_ptr, out_ptr,
     src_ptr, dst_ptr,
-    N, N_OUT, C, I1, I2, IO, K1, K2, K3,
+    N, N_OUT, C, I1, I2, IO, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     s_x1n, s_x1c, s_x2n, s_x2c,
     s_w1n, s_w1k, s_w1c, s_w2n, s_w2k, s_w2c, s_w3n, s_w3k, s_w3c,
     s_on, s_oc,
@@ -159,7 +165,6 @@ def gp_fwd_kernel(
     W_PACKED: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     I1P: tl.constexpr, I2P: tl.constexpr, IOP: tl.constexpr,
-    K1P: tl.constexpr, K2P: tl.constexpr, K3P: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """``out[n, c] = w3e * proj((w1e x1[n, c]) (*) (w2e x2[n, c]))`` for a block of rows x channels.
@@ -191,13 +196,13 @@ def gp_fwd_kernel(
         xrow = row
     a = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
     if HAS_W1:
-        a = a * _expand(w1_ptr, m1_ptr, row, ch, valid, s_w1n, s_w1k, s_w1c, K1, K1P, I1P)
+        a = a * _expand(w1_ptr, dg1_ptr, sc1_ptr, row, ch, valid, s_w1n, s_w1k, s_w1c, I1P)
     b = _load_rows(x2_ptr, row, ch, valid, s_x2n, s_x2c, I2, I2P).to(cdt)
     if HAS_W2:
-        b = b * _expand(pw2, m2_ptr, row, ch, valid, s_w2n, s_w2k, s_w2c, K2, K2P, I2P)
+        b = b * _expand(pw2, dg2_ptr, sc2_ptr, row, ch, valid, s_w2n, s_w2k, s_w2c, I2P)
     out = _fwd_chain(a, b, y1_ptr, y2_ptr, f_ptr, BM, I1P, I2P, IOP, BLOCK_P, PP)
     if HAS_W3:
-        out = out * _expand(pw3, m3_ptr, row, ch, valid, s_w3n, s_w3k, s_w3c, K3, K3P, IOP)
+        out = out * _expand(pw3, dg3_ptr, sc3_ptr, row, ch, valid, s_w3n, s_w3k, s_w3c, IOP)
     if MESSAGE:
         orow = tl.load(dst_ptr + row, mask=row < N, other=0).to(tl.int64)
         _atomic_rows(out_ptr, out, orow, ch, valid, s_on, s_oc, IO, IOP)
@@ -207,9 +212,9 @@ def gp_fwd_kernel(
 
 @triton.jit(do_not_specialize=["N"])
 def gp_bwd_kernel(
-    go_ptr, x1_ptr, x2_ptr, w1_ptr, w2_ptr, w3_ptr, m1_ptr, m2_ptr, m3_ptr, y1_ptr, y2_ptr, f_ptr,
+    go_ptr, x1_ptr, x2_ptr, w1_ptr, w2_ptr, w3_ptr, dg1_ptr, sc1_ptr, dg2_ptr, sc2_ptr, dg3_ptr, sc3_ptr, y1_ptr, y2_ptr, f_ptr,
     dx1_ptr, dx2_ptr, dw1_ptr, dw2_ptr, dw3_ptr, src_ptr, dst_ptr,
-    N, C, I1, I2, IO, K1, K2, K3,
+    N, C, I1, I2, IO, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     s_gn, s_gc, s_x1n, s_x1c, s_x2n, s_x2c,
     s_w1n, s_w1k, s_w1c, s_w2n, s_w2k, s_w2c, s_w3n, s_w3k, s_w3c,
     s_d1n, s_d1c, s_d2b, s_d2n, s_d2c,
@@ -220,7 +225,6 @@ def gp_bwd_kernel(
     NEED_DW3: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     I1P: tl.constexpr, I2P: tl.constexpr, IOP: tl.constexpr,
-    K1P: tl.constexpr, K2P: tl.constexpr, K3P: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """Gradients of ``gp_fwd_kernel`` w.r.t. x1, x2 and the three weights, fused.
@@ -259,17 +263,17 @@ def gp_bwd_kernel(
     x1 = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
     a = x1
     if HAS_W1:
-        w1e = _expand(w1_ptr, m1_ptr, row, ch, valid, s_w1n, s_w1k, s_w1c, K1, K1P, I1P)
+        w1e = _expand(w1_ptr, dg1_ptr, sc1_ptr, row, ch, valid, s_w1n, s_w1k, s_w1c, I1P)
         a = x1 * w1e
     x2 = _load_rows(x2_ptr, row, ch, valid, s_x2n, s_x2c, I2, I2P).to(cdt)
     b = x2
     if HAS_W2:
-        w2e = _expand(pw2, m2_ptr, row, ch, valid, s_w2n, s_w2k, s_w2c, K2, K2P, I2P)
+        w2e = _expand(pw2, dg2_ptr, sc2_ptr, row, ch, valid, s_w2n, s_w2k, s_w2c, I2P)
         b = x2 * w2e
     go = _load_rows(go_ptr, grow, ch, valid, s_gn, s_gc, IO, IOP).to(cdt)
     h = go
     if HAS_W3:
-        h = go * _expand(pw3, m3_ptr, row, ch, valid, s_w3n, s_w3k, s_w3c, K3, K3P, IOP)
+        h = go * _expand(pw3, dg3_ptr, sc3_ptr, row, ch, valid, s_w3n, s_w3k, s_w3c, IOP)
     raw, da, db = _bwd_chain(a, b, h, y1_ptr, y2_ptr, f_ptr, BM, I1P, I2P, IOP, BLOCK_P, PP,
                              NEED_DW3, NEED_DX1 or NEED_DW1, NEED_DX2 or NEED_DW2)
     if NEED_DX1:
@@ -281,7 +285,7 @@ def gp_bwd_kernel(
         else:
             _store_rows(dx1_ptr, d1, row, ch, valid, s_d1n, s_d1c, I1, I1P)
     if NEED_DW1:
-        _store_w(dw1_ptr, _degree_sum(da * x1, m1_ptr, K1P, I1P), row, ch, valid, s_e1n, s_e1k, s_e1c, K1, K1P)
+        _store_degree_sum(dw1_ptr, da * x1, dg1_ptr, sc1_ptr, row, ch, valid, s_e1n, s_e1k, s_e1c, K1, I1P)
     if NEED_DX2:
         d2 = db
         if HAS_W2:
@@ -296,9 +300,9 @@ def gp_bwd_kernel(
         else:
             _store_rows(dx2_ptr, d2, row, ch, valid, s_d2n, s_d2c, I2, I2P)
     if NEED_DW2:
-        _store_w(pe2, _degree_sum(db * x2, m2_ptr, K2P, I2P), row, ch, valid, s_e2n, s_e2k, s_e2c, K2, K2P)
+        _store_degree_sum(pe2, db * x2, dg2_ptr, sc2_ptr, row, ch, valid, s_e2n, s_e2k, s_e2c, K2, I2P)
     if NEED_DW3:
-        _store_w(pe3, _degree_sum(go * raw, m3_ptr, K3P, IOP), row, ch, valid, s_e3n, s_e3k, s_e3c, K3, K3P)
+        _store_degree_sum(pe3, go * raw, dg3_ptr, sc3_ptr, row, ch, valid, s_e3n, s_e3k, s_e3c, K3, IOP)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,13 +310,12 @@ def gp_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def msg_fwd_segment_kernel(
-    x1_ptr, sh_ptr, w_ptr, m1_ptr, m2_ptr, m3_ptr, y1_ptr, y2_ptr, f_ptr, out_ptr,
+    x1_ptr, sh_ptr, w_ptr, dg1_ptr, sc1_ptr, dg2_ptr, sc2_ptr, dg3_ptr, sc3_ptr, y1_ptr, y2_ptr, f_ptr, out_ptr,
     src_ptr, perm_ptr, seg_ptr,
-    C, I1, I2, IO, K1, K2, K3,
+    C, I1, I2, IO, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     s_x1n, s_x1c, s_shn, s_wn, s_wk, s_wc, s_on, s_oc,
     BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
     I1P: tl.constexpr, I2P: tl.constexpr, IOP: tl.constexpr,
-    K1P: tl.constexpr, K2P: tl.constexpr, K3P: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """``out[v] = sum over edges e into v (in sorted order) of conv(x1[src[e]], sh[e], w[e])``.
@@ -336,11 +339,11 @@ def msg_fwd_segment_kernel(
         e = tl.load(perm_ptr + pos, mask=pos < end, other=0).to(tl.int64)
         xrow = tl.load(src_ptr + e, mask=pos < end, other=0).to(tl.int64)
         a = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
-        a = a * _expand(w_ptr, m1_ptr, e, ch, valid, s_wn, s_wk, s_wc, K1, K1P, I1P)
+        a = a * _expand(w_ptr, dg1_ptr, sc1_ptr, e, ch, valid, s_wn, s_wk, s_wc, I1P)
         b = _load_rows(sh_ptr, e, ch, valid, s_shn, 0, I2, I2P).to(cdt)
-        b = b * _expand(w_ptr + K1 * s_wk, m2_ptr, e, ch, valid, s_wn, s_wk, s_wc, K2, K2P, I2P)
+        b = b * _expand(w_ptr + K1 * s_wk, dg2_ptr, sc2_ptr, e, ch, valid, s_wn, s_wk, s_wc, I2P)
         t = _fwd_chain(a, b, y1_ptr, y2_ptr, f_ptr, BM, I1P, I2P, IOP, BLOCK_P, PP)
-        t = t * _expand(w_ptr + (K1 + K2) * s_wk, m3_ptr, e, ch, valid, s_wn, s_wk, s_wc, K3, K3P, IOP)
+        t = t * _expand(w_ptr + (K1 + K2) * s_wk, dg3_ptr, sc3_ptr, e, ch, valid, s_wn, s_wk, s_wc, IOP)
         t = tl.where(valid[:, None], t, 0.0)
         acc += tl.sum(tl.reshape(t, (BLOCK_E, BLOCK_C, IOP)), axis=0)
     cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -351,15 +354,14 @@ def msg_fwd_segment_kernel(
 
 @triton.jit
 def msg_bwd_segment_kernel(
-    go_ptr, x1_ptr, sh_ptr, w_ptr, m1_ptr, m2_ptr, m3_ptr, y1_ptr, y2_ptr, f_ptr,
+    go_ptr, x1_ptr, sh_ptr, w_ptr, dg1_ptr, sc1_ptr, dg2_ptr, sc2_ptr, dg3_ptr, sc3_ptr, y1_ptr, y2_ptr, f_ptr,
     dx1_ptr, dsh_ptr, dw_ptr, dst_ptr, perm_ptr, seg_ptr,
-    C, I1, I2, IO, K1, K2, K3,
+    C, I1, I2, IO, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     s_gn, s_gc, s_x1n, s_x1c, s_shn, s_wn, s_wk, s_wc,
     s_d1n, s_d1c, s_dsb, s_dsn, s_dwn, s_dwk, s_dwc,
     NEED_DX1: tl.constexpr, NEED_DSH: tl.constexpr, NEED_DW: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
     I1P: tl.constexpr, I2P: tl.constexpr, IOP: tl.constexpr,
-    K1P: tl.constexpr, K2P: tl.constexpr, K3P: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """Backward of the message op, one program per (sender node, channel block).
@@ -385,24 +387,22 @@ def msg_bwd_segment_kernel(
         e = tl.load(perm_ptr + pos, mask=pos < end, other=0).to(tl.int64)
         grow = tl.load(dst_ptr + e, mask=pos < end, other=0).to(tl.int64)
         x1 = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
-        w1e = _expand(w_ptr, m1_ptr, e, ch, valid, s_wn, s_wk, s_wc, K1, K1P, I1P)
+        w1e = _expand(w_ptr, dg1_ptr, sc1_ptr, e, ch, valid, s_wn, s_wk, s_wc, I1P)
         a = x1 * w1e
         x2 = _load_rows(sh_ptr, e, ch, valid, s_shn, 0, I2, I2P).to(cdt)
-        w2e = _expand(w_ptr + K1 * s_wk, m2_ptr, e, ch, valid, s_wn, s_wk, s_wc, K2, K2P, I2P)
+        w2e = _expand(w_ptr + K1 * s_wk, dg2_ptr, sc2_ptr, e, ch, valid, s_wn, s_wk, s_wc, I2P)
         b = x2 * w2e
         go = _load_rows(go_ptr, grow, ch, valid, s_gn, s_gc, IO, IOP).to(cdt)
-        h = go * _expand(w_ptr + (K1 + K2) * s_wk, m3_ptr, e, ch, valid, s_wn, s_wk, s_wc, K3, K3P, IOP)
+        h = go * _expand(w_ptr + (K1 + K2) * s_wk, dg3_ptr, sc3_ptr, e, ch, valid, s_wn, s_wk, s_wc, IOP)
         raw, da, db = _bwd_chain(a, b, h, y1_ptr, y2_ptr, f_ptr, BM, I1P, I2P, IOP, BLOCK_P, PP,
                                  NEED_DW, NEED_DX1 or NEED_DW, NEED_DSH or NEED_DW)
         if NEED_DX1:
             d1 = tl.where(valid[:, None], da * w1e, 0.0)
             acc += tl.sum(tl.reshape(d1, (BLOCK_E, BLOCK_C, I1P)), axis=0)
         if NEED_DW:
-            _store_w(dw_ptr, _degree_sum(da * x1, m1_ptr, K1P, I1P), e, ch, valid, s_dwn, s_dwk, s_dwc, K1, K1P)
-            _store_w(dw_ptr + K1 * s_dwk, _degree_sum(db * x2, m2_ptr, K2P, I2P), e, ch, valid,
-                     s_dwn, s_dwk, s_dwc, K2, K2P)
-            _store_w(dw_ptr + (K1 + K2) * s_dwk, _degree_sum(go * raw, m3_ptr, K3P, IOP), e, ch, valid,
-                     s_dwn, s_dwk, s_dwc, K3, K3P)
+            _store_degree_sum(dw_ptr, da * x1, dg1_ptr, sc1_ptr, e, ch, valid, s_dwn, s_dwk, s_dwc, K1, I1P)
+            _store_degree_sum(dw_ptr + K1 * s_dwk, db * x2, dg2_ptr, sc2_ptr, e, ch, valid, s_dwn, s_dwk, s_dwc, K2, I2P)
+            _store_degree_sum(dw_ptr + (K1 + K2) * s_dwk, go * raw, dg3_ptr, sc3_ptr, e, ch, valid, s_dwn, s_dwk, s_dwc, K3, IOP)
         if NEED_DSH:
             d2 = tl.where(valid[:, None], db * w2e, 0.0)
             d2r = tl.sum(tl.reshape(d2, (BLOCK_E, BLOCK_C, I2P)), axis=1)
@@ -423,11 +423,11 @@ def msg_bwd_segment_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["N"])
 def mb_fwd_kernel(
-    x_ptr, win_ptr, wout_ptr, min_ptr, mout_ptr, y_ptr, f_ptr, out_ptr,
-    N, C, I, IO, K, KO,
+    x_ptr, win_ptr, wout_ptr, dgi_ptr, sci_ptr, dgo_ptr, sco_ptr, y_ptr, f_ptr, out_ptr,
+    N, C, I, IO, K: tl.constexpr, KO: tl.constexpr,
     s_xn, s_xc, s_in, s_iv, s_ik, s_ic, s_on_w, s_ov, s_ok, s_oc_w, s_on, s_oc,
     NU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    IP: tl.constexpr, IOP: tl.constexpr, KP: tl.constexpr, KOP: tl.constexpr,
+    IP: tl.constexpr, IOP: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """``out = sum_nu w_out[nu] * proj_nu(prod_{k<=nu} (w_in[k] x) @ Y)`` with running products per
@@ -446,17 +446,17 @@ def mb_fwd_kernel(
     o = tl.arange(0, IOP)
     p = tl.arange(0, BLOCK_P)
     FS: tl.constexpr = PP * IOP
-    xw1 = x * _expand(win_ptr, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+    xw1 = x * _expand(win_ptr, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
     acc1 = tl.zeros((BM, IOP), dtype=cdt)
     acc2 = tl.zeros((BM, IOP), dtype=cdt)
     acc3 = tl.zeros((BM, IOP), dtype=cdt)
     acc4 = tl.zeros((BM, IOP), dtype=cdt)
     if NU >= 2:
-        xw2 = x * _expand(win_ptr + s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        xw2 = x * _expand(win_ptr + s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
     if NU >= 3:
-        xw3 = x * _expand(win_ptr + 2 * s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        xw3 = x * _expand(win_ptr + 2 * s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
     if NU >= 4:
-        xw4 = x * _expand(win_ptr + 3 * s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        xw4 = x * _expand(win_ptr + 3 * s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
     for p0 in range(0, PP, BLOCK_P):
         pp = p0 + p
         yc = tl.load(y_ptr + i[:, None] * PP + pp[None, :])
@@ -472,31 +472,31 @@ def mb_fwd_kernel(
         if NU >= 4:
             r = r * _mm(xw4, yc)
             acc4 += _mm(r, tl.load(f_ptr + 3 * FS + fo))
-    out = acc1 * _expand(wout_ptr, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+    out = acc1 * _expand(wout_ptr, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 2:
-        out += acc2 * _expand(wout_ptr + s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        out += acc2 * _expand(wout_ptr + s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 3:
-        out += acc3 * _expand(wout_ptr + 2 * s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        out += acc3 * _expand(wout_ptr + 2 * s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 4:
-        out += acc4 * _expand(wout_ptr + 3 * s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        out += acc4 * _expand(wout_ptr + 3 * s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     _store_rows(out_ptr, out, row, ch, valid, s_on, s_oc, IO, IOP)
 
 
 @triton.jit
-def _mb_store_dwin(dwin_ptr, d, x, min_ptr, row, ch, valid, s_dn, s_dk, s_dc, K,
-                   KP: tl.constexpr, IP: tl.constexpr):
-    _store_w(dwin_ptr, _degree_sum(d * x, min_ptr, KP, IP), row, ch, valid, s_dn, s_dk, s_dc, K, KP)
+def _mb_store_dwin(dwin_ptr, d, x, dgi_ptr, sci_ptr, row, ch, valid, s_dn, s_dk, s_dc, K: tl.constexpr,
+                   IP: tl.constexpr):
+    _store_degree_sum(dwin_ptr, d * x, dgi_ptr, sci_ptr, row, ch, valid, s_dn, s_dk, s_dc, K, IP)
 
 
 @triton.jit(do_not_specialize=["N"])
 def mb_bwd_kernel(
-    go_ptr, x_ptr, win_ptr, wout_ptr, min_ptr, mout_ptr, y_ptr, f_ptr, dx_ptr, dwin_ptr, dwout_ptr,
-    N, C, I, IO, K, KO,
+    go_ptr, x_ptr, win_ptr, wout_ptr, dgi_ptr, sci_ptr, dgo_ptr, sco_ptr, y_ptr, f_ptr, dx_ptr, dwin_ptr, dwout_ptr,
+    N, C, I, IO, K: tl.constexpr, KO: tl.constexpr,
     s_gn, s_gc, s_xn, s_xc, s_in, s_iv, s_ik, s_ic, s_on_w, s_ov, s_ok, s_oc_w,
     s_dxn, s_dxc, s_din, s_div, s_dik, s_dic, s_don, s_dov, s_dok, s_doc,
     NU: tl.constexpr, NEED_DX: tl.constexpr, NEED_DWIN: tl.constexpr, NEED_DWOUT: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    IP: tl.constexpr, IOP: tl.constexpr, KP: tl.constexpr, KOP: tl.constexpr,
+    IP: tl.constexpr, IOP: tl.constexpr,
     BLOCK_P: tl.constexpr, PP: tl.constexpr,
 ):
     """Gradients of ``mb_fwd_kernel`` w.r.t. x, w_in and w_out (per row; the caller sums shared rows).
@@ -519,21 +519,21 @@ def mb_bwd_kernel(
     FS: tl.constexpr = PP * IOP
     x = _load_rows(x_ptr, row, ch, valid, s_xn, s_xc, I, IP).to(cdt)
     go = _load_rows(go_ptr, row, ch, valid, s_gn, s_gc, IO, IOP).to(cdt)
-    we1 = _expand(win_ptr, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+    we1 = _expand(win_ptr, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
     xw1 = x * we1
-    h1 = go * _expand(wout_ptr, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+    h1 = go * _expand(wout_ptr, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 2:
-        we2 = _expand(win_ptr + s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        we2 = _expand(win_ptr + s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
         xw2 = x * we2
-        h2 = go * _expand(wout_ptr + s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        h2 = go * _expand(wout_ptr + s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 3:
-        we3 = _expand(win_ptr + 2 * s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        we3 = _expand(win_ptr + 2 * s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
         xw3 = x * we3
-        h3 = go * _expand(wout_ptr + 2 * s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        h3 = go * _expand(wout_ptr + 2 * s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     if NU >= 4:
-        we4 = _expand(win_ptr + 3 * s_iv, min_ptr, row, ch, valid, s_in, s_ik, s_ic, K, KP, IP)
+        we4 = _expand(win_ptr + 3 * s_iv, dgi_ptr, sci_ptr, row, ch, valid, s_in, s_ik, s_ic, IP)
         xw4 = x * we4
-        h4 = go * _expand(wout_ptr + 3 * s_ov, mout_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, KO, KOP, IOP)
+        h4 = go * _expand(wout_ptr + 3 * s_ov, dgo_ptr, sco_ptr, row, ch, valid, s_on_w, s_ok, s_oc_w, IOP)
     raw1 = tl.zeros((BM, IOP), dtype=cdt)
     raw2 = tl.zeros((BM, IOP), dtype=cdt)
     raw3 = tl.zeros((BM, IOP), dtype=cdt)
@@ -599,22 +599,18 @@ def mb_bwd_kernel(
             dx += d4 * we4
         _store_rows(dx_ptr, dx, row, ch, valid, s_dxn, s_dxc, I, IP)
     if NEED_DWIN:
-        _mb_store_dwin(dwin_ptr, d1, x, min_ptr, row, ch, valid, s_din, s_dik, s_dic, K, KP, IP)
+        _mb_store_dwin(dwin_ptr, d1, x, dgi_ptr, sci_ptr, row, ch, valid, s_din, s_dik, s_dic, K, IP)
         if NU >= 2:
-            _mb_store_dwin(dwin_ptr + s_div, d2, x, min_ptr, row, ch, valid, s_din, s_dik, s_dic, K, KP, IP)
+            _mb_store_dwin(dwin_ptr + s_div, d2, x, dgi_ptr, sci_ptr, row, ch, valid, s_din, s_dik, s_dic, K, IP)
         if NU >= 3:
-            _mb_store_dwin(dwin_ptr + 2 * s_div, d3, x, min_ptr, row, ch, valid, s_din, s_dik, s_dic, K, KP, IP)
+            _mb_store_dwin(dwin_ptr + 2 * s_div, d3, x, dgi_ptr, sci_ptr, row, ch, valid, s_din, s_dik, s_dic, K, IP)
         if NU >= 4:
-            _mb_store_dwin(dwin_ptr + 3 * s_div, d4, x, min_ptr, row, ch, valid, s_din, s_dik, s_dic, K, KP, IP)
+            _mb_store_dwin(dwin_ptr + 3 * s_div, d4, x, dgi_ptr, sci_ptr, row, ch, valid, s_din, s_dik, s_dic, K, IP)
     if NEED_DWOUT:
-        _store_w(dwout_ptr, _degree_sum(go * raw1, mout_ptr, KOP, IOP), row, ch, valid,
-                 s_don, s_dok, s_doc, KO, KOP)
+        _store_degree_sum(dwout_ptr, go * raw1, dgo_ptr, sco_ptr, row, ch, valid, s_don, s_dok, s_doc, KO, IOP)
         if NU >= 2:
-            _store_w(dwout_ptr + s_dov, _degree_sum(go * raw2, mout_ptr, KOP, IOP), row, ch, valid,
-                     s_don, s_dok, s_doc, KO, KOP)
+            _store_degree_sum(dwout_ptr + s_dov, go * raw2, dgo_ptr, sco_ptr, row, ch, valid, s_don, s_dok, s_doc, KO, IOP)
         if NU >= 3:
-            _store_w(dwout_ptr + 2 * s_dov, _degree_sum(go * raw3, mout_ptr, KOP, IOP), row, ch, valid,
-                     s_don, s_dok, s_doc, KO, KOP)
+            _store_degree_sum(dwout_ptr + 2 * s_dov, go * raw3, dgo_ptr, sco_ptr, row, ch, valid, s_don, s_dok, s_doc, KO, IOP)
         if NU >= 4:
-            _store_w(dwout_ptr + 3 * s_dov, _degree_sum(go * raw4, mout_ptr, KOP, IOP), row, ch, valid,
-                     s_don, s_dok, s_doc, KO, KOP)
+            _store_degree_sum(dwout_ptr + 3 * s_dov, go * raw4, dgo_ptr, sco_ptr, row, ch, valid, s_don, s_dok, s_doc, KO, IOP)

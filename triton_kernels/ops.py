@@ -37,7 +37,7 @@ from . import constants as K
 from .kernels import gp_bwd_kernel, gp_fwd_kernel, mb_bwd_kernel, mb_fwd_kernel, msg_bwd_segment_kernel, \
     msg_fwd_segment_kernel
 from .reference import conv_message_ref, conv_product_ref, grid_product_ref, many_body_ref
-from .tables import compute_dtype, padded_mask, power_tables, product_tables
+from .tables import compute_dtype, degree_gather, power_tables, product_tables
 
 __all__ = ["INTERPRET", "NAMESPACE", "OPS"]
 
@@ -96,12 +96,11 @@ def _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f):
     cdt = compute_dtype(x1.dtype)
     y1p, y2p, fp, sz = product_tables(y1, y2, f, cdt)
     i1, i2, io = y1.shape[0], y2.shape[0], f.shape[1]
-    m1p, k1p = padded_mask(m1, i1, cdt, x1)
-    m2p, k2p = padded_mask(m2, i2, cdt, x1)
-    m3p, k3p = padded_mask(m3, io, cdt, x1)
-    sizes = dict(I1P=sz["I1P"], I2P=sz["I2P"], IOP=sz["IOP"], PP=sz["PP"], K1P=k1p, K2P=k2p, K3P=k3p,
-                 BLOCK_P=K.BLOCK_P)
-    return cdt, (y1p, y2p, fp, m1p, m2p, m3p), sizes, (i1, i2, io)
+    gk = {}
+    for j, (m, width) in enumerate(((m1, i1), (m2, i2), (m3, io)), start=1):
+        gk[f"dg{j}_ptr"], gk[f"sc{j}_ptr"] = degree_gather(m, width, cdt, x1)
+    sizes = dict(I1P=sz["I1P"], I2P=sz["I2P"], IOP=sz["IOP"], PP=sz["PP"], BLOCK_P=K.BLOCK_P)
+    return cdt, (y1p, y2p, fp, gk), sizes, (i1, i2, io)
 
 
 def _wargs(prefix: str, w: Optional[Tensor], dummy: Tensor, packed_k: int = 0):
@@ -118,7 +117,7 @@ def _gp_forward(x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1, y2, f, *, pa
     """Launch ``gp_fwd_kernel``. ``packed = (weight, k1, k2)`` for one per-edge weight tensor;
     ``message = (src, dst)`` to gather x1 by ``src`` and scatter-add into ``n_out`` receivers."""
     x1, x2 = _lastc(x1), _lastc(x2)
-    cdt, (y1p, y2p, fp, m1p, m2p, m3p), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
     c = x1.shape[1]
     n = x2.shape[0] if message is not None else x1.shape[0]
     if packed is not None:
@@ -148,7 +147,7 @@ def _gp_forward(x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1, y2, f, *, pa
     grid = (triton.cdiv(n, block_r), triton.cdiv(c, block_c))
     if n > 0 and c > 0:
         _launch(gp_fwd_kernel, grid,
-                x1_ptr=x1, x2_ptr=x2, **wp, m1_ptr=m1p, m2_ptr=m2p, m3_ptr=m3p, y1_ptr=y1p, y2_ptr=y2p, f_ptr=fp,
+                x1_ptr=x1, x2_ptr=x2, **wp, **gk, y1_ptr=y1p, y2_ptr=y2p, f_ptr=fp,
                 out_ptr=out, src_ptr=src, dst_ptr=dst,
                 N=n, N_OUT=n_out, C=c, I1=i1, I2=i2, IO=io, K1=kdims[0], K2=kdims[1], K3=kdims[2],
                 s_x1n=x1.stride(0), s_x1c=x1.stride(1), s_x2n=_s(x2, 0), s_x2c=_s(x2, 1), **ws,
@@ -166,7 +165,7 @@ def _gp_backward(go: Tensor, x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1,
     """Launch ``gp_bwd_kernel``; returns ``[dx1, dx2, dw1, dw2, dw3]`` (``dw1`` = the whole packed weight
     gradient when ``packed``), empty tensors where not needed, each shaped like its input."""
     go, x1, x2 = _lastc(go), _lastc(x1), _lastc(x2)
-    cdt, (y1p, y2p, fp, m1p, m2p, m3p), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
     c = x1.shape[1]
     n = x2.shape[0] if message is not None else x1.shape[0]
     need_dx1, need_dx2, need_dw1, need_dw2, need_dw3 = need
@@ -226,7 +225,7 @@ def _gp_backward(go: Tensor, x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1,
     src, dst = message if message is not None else (x1, x1)
     if n > 0 and c > 0:
         _launch(gp_bwd_kernel, grid,
-                go_ptr=go, x1_ptr=x1, x2_ptr=x2, **wp, m1_ptr=m1p, m2_ptr=m2p, m3_ptr=m3p,
+                go_ptr=go, x1_ptr=x1, x2_ptr=x2, **wp, **gk,
                 y1_ptr=y1p, y2_ptr=y2p, f_ptr=fp,
                 dx1_ptr=dx1 if need_dx1 else x1, dx2_ptr=dx2 if need_dx2 else x1, **ep,
                 src_ptr=src, dst_ptr=dst,
@@ -378,9 +377,10 @@ def _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids):
     cdt = compute_dtype(x.dtype)
     yp, fp, sz = power_tables(to_grid, from_grids, cdt)
     i, io = to_grid.shape[0], from_grids.shape[2]
-    mip, kp = padded_mask(m_in, i, cdt, x)
-    mop, kop = padded_mask(m_out, io, cdt, x)
-    return nu, cdt, yp, fp, mip, mop, dict(IP=sz["IP"], IOP=sz["IOP"], PP=sz["PP"], KP=kp, KOP=kop,
+    dgi, sci = degree_gather(m_in, i, cdt, x)
+    dgo, sco = degree_gather(m_out, io, cdt, x)
+    gk = dict(dgi_ptr=dgi, sci_ptr=sci, dgo_ptr=dgo, sco_ptr=sco)
+    return nu, cdt, yp, fp, gk, dict(IP=sz["IP"], IOP=sz["IOP"], PP=sz["PP"],
                                           BLOCK_P=K.BLOCK_P), (i, io)
 
 
@@ -393,20 +393,20 @@ def many_body_product(x: Tensor, w_in: Tensor, w_out: Tensor, m_in: Tensor, m_ou
                       from_grids: Tensor) -> Tensor:
     """``sum_nu w_out[nu] * proj_nu(prod_{k<=nu} (w_in[k] x) @ Y)``: ``x [N, C, I]``, ``w [N|1, NU, K, C]``."""
     x = _lastc(x)
-    nu, cdt, yp, fp, mip, mop, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
+    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
     n, c = x.shape[0], x.shape[1]
     out = x.new_empty(n, c, io)
     block_r, block_c = K.tile_shape(c, K.BLOCK_M_MANY_BODY_FWD)
     if n > 0 and c > 0:
         _launch(mb_fwd_kernel, (triton.cdiv(n, block_r), triton.cdiv(c, block_c)),
-                x_ptr=x, win_ptr=w_in, wout_ptr=w_out, min_ptr=mip, mout_ptr=mop, y_ptr=yp, f_ptr=fp, out_ptr=out,
+                x_ptr=x, win_ptr=w_in, wout_ptr=w_out, **gk, y_ptr=yp, f_ptr=fp, out_ptr=out,
                 N=n, C=c, I=i, IO=io, K=w_in.shape[2], KO=w_out.shape[2],
                 s_xn=x.stride(0), s_xc=x.stride(1),
                 s_in=_s(w_in, 0), s_iv=w_in.stride(1), s_ik=w_in.stride(2), s_ic=w_in.stride(3),
                 s_on_w=_s(w_out, 0), s_ov=w_out.stride(1), s_ok=w_out.stride(2), s_oc_w=w_out.stride(3),
                 s_on=out.stride(0), s_oc=out.stride(1),
                 NU=nu, BLOCK_R=block_r, BLOCK_C=block_c, **sz,
-                num_warps=K.num_warps_for(sz["IP"], sz["IOP"]))
+                num_warps=K.num_warps_many_body(sz["IP"], sz["IOP"], nu))
     return out
 
 
@@ -422,7 +422,7 @@ def many_body_product_backward(grad: Tensor, x: Tensor, w_in: Tensor, w_out: Ten
                                need_wout: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused gradients of ``many_body_product`` w.r.t. x, w_in and w_out."""
     grad, x = _lastc(grad), _lastc(x)
-    nu, cdt, yp, fp, mip, mop, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
+    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
     n, c = x.shape[0], x.shape[1]
     dx = x.new_empty(x.shape) if need_x else _empty(x)
     win_rows = w_in.shape[0] == n
@@ -437,7 +437,7 @@ def many_body_product_backward(grad: Tensor, x: Tensor, w_in: Tensor, w_out: Ten
     block_r, block_c = K.tile_shape(c, K.BLOCK_M_MANY_BODY_BWD)
     if n > 0 and c > 0:
         _launch(mb_bwd_kernel, (triton.cdiv(n, block_r), triton.cdiv(c, block_c)),
-                go_ptr=grad, x_ptr=x, win_ptr=w_in, wout_ptr=w_out, min_ptr=mip, mout_ptr=mop, y_ptr=yp, f_ptr=fp,
+                go_ptr=grad, x_ptr=x, win_ptr=w_in, wout_ptr=w_out, **gk, y_ptr=yp, f_ptr=fp,
                 dx_ptr=dx if need_x else x, dwin_ptr=dwin if need_win else x, dwout_ptr=dwout if need_wout else x,
                 N=n, C=c, I=i, IO=io, K=w_in.shape[2], KO=w_out.shape[2],
                 s_gn=grad.stride(0), s_gc=grad.stride(1), s_xn=x.stride(0), s_xc=x.stride(1),
@@ -448,7 +448,7 @@ def many_body_product_backward(grad: Tensor, x: Tensor, w_in: Tensor, w_out: Ten
                 s_don=st(dwout, 0), s_dov=st(dwout, 1), s_dok=st(dwout, 2), s_doc=st(dwout, 3),
                 NU=nu, NEED_DX=need_x, NEED_DWIN=need_win, NEED_DWOUT=need_wout,
                 BLOCK_R=block_r, BLOCK_C=block_c, **sz,
-                num_warps=K.num_warps_for(sz["IP"], sz["IOP"]))
+                num_warps=K.num_warps_many_body(sz["IP"], sz["IOP"], nu))
     elif n == 0:
         for t in (dx, dwin, dwout):
             if t.numel():
@@ -505,7 +505,7 @@ def conv_message(x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_
         return _gp_forward(x, sh.unsqueeze(1), None, None, None, m1, m2, m3, to_grid1, to_grid2, from_grid,
                            packed=(weight, k1, m2.shape[0]), message=(src, dst), n_out=num_nodes)
     x, sh = _lastc(x), _lastc(sh)
-    cdt, (y1p, y2p, fp, m1p, m2p, m3p), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
                                                                      to_grid1, to_grid2, from_grid)
     c = x.shape[1]
     out = x.new_empty(num_nodes, c, io)
@@ -515,7 +515,7 @@ def conv_message(x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_
     k2 = m2.shape[0]
     if num_nodes > 0 and c > 0:
         _launch(msg_fwd_segment_kernel, (num_nodes, triton.cdiv(c, block_c)),
-                x1_ptr=x, sh_ptr=sh, w_ptr=weight, m1_ptr=m1p, m2_ptr=m2p, m3_ptr=m3p, y1_ptr=y1p, y2_ptr=y2p,
+                x1_ptr=x, sh_ptr=sh, w_ptr=weight, **gk, y1_ptr=y1p, y2_ptr=y2p,
                 f_ptr=fp, out_ptr=out, src_ptr=src, perm_ptr=perm, seg_ptr=seg,
                 C=c, I1=i1, I2=i2, IO=io, K1=k1, K2=k2, K3=kk - k1 - k2,
                 s_x1n=x.stride(0), s_x1c=x.stride(1), s_shn=sh.stride(0),
@@ -551,7 +551,7 @@ def conv_message_backward(grad: Tensor, x: Tensor, sh: Tensor, weight: Tensor, e
             dsh = dsh.reshape(sh.shape)
         return dx, dsh, dw
     grad, x, sh = _lastc(grad), _lastc(x), _lastc(sh)
-    cdt, (y1p, y2p, fp, m1p, m2p, m3p), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
                                                                      to_grid1, to_grid2, from_grid)
     c = x.shape[1]
     e = sh.shape[0]
@@ -569,7 +569,7 @@ def conv_message_backward(grad: Tensor, x: Tensor, sh: Tensor, weight: Tensor, e
         return t.stride(d) if t.numel() else 0
     if n_nodes > 0 and c > 0:
         _launch(msg_bwd_segment_kernel, (n_nodes, ncb),
-                go_ptr=grad, x1_ptr=x, sh_ptr=sh, w_ptr=weight, m1_ptr=m1p, m2_ptr=m2p, m3_ptr=m3p,
+                go_ptr=grad, x1_ptr=x, sh_ptr=sh, w_ptr=weight, **gk,
                 y1_ptr=y1p, y2_ptr=y2p, f_ptr=fp,
                 dx1_ptr=dx if need_x else x, dsh_ptr=dsh if need_sh else x, dw_ptr=dw if need_w else x,
                 dst_ptr=dst, perm_ptr=perm, seg_ptr=seg,

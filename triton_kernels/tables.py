@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .constants import grid_padded, padded
 
-__all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_mask", "clear_cache"]
+__all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_mask", "degree_gather", "product_tables",
+           "power_tables", "clear_cache"]
 
 _CACHE: dict = {}
 _CACHE_MAX = 512
@@ -95,10 +96,29 @@ def power_tables(y: torch.Tensor, fs: torch.Tensor, dtype: torch.dtype):
     return cached("power", (y, fs), (dtype,), build)
 
 
-def padded_mask(m: Optional[torch.Tensor], width: int, dtype: torch.dtype, like: torch.Tensor):
-    """Mask ``[K, I]`` padded to ``[KP, padded(I)]`` (a 1x1 zero placeholder when ``m`` is None)."""
+def degree_gather(m: Optional[torch.Tensor], width: int, dtype: torch.dtype, like: torch.Tensor):
+    """``(deg [IP] int32, scale [IP] dtype)`` of a degree mask ``m [K, I]``: the slot of each coefficient
+    and the mask value there (0 on padding / uncovered coefficients), ``IP = padded(width)``.
+
+    The kernels gather per-degree weights with these instead of multiplying by the mask, which needs
+    at most one non-zero per mask column (a coefficient belongs to one degree); checked once per mask
+    in eager mode (``ValueError``).
+    """
+    ip = padded(width)
     if m is None:
-        return like.new_zeros(1, 1, dtype=dtype), padded(1)
-    k = m.shape[0]
-    kp = padded(k)
-    return cached("mask", (m,), (dtype, width), lambda: pad2(m, kp, padded(width), dtype)), kp
+        return (torch.zeros(ip, dtype=torch.int32, device=like.device),
+                torch.zeros(ip, dtype=dtype, device=like.device))
+
+    def build():
+        if m.shape[0] == 0:
+            return (torch.zeros(ip, dtype=torch.int32, device=m.device),
+                    torch.zeros(ip, dtype=dtype, device=m.device))
+        if _plain(m) and not torch.compiler.is_compiling():
+            if bool(((m != 0).sum(0) > 1).any()):
+                raise ValueError("gaunt_triton: a degree mask column has several non-zeros (a coefficient in several "
+                                 "degree slots); the kernels need at most one per coefficient")
+        idx = m.abs().argmax(0)
+        scale = m.gather(0, idx.unsqueeze(0)).squeeze(0)
+        pad = ip - m.shape[1]
+        return (F.pad(idx.to(torch.int32), (0, pad)).contiguous(), F.pad(scale.to(dtype), (0, pad)).contiguous())
+    return cached("degree_gather", (m,), (dtype, ip), build)
