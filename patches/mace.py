@@ -27,8 +27,6 @@ from .base import FrameworkPatch
 
 __all__ = ["MacePatch"]
 
-logger = logging.getLogger("gaunt_plugins.patches")
-
 
 def _wrap_parser_builder(original):
     @functools.wraps(original)
@@ -73,15 +71,15 @@ def _wrap_configure_model(original):
 
         model, output_args = original(args, *rest, **kwargs)
         model, report = gauntify_model(model, options)
-        logger.info("gaunt-plugins: %s", options.describe())
-        for line in report.converted_blocks:
-            logger.info("gaunt-plugins:   %s", line)
+        # MACE logs through the root logger: so do we, into its log file
         logging.info(
-            "Gaunt tensor products (gaunt-plugins): %s; %d tensors kept, %d freshly initialised",
+            "gaunt-plugins: %s; %d tensors kept, %d parameters freshly initialised",
             options.describe(),
             len(report.copied),
             len(report.fresh),
         )
+        for line in report.converted_blocks:
+            logging.info("gaunt-plugins:   %s", line)
         return model, output_args
 
     configure_model.__gaunt_original__ = original

@@ -1,0 +1,195 @@
+"""End to end: the stock ``mace_run_train`` with ``tensor_product: gaunt`` in its YAML, and what MACE
+users do with the result (calculator MD, ``mace_eval_configs``, TorchScript, restart).
+
+The stock command is made to accept the key by the opt-in automatic hook
+(``GAUNT_PLUGINS_AUTOPATCH=1`` and the launcher's ``sitecustomize`` directory on ``PYTHONPATH``),
+exactly what ``gaunt-run`` exports for the processes it starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mace  # noqa: F401
+import numpy as np
+import torch
+
+from conftest import tiny_config, venv_bin
+
+pytestmark = pytest.mark.slow
+
+
+def hooked_env(**extra):
+    """The environment ``gaunt-run`` gives its child processes."""
+    from gaunt_plugins.patches.launcher import subprocess_hook_dir
+
+    env = dict(os.environ)
+    env["GAUNT_PLUGINS_AUTOPATCH"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def run(cmd, cwd, env=None, timeout=900):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def eval_losses(work: Path, name: str):
+    """Validation losses MACE recorded: ``{epoch: loss}`` (``None`` = before training)."""
+    (results,) = (work / "results").glob(f"{name}_run-*_train.txt")
+    losses = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        if row["mode"] == "eval":
+            losses[row["epoch"]] = row["loss"]
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(acac_subset, tmp_path_factory):
+    """A Gaunt MACE trained 2 epochs (with EMA) by the stock CLI from a YAML with the key."""
+    work = tmp_path_factory.mktemp("gaunt_train")
+    (work / "cfg.yaml").write_text(
+        tiny_config(acac_subset, "gaunt", tensor_product="gaunt", gaunt_targets=["conv", "product"],
+                    ema=True, ema_decay=0.9)
+    )
+    proc = run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], work, hooked_env())
+    return work, proc
+
+
+def test_stock_cli_trains_with_the_yaml_key_and_the_loss_falls(trained):
+    work, proc = trained
+    log = next((work / "logs").glob("gaunt_run-*.log")).read_text()
+    assert "gaunt-plugins: Gaunt tensor products for conv and product" in log
+    assert "interactions.1: RealAgnosticResidualInteractionBlock -> GauntRealAgnosticResidualInteractionBlock" in log
+    losses = eval_losses(work, "gaunt")
+    assert set(losses) == {None, 0, 1}
+    assert losses[1] < losses[None], losses
+
+    from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, is_gaunt_model
+
+    model = torch.load(work / "gaunt.model", weights_only=False, map_location="cpu")
+    assert is_gaunt_model(model) and isinstance(model.products[0], GauntProductBasisBlock)
+
+
+def test_compiled_model_matches_the_saved_model(trained, acac_subset):
+    """MACE writes ``<name>_compiled.model`` (TorchScript) and swallows failures: check it exists
+    and computes what the pickled model computes."""
+    work, _ = trained
+    from conftest import acac_batch
+
+    compiled = torch.jit.load(str(work / "gaunt_compiled.model"), map_location="cpu")
+    model = torch.load(work / "gaunt.model", weights_only=False, map_location="cpu")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = acac_batch(2)
+        a = model(batch, training=False, compute_force=True)
+        b = compiled(batch, training=False, compute_force=True)
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.allclose(a["energy"], b["energy"], atol=1e-10)
+    assert torch.allclose(a["forces"], b["forces"], atol=1e-10)
+
+
+def test_calculator_md_and_eval_configs(trained, acac_subset):
+    """``MACECalculator(model_paths=...)`` runs MD on the Gaunt model; ``mace_eval_configs`` evaluates it.
+    Neither needs the patch: only gaunt-plugins importable."""
+    work, _ = trained
+    script = f"""
+import numpy as np, ase.io
+from ase import units
+from ase.md.verlet import VelocityVerlet
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from mace.calculators import MACECalculator
+import mace.modules
+assert "GauntRealAgnosticResidualInteractionBlock" not in mace.modules.interaction_classes  # not patched
+atoms = ase.io.read({str(acac_subset / 'test.xyz')!r}, index=0)
+atoms.calc = MACECalculator(model_paths={str(work / 'gaunt.model')!r}, device="cpu", default_dtype="float64")
+MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+energies = []
+def record():
+    energies.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+dyn.attach(record, interval=1)
+dyn.run(10)
+e = np.array(energies)
+assert np.isfinite(e).all() and np.isfinite(atoms.get_forces()).all()
+print("DRIFT", abs(e[-1] - e[0]), "STEPS", len(e))
+"""
+    proc = run([sys.executable, "-c", script], work)
+    drift = float(proc.stdout.split("DRIFT")[1].split()[0])
+    assert "STEPS 11" in proc.stdout
+    assert drift < 0.05, proc.stdout  # eV over 10 steps of 0.5 fs: forces are the energy's gradient
+
+    out = work / "eval.xyz"
+    run([venv_bin("mace_eval_configs"), "--configs", str(acac_subset / "test.xyz"),
+         "--model", str(work / "gaunt.model"), "--output", str(out), "--default_dtype", "float64"], work)
+    import ase.io
+
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 6 and all(np.isfinite(f.info["MACE_energy"]) for f in frames)
+
+
+def test_restart_continues_from_the_checkpoint(trained, acac_subset):
+    work, _ = trained
+    cfg = (work / "cfg.yaml").read_text().replace("max_num_epochs: 2", "max_num_epochs: 3")
+    (work / "cfg_restart.yaml").write_text(cfg + "restart_latest: True\n")
+    run([venv_bin("mace_run_train"), "--config", "cfg_restart.yaml"], work, hooked_env())
+    log = "".join(p.read_text() for p in (work / "logs").glob("gaunt_run-*.log"))
+    assert "Loading checkpoint" in log and "epoch-1" in log
+    losses = eval_losses(work, "gaunt")
+    assert 2 in losses and 0 in losses  # the new epoch was appended to the same run
+
+
+def test_launcher_and_stock_without_hook(acac_subset, tmp_path):
+    """``gaunt-run mace_run_train`` accepts the key; the stock command without the hook refuses it
+    (MACE stays exactly upstream unless asked)."""
+    (tmp_path / "cfg.yaml").write_text(tiny_config(acac_subset, "launch", tensor_product="gaunt", dry_run=True))
+    env = dict(os.environ)
+    env.pop("GAUNT_PLUGINS_AUTOPATCH", None)
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "unrecognized arguments: --tensor_product=gaunt" in proc.stderr
+
+    run([venv_bin("gaunt-run"), "mace_run_train", "--config", "cfg.yaml"], tmp_path, env)
+    log = next((tmp_path / "logs").glob("launch_run-*.log")).read_text()
+    assert "GauntProductBasisBlock" in log
+
+
+def test_installed_pth_hook(tmp_path):
+    """``gaunt-run --install-hook`` writes a .pth that patches MACE on import when
+    GAUNT_PLUGINS_AUTOPATCH=1, does nothing otherwise, never replaces a foreign file, and is removable."""
+    site = tmp_path / "site"
+    env = dict(os.environ)
+    env.pop("GAUNT_PLUGINS_AUTOPATCH", None)
+    gaunt_run = venv_bin("gaunt-run")
+    run([gaunt_run, "--install-hook", "--site-dir", str(site)], tmp_path, env)
+    pth = site / "gaunt_plugins_autopatch.pth"
+    assert pth.exists()
+    probe = (f"import site; site.addsitedir({str(site)!r}); import mace.modules; "
+             "print('PATCHED', 'GauntRealAgnosticInteractionBlock' in mace.modules.interaction_classes)")
+    off = run([sys.executable, "-c", probe], tmp_path, env)
+    assert "PATCHED False" in off.stdout
+    on = run([sys.executable, "-c", probe], tmp_path, dict(env, GAUNT_PLUGINS_AUTOPATCH="1"))
+    assert "PATCHED True" in on.stdout
+    disabled = run([sys.executable, "-c", probe], tmp_path,
+                   dict(env, GAUNT_PLUGINS_AUTOPATCH="1", GAUNT_PLUGINS_DISABLED="mace"))
+    assert "PATCHED False" in disabled.stdout
+
+    run([gaunt_run, "--uninstall-hook", "--site-dir", str(site)], tmp_path, env)
+    assert not pth.exists()
+    pth.write_text("import something_of_the_users\n")
+    proc = subprocess.run([gaunt_run, "--install-hook", "--site-dir", str(site)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "not written by gaunt-plugins" in proc.stderr
+    assert pth.read_text() == "import something_of_the_users\n"
