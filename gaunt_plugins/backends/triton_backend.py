@@ -9,7 +9,6 @@ it to refuse a forced ``triton`` selection and to route ``auto`` selections.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from typing import Any, Dict, Optional
@@ -23,6 +22,11 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # mirrored from gaunt_plugins.triton_kernels.constants (kept here so that validate() needs no Triton)
 _MAX_PADDED_WIDTH = 128
 _MAX_CORRELATION = 4
+
+
+@torch.compiler.assume_constant_result
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _padded(n: int) -> int:
@@ -60,7 +64,7 @@ class TritonBackend:
 
     @staticmethod
     def triton_installed() -> bool:
-        return importlib.util.find_spec("triton") is not None
+        return _triton_installed()
 
     @property
     def available(self) -> bool:
@@ -82,7 +86,8 @@ class TritonBackend:
             if not self.triton_installed():
                 raise ValueError("triton backend: Triton is not installed (pip install 'gaunt-plugins[triton]')")
             try:
-                self._kernels = importlib.import_module("gaunt_plugins.triton_kernels")
+                from gaunt_plugins import triton_kernels
+                self._kernels = triton_kernels
             except Exception as exc:  # pragma: no cover - depends on the installation
                 self._import_error = f"importing gaunt_plugins.triton_kernels failed: {exc!r}"
                 raise ValueError(f"triton backend: {self._import_error}") from exc
