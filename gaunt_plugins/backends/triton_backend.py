@@ -111,11 +111,13 @@ class TritonBackend:
                              f"(TRITON_INTERPRET=1 runs them on CPU in Triton's interpreter, for tests)")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{where}: CUDA is not available")
+        feats = []
         for k, t in present.items():
-            if t.is_floating_point() and t.dtype not in SUPPORTED_DTYPES:
+            is_feature = k.startswith(("x", "sh", "w", "weight", "grad"))
+            if (is_feature or t.is_floating_point()) and t.dtype not in SUPPORTED_DTYPES:
                 raise ValueError(f"{where}: {k} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
-        feats = [t for k, t in present.items() if k.startswith(("x", "sh", "w", "weight", "grad"))
-                 and t.is_floating_point()]
+            if is_feature:
+                feats.append(t)
         dtypes = {t.dtype for t in feats}
         if len(dtypes) > 1:
             raise ValueError(f"{where}: features and weights have mixed dtypes "

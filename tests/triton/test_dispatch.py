@@ -1,0 +1,152 @@
+"""Backend registry and dispatch: CPU -> torch, CUDA -> triton, forced settings, refusals with reasons."""
+import warnings
+
+import pytest
+import torch
+
+from gaunt_plugins import backends
+from gaunt_plugins.backends import registry, torch_ops
+from gaunt_plugins.backends.triton_backend import TritonBackend
+from triton_cases import degree_mask, degrees, power_tables, product_tables, rel_err
+
+
+@pytest.fixture(autouse=True)
+def _clean_setting(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    backends.set_backend(None)
+    yield
+    backends.set_backend(None)
+
+
+def _conv(device="cpu", dtype=torch.float32, c=3):
+    y1, y2, f = product_tables(1, 1, 2, dtype, device)
+    d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, dtype).to(device)
+    x1, sh, w = (torch.randn(4, c, 4, dtype=dtype, device=device), torch.randn(4, 4, dtype=dtype, device=device),
+                 torch.randn(4, 7, c, dtype=dtype, device=device))
+    return (x1, sh, w, 2, d1, m2, d3, y1, y2, f)
+
+
+def test_cpu_auto_is_torch():
+    args = _conv()
+    out = backends.conv_product(*args)
+    assert backends.last_backend("conv_product") == "torch"
+    assert backends.select_backend("conv_product", {"x1": args[0]}).name == "torch"
+    assert torch.equal(out, torch_ops.conv_product(*args))
+
+
+def test_setting_precedence(monkeypatch, tk):
+    args = _conv()
+    monkeypatch.setenv(backends.BACKEND_ENV, "triton")
+    assert backends.backend_setting() == "triton"
+    backends.conv_product(*args)  # CPU tensors forced to triton: runs in the interpreter here
+    assert backends.last_backend("conv_product") == "triton"
+    backends.conv_product(*args, backend="torch")  # the argument beats the environment
+    assert backends.last_backend("conv_product") == "torch"
+    with backends.use_backend("torch"):  # set_backend beats the environment
+        backends.conv_product(*args)
+        assert backends.last_backend("conv_product") == "torch"
+    assert backends.backend_setting() == "triton"
+
+
+def test_unknown_names_refused(monkeypatch):
+    with pytest.raises(ValueError, match="unknown Gaunt backend 'cuda'"):
+        backends.conv_product(*_conv(), backend="cuda")
+    monkeypatch.setenv(backends.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match="GAUNT_BACKEND"):
+        backends.backend_setting()
+    with pytest.raises(ValueError):
+        backends.set_backend("nope")
+
+
+def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
+    monkeypatch.setattr(TritonBackend, "interpret", staticmethod(lambda: False))
+    with pytest.raises(ValueError, match="need CUDA tensors") as info:
+        backends.conv_product(*_conv(), backend="triton")
+    assert "backend='triton' forces it" in str(info.value)
+    backends.set_backend("triton")
+    with pytest.raises(ValueError, match=r"set_backend\(\) forces it"):
+        backends.conv_product(*_conv())
+
+
+def test_forced_triton_without_triton_installed(monkeypatch):
+    monkeypatch.setattr(TritonBackend, "triton_installed", staticmethod(lambda: False))
+    with pytest.raises(ValueError, match="Triton is not installed"):
+        backends.weighted_product(*[torch.zeros(1)] * 11, backend="triton")
+    assert "not installed" in backends.available_backends()["triton"]
+    assert backends.available_backends()["torch"] is None
+
+
+@pytest.mark.parametrize("case,match", [
+    ("int", "dtype torch.int32"),
+    ("mixed", "mixed dtypes"),
+    ("wide", "at most 128 coefficients"),
+    ("nu", "correlation 5"),
+    ("edges", "edge_index must be"),
+])
+def test_validate_reasons(tk, case, match):
+    b = backends.get_backend("triton")
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=match):
+        if case == "int":
+            b.validate("op", {"x": x.int()})
+        elif case == "mixed":
+            b.validate("op", {"x1": x, "w1": x.double()})
+        elif case == "wide":
+            b.validate("op", {"x": x}, widths={"x": 13 * 13})
+        elif case == "nu":
+            b.validate("op", {"x": x}, correlation=5)
+        else:
+            b.validate("op", {"x": x, "edge_index": torch.zeros(3, 2, dtype=torch.long)})
+
+
+def test_auto_on_cuda_falls_back_with_a_warning(monkeypatch):
+    """Under auto, a CUDA call the kernels cannot serve runs on torch and warns once with the reason
+    (simulated: no CUDA here, so select_backend is driven through its device check)."""
+    monkeypatch.setattr(registry, "_devices", lambda tensors: {"cuda"})
+    monkeypatch.setattr(TritonBackend, "triton_installed", staticmethod(lambda: False))
+    registry._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="Triton is not installed"):
+        chosen = backends.select_backend("conv_product", {"x1": torch.zeros(1)})
+    assert chosen.name == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.select_backend("conv_product", {"x1": torch.zeros(1)})  # warned once only
+
+
+def test_dispatch_matches_reference_all_ops(tk):
+    """Every dispatching op with backend='triton' (interpreter) equals the torch backend."""
+    args = _conv()
+    assert rel_err(backends.conv_product(*args, backend="triton"), backends.conv_product(*args)) < 1e-5
+    y1, y2, f = product_tables(1, 1, 1)
+    d = degrees(1)
+    x = torch.randn(3, 4, 4)
+    w = torch.randn(2, 4)
+    wp = (x, x.flip(0), w, w * 2, w * 3, d, d, d, y1, y2, f)
+    assert rel_err(backends.weighted_product(*wp, backend="triton"), backends.weighted_product(*wp)) < 1e-5
+    y, fs = power_tables(1, 3, 1)
+    mb = (x, torch.randn(3, 3, 2, 4), torch.randn(3, 3, 2, 4), d, d, y, fs)
+    assert rel_err(backends.many_body_product(*mb, backend="triton"), backends.many_body_product(*mb)) < 1e-5
+    assert rel_err(backends.many_body_product(*mb[:6], list(fs), backend="triton"),
+                   backends.many_body_product(*mb)) < 1e-5
+    x1, sh, w, k1, d1, m2, d3, y1, y2, f = args
+    ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]])
+    nodes = torch.randn(4, 3, 4)
+    ref = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f)
+    assert backends.last_backend("conv_message") == "torch"
+    for det in (False, True):
+        got = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, deterministic=det,
+                                    backend="triton")
+        assert rel_err(got, ref) < 1e-5
+    assert backends.last_backend("conv_message") == "triton"
+
+
+def test_torch_backend_message_deterministic_segment_path():
+    """The torch backend's deterministic message path (segment sums, used on CUDA) equals index_add."""
+    x1, sh, w, k1, d1, m2, d3, y1, y2, f = _conv()
+    ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]])
+    nodes = torch.randn(5, 3, 4)
+    tb = backends.get_backend("torch")
+    msg = torch_ops.conv_product(nodes[ei[0]], sh, w, k1, d1, m2, d3, y1, y2, f)
+    perm = torch.argsort(ei[1], stable=True)
+    seg = torch.segment_reduce(msg[perm], "sum", lengths=torch.bincount(ei[1], minlength=5), axis=0, unsafe=True)
+    assert rel_err(seg, tb.conv_message(nodes, sh, w, ei, 5, k1, d1, m2, d3, y1, y2, f)) < 1e-6
