@@ -14,6 +14,10 @@ Applying it (``gaunt_plugins.patch("mace")``, ``gaunt-run``, or the automatic ho
   MACE builds its model as usual (fine-tuning from a foundation model included) and the chosen
   parts are then converted with :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`.
   Without the key (or ``tensor_product: e3nn``) the original function runs untouched.
+- ``init_distributed`` and ``DDP`` (as ``mace.cli.run_train`` uses them): ``--distributed
+  --launcher torchrun --device cpu`` gets a gloo process group and a CPU ``DistributedDataParallel``
+  (upstream MACE only initialises nccl/ccl and passes GPU device ids, so CPU runs fail); GPU runs
+  are unchanged.
 
 Importing this module imports neither MACE nor torch; :meth:`MacePatch.apply` does.
 """
@@ -86,6 +90,40 @@ def _wrap_configure_model(original):
     return configure_model
 
 
+def _wrap_init_distributed(original):
+    """MACE initialises a process group only for cuda (nccl) and xpu (ccl): on CPU ``--distributed``
+    fails. Add the gloo group for ``--device cpu`` (nothing changes on GPUs)."""
+
+    @functools.wraps(original)
+    def init_distributed(args):
+        result = original(args)
+        import torch.distributed as dist
+
+        if (getattr(args, "distributed", False) and getattr(args, "device", None) == "cpu"
+                and getattr(args, "launcher", None) != "none" and not dist.is_initialized()):
+            dist.init_process_group(backend="gloo", init_method="env://")
+        return result
+
+    init_distributed.__gaunt_original__ = original
+    return init_distributed
+
+
+def _wrap_ddp(original):
+    """``DDP(model, device_ids=[local_rank])`` as MACE calls it is refused for CPU modules: drop the
+    device ids for a model on the CPU (GPU models are wrapped exactly as before)."""
+
+    @functools.wraps(original, updated=())
+    def DistributedDataParallel(module, *args, **kwargs):  # pylint: disable=invalid-name
+        first = next(module.parameters(), None)
+        if first is not None and first.device.type == "cpu":
+            kwargs.pop("device_ids", None)
+            kwargs.pop("output_device", None)
+        return original(module, *args, **kwargs)
+
+    DistributedDataParallel.__gaunt_original__ = original
+    return DistributedDataParallel
+
+
 class MacePatch(FrameworkPatch):
     """Teach mace-torch's training CLI ``tensor_product: gaunt``; see the module docstring."""
 
@@ -112,3 +150,7 @@ class MacePatch(FrameworkPatch):
         configure = _wrap_configure_model(mace.tools.model_script_utils.configure_model)
         self._replace(mace.tools.model_script_utils, "configure_model", configure)
         self._replace(mace.cli.run_train, "configure_model", configure)
+
+        # --distributed on CPU (gloo), for Gaunt and e3nn models alike
+        self._replace(mace.cli.run_train, "init_distributed", _wrap_init_distributed(mace.cli.run_train.init_distributed))
+        self._replace(mace.cli.run_train, "DDP", _wrap_ddp(mace.cli.run_train.DDP))
