@@ -64,12 +64,35 @@ def _normalise_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def _register_equiformer_v2() -> None:
+    """Make fairchem's registry know hydra and the EquiformerV2 classes and heads.
+
+    ``setup_imports()`` (what fairchem's trainer calls) imports every model fairchem ships, and
+    fails when an optional dependency of an unrelated model is missing (``torch_sparse`` for
+    GemNet/DimeNet); the modules EquiformerV2 needs are imported directly when that happens.
+    """
+    from fairchem.core.common.utils import setup_imports
+
+    try:
+        setup_imports()
+    except ImportError as exc:
+        logger.debug("fairchem setup_imports failed (%s); importing the EquiformerV2 modules only", exc)
+        import importlib
+
+        for module in (
+            "fairchem.core.models.base",
+            "fairchem.core.models.equiformer_v2.equiformer_v2",
+            "fairchem.core.models.equiformer_v2.equiformer_v2_deprecated",
+            "fairchem.core.models.equiformer_v2.heads",
+        ):
+            importlib.import_module(module)
+
+
 def build_model_from_config(model_config: Dict[str, Any]) -> torch.nn.Module:
     """Build a model from a fairchem ``model:`` section through fairchem's registry."""
     from fairchem.core.common.registry import registry
-    from fairchem.core.common.utils import setup_imports
 
-    setup_imports()
+    _register_equiformer_v2()
     cfg = copy.deepcopy(model_config)
     name = cfg.pop("name")
     return registry.get_model_class(name)(**cfg)

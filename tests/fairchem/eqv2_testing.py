@@ -185,13 +185,9 @@ def hydra_model_config(backbone_name: str = "equiformer_v2_backbone", **override
 
 def build_model(model_config: Dict[str, Any]):
     """Build a model from a fairchem ``model:`` section through fairchem's registry."""
-    from fairchem.core.common.registry import registry
-    from fairchem.core.common.utils import setup_imports
+    from gaunt_plugins.adapters.equiformer_v2_convert import build_model_from_config
 
-    setup_imports()
-    cfg = copy.deepcopy(model_config)
-    name = cfg.pop("name")
-    return registry.get_model_class(name)(**cfg)
+    return build_model_from_config(model_config)
 
 
 def energy_forces(model, batch):

@@ -140,6 +140,8 @@ def test_revert_before_import_removes_the_hook():
         p.revert()
         assert not any(isinstance(f, _PostImportHook) for f in sys.meta_path)
         from fairchem.core.common.registry import registry
+        from fairchem.core.common.utils import setup_imports
+        setup_imports()
         assert registry.get_model_class("equiformer_v2_backbone").__name__ == "EquiformerV2Backbone"
         print("OK")
         """

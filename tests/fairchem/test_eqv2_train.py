@@ -74,7 +74,7 @@ def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
     rot = random_rotation(9)
     rotated = atoms.copy()
     rotated.set_cell(atoms.get_cell()[:] @ rot.T)
-    rotated.set_positions(atoms.get_positions() @ rot.T)
+    rotated.set_positions(atoms.get_positions() @ rot.T, apply_constraint=False)
     rotated.calc = calc
     e1 = rotated.get_potential_energy()
     f1 = rotated.get_forces()
