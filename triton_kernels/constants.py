@@ -18,6 +18,7 @@ __all__ = [
     "BLOCK_M_MANY_BODY_FWD",
     "BLOCK_M_MANY_BODY_BWD",
     "BLOCK_M_SEGMENT",
+    "BLOCK_M_SEGMENT_BWD",
     "MAX_BLOCK_C",
     "MAX_PADDED_WIDTH",
     "MAX_CORRELATION",
@@ -76,6 +77,10 @@ BLOCK_M_SEGMENT = 64
 """(edge slot, channel) pairs per step of the deterministic (CSR segment) message kernels: one
 program owns one node and a channel block and walks its edges ``BLOCK_M_SEGMENT // BLOCK_C`` at a
 time, so a node with few edges wastes at most one partial step."""
+
+BLOCK_M_SEGMENT_BWD = 32
+"""Pairs per step of the deterministic message backward: the backward state (see ``BLOCK_M_BWD``)
+plus the per-node dx accumulator; 64 spilled 180 bytes (``ptxas -v``, sm_90, L=2, C=128)."""
 
 MAX_BLOCK_C = 64
 """Channels per program at most: with C = 128 two programs share a row block, which doubles the

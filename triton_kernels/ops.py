@@ -556,7 +556,7 @@ def conv_message_backward(grad: Tensor, x: Tensor, sh: Tensor, weight: Tensor, e
     c = x.shape[1]
     e = sh.shape[0]
     n_nodes = x.shape[0]
-    block_e, block_c = K.tile_shape(c, K.BLOCK_M_SEGMENT)
+    block_e, block_c = K.tile_shape(c, K.BLOCK_M_SEGMENT_BWD)
     ncb = triton.cdiv(c, block_c)
     perm, seg = _csr(src, n_nodes)
     dx = x.new_empty(x.shape) if need_x else _empty(x)

@@ -89,3 +89,105 @@ def ptxas_usage(compiled, arch: int = 90) -> dict:
     return {"registers": int(regs[-1]) if regs else -1,
             "spill_stores": int(spills[-1][0]) if spills else -1,
             "spill_loads": int(spills[-1][1]) if spills else -1}
+
+
+# ---------------------------------------------------------------------------------------------
+# the variants compiled by tests/triton/test_gpu_compile.py (run as a script, without TRITON_INTERPRET)
+# ---------------------------------------------------------------------------------------------
+def _variants():
+    """``{name: fn}``: each fn calls one public op forward and backward on CPU tensors of
+    representative shapes (the launches are captured, not run)."""
+    import gaunt_plugins.triton_kernels as tk
+    from triton_cases import degree_mask, degrees, power_tables, product_tables
+
+    def conv(l, c, dtype=torch.float32, message=None):
+        y1, y2, f = product_tables(l, l, l, torch.float64 if dtype == torch.float64 else torch.float32)
+        k = l + 1
+        i = (l + 1) ** 2
+        e = 64
+        x1 = torch.randn(e, c, i).to(dtype).requires_grad_()
+        sh = torch.randn(e, i).to(dtype).requires_grad_()
+        w = torch.randn(e, 3 * k, c).to(dtype).requires_grad_()
+        d, m2 = degrees(l), degree_mask(l)
+        if message is None:
+            return lambda: tk.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f).sum().backward()
+        ei = torch.randint(0, 16, (2, e))
+        return lambda: tk.conv_message(x1[:16], sh, w, ei, 16, k, d, m2, d, y1, y2, f,
+                                       deterministic=message).sum().backward()
+
+    def wprod(l, c):
+        y1, y2, f = product_tables(l, l, l)
+        i = (l + 1) ** 2
+        x1, x2 = torch.randn(64, c, i).requires_grad_(), torch.randn(64, c, i).requires_grad_()
+        w = torch.randn(l + 1, c).requires_grad_()
+        d = degrees(l)
+        return lambda: tk.weighted_product(x1, x2, w, w, w, d, d, d, y1, y2, f).sum().backward()
+
+    def mb(l, nu, c):
+        y, fs = power_tables(l, nu, 1)
+        x = torch.randn(64, c, (l + 1) ** 2).requires_grad_()
+        wi = torch.randn(64, nu, l + 1, c).requires_grad_()
+        wo = torch.randn(64, nu, 2, c).requires_grad_()
+        return lambda: tk.many_body_product(x, wi, wo, degrees(l), degrees(1), y, fs).sum().backward()
+
+    return {
+        "self L=2 C=128": wprod(2, 128),
+        "conv L=2 C=128": conv(2, 128),
+        "conv L=4 C=64": conv(4, 64),
+        "conv L=2 C=128 float64": conv(2, 128, torch.float64),
+        "conv L=2 C=128 bfloat16": conv(2, 128, torch.bfloat16),
+        "message atomic L=2 C=128": conv(2, 128, message=False),
+        "message deterministic L=2 C=128": conv(2, 128, message=True),
+        "many-body nu=3 L=3 C=128": mb(3, 3, 128),
+        "many-body nu=1 L=2 C=64": mb(2, 1, 64),
+        "many-body nu=4 L=1 C=64": mb(1, 4, 64),
+    }
+
+
+def _compile_one(job):
+    name, kernel_name, kwargs, arch = job
+    from gaunt_plugins.triton_kernels import kernels
+    kernel = getattr(kernels, kernel_name)
+    try:
+        compiled = compile_launch(kernel, kwargs, arch)
+        usage = ptxas_usage(compiled, arch)
+        return dict(variant=name, kernel=kernel_name, arch=arch, ok=True, num_warps=kwargs.get("num_warps"), **usage)
+    except Exception as exc:  # reported, the test fails on it
+        return dict(variant=name, kernel=kernel_name, arch=arch, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import multiprocessing as mp
+    import sys
+
+    parser = argparse.ArgumentParser(description="compile every kernel variant for a GPU target, no GPU needed")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90])
+    parser.add_argument("--only", default=None, help="substring of the variant names to compile")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("run without TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    jobs = []
+    for name, fn in _variants().items():
+        if args.only and args.only not in name:
+            continue
+        for kernel, grid, kw in capture(fn):
+            for arch in args.arch:
+                # only the dtypes of tensors enter the signature: ship placeholders to the workers
+                kw2 = {k: (torch.empty(0, dtype=v.dtype) if isinstance(v, torch.Tensor) else v)
+                       for k, v in kw.items()}
+                jobs.append((name, kernel.fn.__name__, kw2, arch))
+    ctx = mp.get_context("fork")
+    with ctx.Pool(max(1, args.jobs)) as pool:
+        results = pool.map(_compile_one, jobs)
+    print(json.dumps(results))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    raise SystemExit(main())
