@@ -1,0 +1,175 @@
+"""Checkpoint conversion, stock EquiformerV2 -> Gaunt EquiformerV2 with a zero self-mix."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("fairchem.core")
+
+from eqv2_testing import (  # noqa: E402
+    GAUNT_BACKBONE_PATH,
+    GAUNT_FLAT_PATH,
+    backbone_config,
+    batch_from_atoms,
+    build_model,
+    emt_structures,
+    energy_forces,
+    hydra_model_config,
+)
+from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError  # noqa: E402
+from gaunt_plugins.adapters.equiformer_v2_convert import convert_checkpoint, main  # noqa: E402
+from gaunt_plugins.patches.fairchem import FairchemPatch  # noqa: E402
+
+
+def _perturb(model, seed=0):
+    """Make every stock parameter non-trivial (as after training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _fake_checkpoint(model_config, model, with_ema=True, prefix="module."):
+    from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+
+    ckpt = {
+        "config": {"model": copy.deepcopy(model_config), "optim": {"batch_size": 2}},
+        "state_dict": {prefix + k: v.clone() for k, v in model.state_dict().items()},
+        "normalizers": {},
+        "elementrefs": {},
+        "amp": None,
+        "epoch": 3.0,
+        "step": 12,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scheduler": None,
+        "best_val_metric": 0.1,
+        "primary_metric": "forces_mae",
+    }
+    if with_ema:
+        ema = ExponentialMovingAverage(model.parameters(), decay=0.9)
+        with torch.no_grad():
+            ema.shadow_params = [p.detach().clone() + 1.0 for p in ema.shadow_params]  # distinguishable
+        ckpt["ema"] = ema.state_dict()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return batch_from_atoms(emt_structures(2, seed=5))
+
+
+def _predict(model, batch):
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        return energy_forces(model, batch)
+
+
+def test_converted_hydra_checkpoint_predicts_identically(batch):
+    config = hydra_model_config("equiformer_v2_backbone")
+    stock = _perturb(build_model(config), seed=1)
+    ckpt = _fake_checkpoint(config, stock)
+    new, report = convert_checkpoint(ckpt, method="grid")
+
+    backbone = new["config"]["model"]["backbone"]
+    assert backbone["model"] == GAUNT_BACKBONE_PATH
+    assert backbone["tensor_product"] == "gaunt" and backbone["gaunt_method"] == "grid"
+    for key in ("optimizer", "scheduler", "epoch", "step", "best_val_metric"):
+        assert key not in new
+    assert sorted(report["dropped"]) == sorted(["optimizer", "scheduler", "epoch", "step", "best_val_metric", "primary_metric"])
+    assert all(k.startswith("module.") for k in new["state_dict"])
+    assert report["new_parameters"] and all(".gaunt_mix." in k for k in report["new_parameters"])
+
+    gaunt = build_model(new["config"]["model"])  # dotted path: no patch needed
+    gaunt.load_state_dict({k[len("module."):]: v for k, v in new["state_dict"].items()}, strict=True)
+    e0, f0 = _predict(stock, batch)
+    e1, f1 = _predict(gaunt, batch)
+    assert (e0 - e1).abs().max() <= 1e-6
+    assert (f0 - f1).abs().max() <= 1e-6
+    # the branch exists and is trainable: nudging its linear changes the prediction
+    with torch.no_grad():
+        gaunt.backbone.blocks[0].gaunt_mix.weight.normal_(0, 0.5)
+    e2, _ = _predict(gaunt, batch)
+    assert (e2 - e0).abs().max() > 1e-6
+
+
+def test_ema_is_relisted_in_gaunt_parameter_order():
+    config = hydra_model_config("equiformer_v2_backbone")
+    stock = build_model(config)
+    ckpt = _fake_checkpoint(config, stock)
+    new, _ = convert_checkpoint(ckpt)
+    gaunt = build_model(new["config"]["model"])
+    names = [n for n, p in gaunt.named_parameters() if p.requires_grad]
+    shadow = new["ema"]["shadow_params"]
+    assert len(shadow) == len(names)
+    stock_params = dict(stock.named_parameters())
+    for name, value in zip(names, shadow):
+        if name in stock_params:
+            assert torch.equal(value, stock_params[name].detach() + 1.0), name
+        else:
+            assert ".gaunt_mix." in name
+            assert torch.equal(value, dict(gaunt.named_parameters())[name].detach())
+    assert new["ema"]["decay"] == ckpt["ema"]["decay"]
+
+
+def test_flat_model_and_keep_name(batch):
+    cfg = backbone_config()
+    cfg["name"] = "equiformer_v2"
+    stock = _perturb(build_model(cfg), seed=2)
+    ckpt = _fake_checkpoint(cfg, stock, with_ema=False, prefix="")
+    new, _ = convert_checkpoint(ckpt, keep_name=True)
+    assert new["config"]["model"]["name"] == "equiformer_v2"
+    assert new["config"]["model"]["tensor_product"] == "gaunt"
+    patch = FairchemPatch()
+    was = patch.applied
+    if not was:
+        patch.apply()
+    try:
+        gaunt = build_model(new["config"]["model"])  # stock name + key: needs the patch
+    finally:
+        if not was:
+            patch.revert()
+    assert type(gaunt).__name__ == "GauntEquiformerV2"
+    gaunt.load_state_dict(new["state_dict"], strict=True)
+    e0, f0 = _predict(stock, batch)
+    e1, f1 = _predict(gaunt, batch)
+    assert (e0 - e1).abs().max() <= 1e-6 and (f0 - f1).abs().max() <= 1e-6
+    plain, _ = convert_checkpoint(ckpt)
+    assert plain["config"]["model"]["name"] == GAUNT_FLAT_PATH
+
+
+def test_conversion_errors():
+    config = hydra_model_config("equiformer_v2_backbone")
+    stock = build_model(config)
+    ckpt = _fake_checkpoint(config, stock, with_ema=False)
+    new, _ = convert_checkpoint(ckpt)
+    with pytest.raises(GauntConfigError, match="already holds a Gaunt"):
+        convert_checkpoint(new)
+    other = copy.deepcopy(ckpt)
+    other["config"]["model"]["backbone"]["model"] = "escn_backbone"
+    with pytest.raises(GauntConfigError, match="no stock EquiformerV2"):
+        convert_checkpoint(other)
+    with pytest.raises(GauntConfigError, match="method"):
+        convert_checkpoint(ckpt, method="cg")
+    broken = copy.deepcopy(ckpt)
+    broken["state_dict"].pop(next(iter(broken["state_dict"])))
+    with pytest.raises(RuntimeError):
+        convert_checkpoint(broken)
+
+
+def test_cli_writes_and_verifies(tmp_path, capsys):
+    config = hydra_model_config("equiformer_v2_backbone")
+    stock = _perturb(build_model(config), seed=3)
+    src = tmp_path / "stock.pt"
+    dst = tmp_path / "gaunt.pt"
+    torch.save(_fake_checkpoint(config, stock), src)
+    assert main([str(src), str(dst), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "verify" in out
+    assert dst.exists()
+    assert main([str(src), str(dst)]) == 2  # exists, no --force
+    assert "exists" in capsys.readouterr().err
+    assert main([str(dst), str(tmp_path / "again.pt")]) == 2  # already Gaunt
