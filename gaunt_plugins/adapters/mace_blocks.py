@@ -23,6 +23,7 @@ Shapes: node features are e3nn ``mul_ir`` flat ``[n_nodes, irreps.dim]``; the pr
 from __future__ import annotations
 
 import copy
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -290,6 +291,19 @@ class _default_dtype:
         torch.set_default_dtype(self.previous)
 
 
+def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy; through pickling where ``copy.deepcopy`` fails (e3nn 0.4.4 modules holding
+    empty parameters cannot be deep-copied on new torch, but they pickle as MACE saves them)."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, RuntimeError):
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False, map_location="cpu").to(
+            next(model.parameters()).device)
+
+
 def is_gaunt_model(model: torch.nn.Module) -> bool:
     """Whether any block of ``model`` is a Gaunt block."""
     gaunt = (GauntRealAgnosticInteractionBlock, GauntRealAgnosticResidualInteractionBlock,
@@ -318,7 +332,7 @@ def gauntify_model(
     """
     options = options or GauntOptions()
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _copy_model(model)
     report = ConversionReport()
     dtype, device = _model_dtype_device(model)
     gaunt_classes = tuple(GAUNT_INTERACTIONS.values())

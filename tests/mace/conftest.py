@@ -101,12 +101,12 @@ def tiny_model(hidden="8x0e+8x1o", max_ell=2, correlation=3, residual_first=True
     Built once per set of arguments and dtype (MACE's symmetric contraction takes seconds to set
     up) and handed out as a deep copy.
     """
-    import copy
+    from gaunt_plugins.adapters.mace_blocks import _copy_model
 
     key = (hidden, max_ell, correlation, residual_first, num_interactions, torch.get_default_dtype())
     if key not in _STOCK_MODELS:
         _STOCK_MODELS[key] = _build_tiny_model(hidden, max_ell, correlation, residual_first, num_interactions)
-    return copy.deepcopy(_STOCK_MODELS[key])
+    return _copy_model(_STOCK_MODELS[key])
 
 
 def _build_tiny_model(hidden, max_ell, correlation, residual_first, num_interactions):

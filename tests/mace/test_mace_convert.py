@@ -11,6 +11,8 @@ from conftest import acac_batch, tiny_model
 from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, GauntRealAgnosticResidualInteractionBlock
 from gaunt_plugins.adapters.mace_convert import main
 
+pytestmark = pytest.mark.e3nn044
+
 
 def test_convert_keeps_every_transferable_weight_bit_identical(tmp_path, float64, capsys):
     model = tiny_model(residual_first=False)

@@ -172,3 +172,33 @@ def test_cueq_config_is_refused(float64):
     config.enabled = True  # as on a machine with cuEquivariance installed
     with pytest.raises(ValueError, match="cuEquivariance"):
         GauntRealAgnosticResidualInteractionBlock(**kwargs, cueq_config=config)
+
+
+@pytest.mark.slow
+def test_symmetry_under_mace_pinned_e3nn_044():
+    """The symmetry and TorchScript tests again, in a subprocess under e3nn 0.4.4 (mace-torch's pin,
+    the ``.venv/e3nn-0.4.4`` overlay), so that a single test pass covers both e3nn versions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gaunt_plugins._e3nn import E3NN_VERSION
+
+    if E3NN_VERSION == "0.4.4":
+        pytest.skip("this pass already runs under e3nn 0.4.4")
+    overlay = Path(sys.executable).resolve().parents[1] / "e3nn-0.4.4"
+    if not (overlay / "e3nn").exists():
+        overlay = Path(sys.prefix) / "e3nn-0.4.4"
+    if not (overlay / "e3nn").exists():
+        pytest.skip("no e3nn 0.4.4 overlay next to this environment")
+    env = dict(os.environ, GAUNT_EXPECT_E3NN="0.4.4")
+    env["PYTHONPATH"] = os.pathsep.join([str(overlay)] + [p for p in [env.get("PYTHONPATH")] if p])
+    here = Path(__file__).resolve()
+    code = ("import mace, e3nn, sys, pytest; print('E3NN', e3nn.__version__); "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-p', 'no:warnings', {str(here)!r}, "
+            "'-k', 'invariant or torchscript']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=here.parent, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert "E3NN 0.4.4" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
