@@ -1,0 +1,137 @@
+"""Evaluate a saved MACE model on test files: energy and force MAE/RMSE, parameter count.
+
+Run by ``gaunt-compare`` in its own process (a model that fails to load or evaluate is reported,
+the other variant is not affected)::
+
+    python -m gaunt_plugins.compare._mace_eval --model M.model --test NAME=PATH ... --out eval.json
+
+Predictions are computed as ``mace_eval_configs`` computes them (the model's own cutoff and
+element table, batched, ``compute_force``); references are read with the training keys
+(``--energy-key`` / ``--forces-key``; ``energy`` / ``forces`` are taken from ASE's calculator
+results, as MACE does). Metrics follow MACE's definitions (``mace.tools.utils``): energy errors
+per configuration (total and per atom), force errors over all Cartesian components.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _reference(atoms, energy_key: str, forces_key: str):
+    energy = atoms.info.get(energy_key)
+    forces = atoms.arrays.get(forces_key)
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    if energy is None and energy_key in ("energy", "REF_energy", "free_energy"):
+        energy = results.get("energy")
+    if forces is None and forces_key in ("forces", "REF_forces"):
+        forces = results.get("forces")
+    return (None if energy is None else float(energy)), (None if forces is None else np.asarray(forces, float))
+
+
+def metrics(pred_e, ref_e, n_atoms, pred_f, ref_f) -> dict:
+    """MACE's error definitions, in meV and meV/A."""
+    out = {"n_configs": int(len(pred_e)), "n_atoms": int(np.sum(n_atoms))}
+    pe, re, na = np.asarray(pred_e), np.asarray(ref_e, dtype=float), np.asarray(n_atoms, dtype=float)
+    ok = np.isfinite(re)
+    if ok.any():
+        de = pe[ok] - re[ok]
+        dea = de / na[ok]
+        out.update(
+            e_mae_meV=1e3 * float(np.mean(np.abs(de))),
+            e_rmse_meV=1e3 * float(np.sqrt(np.mean(de**2))),
+            e_mae_meV_per_atom=1e3 * float(np.mean(np.abs(dea))),
+            e_rmse_meV_per_atom=1e3 * float(np.sqrt(np.mean(dea**2))),
+        )
+    if pred_f:
+        df = np.concatenate([(p - r).ravel() for p, r in zip(pred_f, ref_f)])
+        rf = np.concatenate([r.ravel() for r in ref_f])
+        out.update(
+            f_mae_meV_per_A=1e3 * float(np.mean(np.abs(df))),
+            f_rmse_meV_per_A=1e3 * float(np.sqrt(np.mean(df**2))),
+            f_rel_rmse_percent=100.0 * float(np.sqrt(np.mean(df**2)) / np.sqrt(np.mean(rf**2))),
+        )
+    return out
+
+
+def evaluate_file(model, path, energy_key, forces_key, batch_size, device, head=None) -> dict:
+    import ase.io
+    import torch
+    from mace import data
+    from mace.tools import torch_geometric, utils
+
+    atoms_list = ase.io.read(path, index=":")
+    refs = [_reference(a, energy_key, forces_key) for a in atoms_list]
+    z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
+    heads = getattr(model, "heads", None)
+    head_name = head or (heads[0] if heads else "Default")
+    configs = [data.config_from_atoms(a, head_name=head_name) for a in atoms_list]
+    dataset = [data.AtomicData.from_config(c, z_table=z_table, cutoff=float(model.r_max), heads=heads)
+               for c in configs]
+    loader = torch_geometric.dataloader.DataLoader(dataset=dataset, batch_size=batch_size, shuffle=False,
+                                                   drop_last=False)
+    energies, forces = [], []
+    start = time.time()
+    for batch in loader:
+        batch = batch.to(device)
+        out = model(batch.to_dict(), training=False, compute_force=True)
+        energies.append(out["energy"].detach().cpu().numpy())
+        f = out["forces"].detach().cpu().numpy()
+        counts = (batch.ptr[1:] - batch.ptr[:-1]).cpu().numpy()
+        forces.extend(np.split(f, np.cumsum(counts)[:-1]))
+    seconds = time.time() - start
+    pred_e = np.concatenate(energies)
+    ref_e = [np.nan if e is None else e for e, _ in refs]
+    with_f = [i for i, (_, f) in enumerate(refs) if f is not None]
+    result = metrics(pred_e, ref_e, [len(a) for a in atoms_list],
+                     [forces[i] for i in with_f], [refs[i][1] for i in with_f])
+    result["eval_s"] = seconds
+    result["path"] = str(path)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gaunt_plugins.compare._mace_eval")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--test", action="append", default=[], help="NAME=PATH (repeatable)")
+    parser.add_argument("--energy-key", default="REF_energy")
+    parser.add_argument("--forces-key", default="REF_forces")
+    parser.add_argument("--dtype", default="float64")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--head", default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    import mace  # noqa: F401  (before e3nn)
+    import torch
+    from mace.tools import torch_tools
+
+    torch_tools.set_default_dtype(args.dtype)
+    model = torch.load(args.model, map_location=args.device, weights_only=False)
+    model = model.to(args.device)
+    for p in model.parameters():
+        p.requires_grad = False
+    result = {
+        "model": str(args.model),
+        "model_class": type(model).__name__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "dtype": args.dtype,
+        "tests": {},
+    }
+    for spec in args.test:
+        name, _, path = spec.partition("=")
+        result["tests"][name] = evaluate_file(model, Path(path), args.energy_key, args.forces_key,
+                                              args.batch_size, args.device, args.head)
+        print(f"evaluated {name}: {json.dumps(result['tests'][name])}", flush=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

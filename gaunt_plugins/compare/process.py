@@ -1,0 +1,190 @@
+"""Run one child process under ``gaunt-compare``'s control: progress, timeout, Ctrl-C, peak memory.
+
+Children are started in their own session, so the terminal's Ctrl-C reaches only
+``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child to stop after its
+current epoch (SIGTERM, see :mod:`gaunt_plugins.compare._budget`) and the comparison stops after
+it; a second one kills the child (SIGKILL). A hard timeout does the same: SIGTERM, then SIGKILL
+after a grace period.
+
+The child's resource usage comes from ``os.wait4``: ``peak_rss_mib`` is the peak resident set size
+of the child process itself (``ru_maxrss``), whatever way it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+__all__ = ["Job", "ProcessResult", "Interrupts", "run_job"]
+
+
+@dataclass
+class Job:
+    """A command to run: ``cmd`` in ``cwd`` with ``env``, output to ``log``."""
+
+    cmd: List[str]
+    cwd: Path
+    env: Dict[str, str]
+    log: Path
+    timeout_s: Optional[float] = None
+    label: str = ""
+
+
+@dataclass
+class ProcessResult:
+    returncode: Optional[int]
+    wall_s: float
+    peak_rss_mib: Optional[float]
+    user_cpu_s: Optional[float] = None
+    system_cpu_s: Optional[float] = None
+    interrupted: bool = False  # by the user (Ctrl-C / SIGTERM to gaunt-compare)
+    timed_out: bool = False
+    killed: bool = False  # needed SIGKILL
+    signal: Optional[int] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not (self.interrupted or self.timed_out)
+
+
+class Interrupts:
+    """Counts Ctrl-C / SIGTERM received by this process while installed (a context manager)."""
+
+    def __init__(self):
+        self.count = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no handlers, Ctrl-C acts as usual
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+        return False
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.count += 1
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        if self.count == 1:
+            print(f"\n[gaunt-compare] {name}: stopping the running variant after its current epoch "
+                  f"(again to kill it); variants not started yet are skipped", file=sys.stderr, flush=True)
+        else:
+            print(f"\n[gaunt-compare] {name} again: killing the running process", file=sys.stderr, flush=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run_job(job: Job, interrupts: Optional[Interrupts] = None, on_poll: Optional[Callable[[float], None]] = None,
+            poll_s: float = 0.5, progress_every_s: float = 2.0, grace_s: float = 120.0) -> ProcessResult:
+    """Run ``job`` to the end, calling ``on_poll(elapsed_s)`` every ``progress_every_s`` seconds."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    seen_interrupts = interrupts.count if interrupts is not None else 0
+    with open(job.log, "ab") as log:
+        log.write(f"$ {' '.join(job.cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    result = ProcessResult(returncode=None, wall_s=0.0, peak_rss_mib=None)
+    termed_at: Optional[float] = None
+    last_progress = start
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        now = time.time()
+        if interrupts is not None and interrupts.count > seen_interrupts:
+            new = interrupts.count - seen_interrupts
+            seen_interrupts = interrupts.count
+            result.interrupted = True
+            if termed_at is None:
+                _signal(proc.pid, signal.SIGTERM)
+                termed_at = now
+                new -= 1
+            if new > 0:
+                _signal(proc.pid, signal.SIGKILL)
+                result.killed = True
+        if job.timeout_s is not None and now - start > job.timeout_s and not result.timed_out:
+            result.timed_out = True
+            result.notes.append(f"hard timeout after {job.timeout_s:.0f} s")
+            if termed_at is None:
+                _signal(proc.pid, signal.SIGTERM)
+                termed_at = now
+        if termed_at is not None and now - termed_at > grace_s and not result.killed:
+            _signal(proc.pid, signal.SIGKILL)
+            result.killed = True
+            result.notes.append(f"killed {grace_s:.0f} s after SIGTERM")
+        if on_poll is not None and now - last_progress >= progress_every_s:
+            last_progress = now
+            try:
+                on_poll(now - start)
+            except Exception as exc:  # progress must never break the run
+                print(f"[gaunt-compare] progress reader failed: {exc!r}", file=sys.stderr)
+        time.sleep(poll_s)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result.returncode = proc.returncode
+    if result.returncode is not None and result.returncode < 0:
+        result.signal = -result.returncode
+    result.wall_s = time.time() - start
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+    result.peak_rss_mib = usage.ru_maxrss / scale
+    result.user_cpu_s = usage.ru_utime
+    result.system_cpu_s = usage.ru_stime
+    if on_poll is not None:
+        try:
+            on_poll(result.wall_s)
+        except Exception:  # pragma: no cover
+            pass
+    return result
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' if it does not exist)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def error_summary(path: Path) -> str:
+    """The most telling line of a failed run's output: the last exception line, else the last line."""
+    text = tail(path, 200)
+    candidates = [ln for ln in text.splitlines() if ln and not ln.startswith(" ") and ("Error" in ln or "error:" in ln
+                                                                                       or "Exception" in ln)]
+    if candidates:
+        return candidates[-1].strip()
+    rest = [ln for ln in text.splitlines() if ln.strip()]
+    return rest[-1].strip() if rest else ""
+
+
+def python_cmd(module: str, *args: str) -> List[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(extra: Optional[Dict[str, str]] = None, drop: Sequence[str] = ()) -> Dict[str, str]:
+    env = dict(os.environ)
+    for key in drop:
+        env.pop(key, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
