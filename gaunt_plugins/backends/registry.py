@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 
 from . import torch_ops
+from .cpu import ops as cpu_ops
 from .triton_backend import TritonBackend
 
 __all__ = [
@@ -62,14 +63,16 @@ class TorchBackend:
     def validate(self, op: str, tensors, **info) -> None:
         return None
 
+    # The CPU path (.cpu.ops): fused C kernels for float32/float64 CPU tensors in eager mode, the
+    # reference everywhere else (other devices, TorchScript, torch.compile); same results.
     def weighted_product(self, *args):
-        return torch_ops.weighted_product(*args)
+        return cpu_ops.weighted_product(*args)
 
     def conv_product(self, *args):
-        return torch_ops.conv_product(*args)
+        return cpu_ops.conv_product(*args)
 
     def many_body_product(self, x, w_in, w_out, deg_in, deg_out, to_grid, from_grids):
-        return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
+        return cpu_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
 
     def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
                      from_grid, deterministic: bool = False):

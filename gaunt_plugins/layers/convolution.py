@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._e3nn import compile_mode
-from ..backends.torch_ops import conv_product
+from ..backends import registry, torch_ops
 from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ._layout import dense_to_flat, flat_to_dense
@@ -81,6 +81,10 @@ class GauntConvolution(torch.nn.Module):
         a = flat_to_dense(x1.to(compute), self.index_in1, self.channels, self.width1)
         sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
         w = weight.to(compute).view(e, self.k1 + self.k2 + self.k3, self.channels)
-        out = conv_product(a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3,
-                           self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute))
+        args = (a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3, self.to_grid1.to(compute),
+                self.to_grid2.to(compute), self.from_grid.to(compute))
+        if torch.jit.is_scripting():
+            out = torch_ops.conv_product(*args)
+        else:
+            out = registry.conv_product(*args)
         return dense_to_flat(out, self.index_out).to(dtype)

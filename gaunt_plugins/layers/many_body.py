@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._e3nn import compile_mode
-from ..backends.torch_ops import many_body_product
+from ..backends import registry, torch_ops
 from ..irreps import ChannelIrreps, channel_irreps, dense_to_flat_index
 from ._layout import dense_to_flat
 from ._tables import power_grid_buffers, resolve_method
@@ -94,6 +94,9 @@ class GauntManyBody(torch.nn.Module):
         w_out = torch.matmul(attrs, self.weights_out.to(compute).reshape(self.num_elements, -1))
         w_in = w_in.view(n, self.correlation, self.k_in, self.channels)
         w_out = w_out.view(n, self.correlation, self.k_out, self.channels)
-        out = many_body_product(xc, w_in, w_out, self.deg_in, self.deg_out, self.to_grid.to(compute),
-                                self.from_grids.to(compute))
+        args = (xc, w_in, w_out, self.deg_in, self.deg_out, self.to_grid.to(compute), self.from_grids.to(compute))
+        if torch.jit.is_scripting():
+            out = torch_ops.many_body_product(*args)
+        else:
+            out = registry.many_body_product(*args)
         return dense_to_flat(out, self.index_out).to(dtype)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._e3nn import compile_mode
-from ..backends.torch_ops import weighted_product
+from ..backends import registry, torch_ops
 from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ._layout import dense_to_flat, flat_to_dense
@@ -108,8 +108,12 @@ class GauntTensorProduct(torch.nn.Module):
         w1 = w[..., : self.k1, :]
         w2 = w[..., self.k1 : self.k1 + self.k2, :]
         w3 = w[..., self.k1 + self.k2 :, :]
-        out = weighted_product(a, b, w1, w2, w3, self.deg1, self.deg2, self.deg3, self.to_grid1.to(compute),
-                               self.to_grid2.to(compute), self.from_grid.to(compute))
+        args = (a, b, w1, w2, w3, self.deg1, self.deg2, self.deg3, self.to_grid1.to(compute),
+                self.to_grid2.to(compute), self.from_grid.to(compute))
+        if torch.jit.is_scripting():
+            out = torch_ops.weighted_product(*args)
+        else:
+            out = registry.weighted_product(*args)
         shape = list(x1.shape[:-1])
         shape.append(self.dim_out)
         return dense_to_flat(out, self.index_out).reshape(shape).to(dtype)

@@ -1,0 +1,90 @@
+"""The fused CPU kernels equal the PyTorch reference, values and derivatives of every order."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gaunt_plugins.backends import cpu, torch_ops
+from gaunt_plugins.backends.cpu import cpu_kernels_available, grid_product_fused
+from gaunt_plugins.math import grid_tables
+
+pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="no C compiler: the CPU kernels cannot be built")
+
+
+def _tables(l1, l2, lo, dtype):
+    return [torch.from_numpy(t).to(dtype) for t in grid_tables(l1, l2, lo)]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 31, 4099])
+def test_fused_grid_product_equals_the_matmul_chain_for_ragged_row_counts(rows, dtype, tol):
+    for l1, l2, lo in [(1, 1, 2), (2, 3, 2), (3, 1, 4)]:
+        y1, y2, proj = _tables(l1, l2, lo, dtype)
+        u, v = torch.randn(rows, y1.shape[0], dtype=dtype), torch.randn(rows, y2.shape[0], dtype=dtype)
+        ref = torch.matmul(torch.matmul(u, y1) * torch.matmul(v, y2), proj)
+        out = grid_product_fused(u, v, y1, y2, proj)
+        assert out.shape == ref.shape
+        if rows:
+            assert ((out - ref).abs().max() / ref.abs().max()) < tol
+
+
+def test_fused_grid_product_gradcheck_and_gradgradcheck():
+    y1, y2, proj = _tables(2, 1, 2, torch.float64)
+    u = torch.randn(11, 9, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(11, 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, b: grid_product_fused(a, b, y1, y2, proj)
+    assert torch.autograd.gradcheck(fn, (u, v))
+    assert torch.autograd.gradgradcheck(fn, (u[:5].detach().requires_grad_(), v[:5].detach().requires_grad_()))
+
+
+def test_fused_backward_uses_several_threads_consistently():
+    y1, y2, proj = _tables(2, 2, 2, torch.float32)
+    u = torch.randn(20000, 9, requires_grad=True)
+    v = torch.randn(20000, 9, requires_grad=True)
+    g = torch.randn(20000, 9)
+    du, dv = torch.autograd.grad(grid_product_fused(u, v, y1, y2, proj), (u, v), g)
+    ru, rv = torch.autograd.grad(torch.matmul(torch.matmul(u, y1) * torch.matmul(v, y2), proj), (u, v), g)
+    assert torch.allclose(du, ru, atol=1e-4) and torch.allclose(dv, rv, atol=1e-4)
+
+
+def _conv_args(dtype):
+    from gaunt_plugins import GauntConvolution
+    conv = GauntConvolution("4x0e+4x1o+4x2e", "0e+1o+2e+3o", "4x0e+4x1o+4x2e+4x3o").to(dtype)
+    e = 13
+    return (torch.randn(e, 4, 9, dtype=dtype), torch.randn(e, 16, dtype=dtype),
+            torch.randn(e, conv.k1 + conv.k2 + conv.k3, 4, dtype=dtype), conv.k1, conv.deg1, conv.deg_mask2,
+            conv.deg3, conv.to_grid1, conv.to_grid2, conv.from_grid)
+
+
+def test_cpu_conv_product_equals_the_reference_including_second_derivatives():
+    args = list(_conv_args(torch.float64))
+    assert (cpu.conv_product(*args) - torch_ops.conv_product(*args)).abs().max() < 1e-13
+    x, sh, w = (a[:4].clone().requires_grad_() for a in args[:3])
+    fn = lambda a, b, c: cpu.conv_product(a, b, c, *args[3:])
+    assert torch.autograd.gradgradcheck(fn, (x, sh, w))
+
+
+def test_cpu_weighted_and_many_body_products_equal_the_reference():
+    from gaunt_plugins import GauntManyBody, GauntTensorProduct
+    tp = GauntTensorProduct("3x0e+3x1o+3x2e", "3x0e+3x1o+3x2e").double()
+    n = 10
+    a, b = torch.randn(n, 3, 9, dtype=torch.float64), torch.randn(n, 3, 9, dtype=torch.float64)
+    w = [torch.randn(n, 3, 3, dtype=torch.float64) for _ in range(3)]
+    args = (a, b, *w, tp.deg1, tp.deg2, tp.deg3, tp.to_grid1, tp.to_grid2, tp.from_grid)
+    assert (cpu.weighted_product(*args) - torch_ops.weighted_product(*args)).abs().max() < 1e-13
+    mb = GauntManyBody("3x0e+3x1o+3x2e", "3x0e+3x1o", 3, 2).double()
+    x = torch.randn(n, 3, 9, dtype=torch.float64, requires_grad=True)
+    wi, wo = torch.randn(n, 3, 3, 3, dtype=torch.float64), torch.randn(n, 3, 2, 3, dtype=torch.float64)
+    margs = (wi, wo, mb.deg_in, mb.deg_out, mb.to_grid, mb.from_grids)
+    assert (cpu.many_body_product(x, *margs) - torch_ops.many_body_product(x, *margs)).abs().max() < 1e-13
+    small = (wi[:3], wo[:3], *margs[2:])
+    assert torch.autograd.gradgradcheck(lambda t: cpu.many_body_product(t, *small), (x[:3].detach().requires_grad_(),))
+
+
+def test_kernels_can_be_disabled_and_the_layers_then_use_the_reference():
+    code = ("import torch; from gaunt_plugins.backends.cpu import cpu_kernels_available, "
+            "cpu_kernels_unavailable_reason as r; assert not cpu_kernels_available(); print(r())")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "GAUNT_CPU_KERNELS": "0"},
+                         capture_output=True, text=True, check=True)
+    assert "GAUNT_CPU_KERNELS=0" in out.stdout
