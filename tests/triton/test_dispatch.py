@@ -31,14 +31,14 @@ def test_cpu_auto_is_torch():
     out = backends.conv_product(*args)
     assert backends.last_backend("conv_product") == "torch"
     assert backends.select_backend("conv_product", {"x1": args[0]}).name == "torch"
-    assert torch.equal(out, torch_ops.conv_product(*args))
+    assert rel_err(out, torch_ops.conv_product(*args)) < 1e-6
 
 
-def test_setting_precedence(monkeypatch, tk):
-    args = _conv()
+def test_setting_precedence(monkeypatch, tk, device):
+    args = _conv(device)
     monkeypatch.setenv(backends.BACKEND_ENV, "triton")
     assert backends.backend_setting() == "triton"
-    backends.conv_product(*args)  # CPU tensors forced to triton: runs in the interpreter here
+    backends.conv_product(*args)  # forced to triton (on CPU: in the interpreter)
     assert backends.last_backend("conv_product") == "triton"
     backends.conv_product(*args, backend="torch")  # the argument beats the environment
     assert backends.last_backend("conv_product") == "torch"
@@ -83,9 +83,9 @@ def test_forced_triton_without_triton_installed(monkeypatch):
     ("nu", "correlation 5"),
     ("edges", "edge_index must be"),
 ])
-def test_validate_reasons(tk, case, match):
+def test_validate_reasons(tk, device, case, match):
     b = backends.get_backend("triton")
-    x = torch.zeros(2, 3, 4)
+    x = torch.zeros(2, 3, 4, device=device)
     with pytest.raises(ValueError, match=match):
         if case == "int":
             b.validate("op", {"x": x.int()})
@@ -96,7 +96,7 @@ def test_validate_reasons(tk, case, match):
         elif case == "nu":
             b.validate("op", {"x": x}, correlation=5)
         else:
-            b.validate("op", {"x": x, "edge_index": torch.zeros(3, 2, dtype=torch.long)})
+            b.validate("op", {"x": x, "edge_index": torch.zeros(3, 2, dtype=torch.long, device=device)})
 
 
 def test_auto_on_cuda_falls_back_with_a_warning(monkeypatch):
@@ -113,26 +113,34 @@ def test_auto_on_cuda_falls_back_with_a_warning(monkeypatch):
         backends.select_backend("conv_product", {"x1": torch.zeros(1)})  # warned once only
 
 
-def test_dispatch_matches_reference_all_ops(tk):
-    """Every dispatching op with backend='triton' (interpreter) equals the torch backend."""
-    args = _conv()
-    assert rel_err(backends.conv_product(*args, backend="triton"), backends.conv_product(*args)) < 1e-5
-    y1, y2, f = product_tables(1, 1, 1)
-    d = degrees(1)
-    x = torch.randn(3, 4, 4)
-    w = torch.randn(2, 4)
+def test_dispatch_matches_reference_all_ops(tk, device):
+    """Every dispatching op with backend='triton' equals the torch backend."""
+    args = _conv(device)
+    assert rel_err(backends.conv_product(*args, backend="triton"), backends.conv_product(*args, backend="torch")) < 1e-5
+    y1, y2, f = product_tables(1, 1, 1, device=device)
+    d = degrees(1).to(device)
+    x = torch.randn(3, 4, 4, device=device)
+    w = torch.randn(2, 4, device=device)
     wp = (x, x.flip(0), w, w * 2, w * 3, d, d, d, y1, y2, f)
-    assert rel_err(backends.weighted_product(*wp, backend="triton"), backends.weighted_product(*wp)) < 1e-5
-    y, fs = power_tables(1, 3, 1)
-    mb = (x, torch.randn(3, 3, 2, 4), torch.randn(3, 3, 2, 4), d, d, y, fs)
-    assert rel_err(backends.many_body_product(*mb, backend="triton"), backends.many_body_product(*mb)) < 1e-5
-    assert rel_err(backends.many_body_product(*mb[:6], list(fs), backend="triton"),
-                   backends.many_body_product(*mb)) < 1e-5
+    assert rel_err(backends.weighted_product(*wp, backend="triton"), backends.weighted_product(*wp, backend="torch")) < 1e-5
+    # per-sample weights as slices of one packed tensor (the layer's layout): strided views
+    wpk = torch.randn(3, 2 + 2 + 2, 4, device=device)
+    wp2 = (x, x.flip(0), wpk[:, :2], wpk[:, 2:4], wpk[:, 4:], d, d, d, y1, y2, f)
+    assert rel_err(backends.weighted_product(*wp2, backend="triton"), backends.weighted_product(*wp2, backend="torch")) < 1e-5
+    y, fs = power_tables(1, 3, 1, device=device)
+    mb = (x, torch.randn(3, 3, 2, 4, device=device), torch.randn(3, 3, 2, 4, device=device), d, d, y, fs)
+    ref_mb = backends.many_body_product(*mb, backend="torch")
+    assert rel_err(backends.many_body_product(*mb, backend="triton"), ref_mb) < 1e-5
+    assert rel_err(backends.many_body_product(*mb[:6], list(fs), backend="triton"), ref_mb) < 1e-5
     x1, sh, w, k1, d1, m2, d3, y1, y2, f = args
-    ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]])
-    nodes = torch.randn(4, 3, 4)
-    ref = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f)
+    ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]], device=device)
+    nodes = torch.randn(4, 3, 4, device=device)
+    ref = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, backend="torch")
     assert backends.last_backend("conv_message") == "torch"
+    # also non-contiguous features (a transposed view): the kernels make the coefficient dim contiguous
+    xt = torch.randn(3, 4, 4, device=device).transpose(1, 2)
+    assert rel_err(backends.weighted_product(xt, xt, w, w, w, d, d, d, y1, y2, f, backend="triton"),
+                   backends.weighted_product(xt, xt, w, w, w, d, d, d, y1, y2, f, backend="torch")) < 1e-5
     for det in (False, True):
         got = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, deterministic=det,
                                     backend="triton")
