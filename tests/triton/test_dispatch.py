@@ -139,8 +139,10 @@ def test_dispatch_matches_reference_all_ops(tk, device):
     assert backends.last_backend("conv_message") == "torch"
     # also non-contiguous features (a transposed view): the kernels make the coefficient dim contiguous
     xt = torch.randn(3, 4, 4, device=device).transpose(1, 2)
-    assert rel_err(backends.weighted_product(xt, xt, w, w, w, d, d, d, y1, y2, f, backend="triton"),
-                   backends.weighted_product(xt, xt, w, w, w, d, d, d, y1, y2, f, backend="torch")) < 1e-5
+    ws = torch.randn(2, 4, device=device)
+    yy1, yy2, ff = product_tables(1, 1, 1, device=device)
+    assert rel_err(backends.weighted_product(xt, xt, ws, ws, ws, d, d, d, yy1, yy2, ff, backend="triton"),
+                   backends.weighted_product(xt, xt, ws, ws, ws, d, d, d, yy1, yy2, ff, backend="torch")) < 1e-5
     for det in (False, True):
         got = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, deterministic=det,
                                     backend="triton")
