@@ -160,3 +160,33 @@ def test_torch_backend_message_deterministic_segment_path():
     perm = torch.argsort(ei[1], stable=True)
     seg = torch.segment_reduce(msg[perm], "sum", lengths=torch.bincount(ei[1], minlength=5), axis=0, unsafe=True)
     assert rel_err(seg, tb.conv_message(nodes, sh, w, ei, 5, k1, d1, m2, d3, y1, y2, f)) < 1e-6
+
+
+def test_layers_run_on_the_triton_backend(tk, device):
+    """The layers dispatch through the registry: forced to triton they give the torch results
+    (forward and gradients), and the registry records which backend ran."""
+    from gaunt_plugins import GauntConvolution, GauntManyBody, GauntTensorProduct
+
+    conv = GauntConvolution("3x0e+3x1o", "1x0e+1x1o+1x2e", "3x0e+3x1o+3x2e").to(device)
+    tp = GauntTensorProduct("3x0e+3x1o+3x2e", "3x0e+3x1o+3x2e").to(device)
+    mb = GauntManyBody("3x0e+3x1o", "3x0e+3x1o", correlation=3, num_elements=2).to(device)
+    x = torch.randn(5, conv.dim_in1, device=device, requires_grad=True)
+    sh = torch.randn(5, conv.dim_in2, device=device)
+    w = torch.randn(5, conv.weight_numel, device=device, requires_grad=True)
+    f = torch.randn(4, tp.dim_in1, device=device, requires_grad=True)
+    xm = torch.randn(4, 3, 4, device=device, requires_grad=True)
+    attrs = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0], device=device), 2).float()
+    calls = {
+        "conv_product": (lambda: conv(x, sh, w), [x, w]),
+        "weighted_product": (lambda: tp(f, f), [f]),
+        "many_body_product": (lambda: mb(xm, attrs), [xm]),
+    }
+    for op, (call, wrt) in calls.items():
+        results = {}
+        for name in ("torch", "triton"):
+            with backends.use_backend(name):
+                out = call()
+                assert backends.last_backend(op) == name
+                results[name] = [out] + list(torch.autograd.grad(out.square().sum(), wrt))
+        for a, b in zip(results["triton"], results["torch"]):
+            assert rel_err(a, b) < 1e-5, op
