@@ -50,7 +50,8 @@ BACKEND_CHOICES = ("auto", "torch", "triton")
 
 
 class TorchBackend:
-    """The PyTorch reference (:mod:`.torch_ops`): every device and dtype, TorchScript-able."""
+    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype, with the fused
+    C kernels of :mod:`.cpu` for float32/float64 CPU tensors in eager mode."""
 
     name = "torch"
     capabilities = {"dtypes": "any floating", "double_backward": True, "fused_message": False,
@@ -76,10 +77,10 @@ class TorchBackend:
 
     def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
                      from_grid, deterministic: bool = False):
-        """Gather, :func:`torch_ops.conv_product` (the ``[E, C, P]`` grid materialised), scatter-sum."""
+        """Gather, :meth:`conv_product` (unfused: per-edge messages materialised), scatter-sum."""
         src, dst = edge_index[0], edge_index[1]
-        msg = torch_ops.conv_product(x.index_select(0, src), sh, weight, k1, deg1, deg_mask2, deg3, to_grid1,
-                                     to_grid2, from_grid)
+        msg = self.conv_product(x.index_select(0, src), sh, weight, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+                                from_grid)
         if deterministic and msg.is_cuda:
             # segment sums over receiver-sorted edges: a fixed order (index_add_ uses atomics on CUDA)
             perm = torch.argsort(dst, stable=True)

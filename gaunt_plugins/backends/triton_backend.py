@@ -29,6 +29,16 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@torch.compiler.assume_constant_result
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+@torch.compiler.assume_constant_result
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def _padded(n: int) -> int:
     n = max(int(n), 1)
     return max(16, 1 << (n - 1).bit_length())
@@ -76,7 +86,7 @@ class TritonBackend:
             return "Triton is not installed (pip install 'gaunt-plugins[triton]')"
         if self._import_error is not None:
             return self._import_error
-        if not (torch.cuda.is_available() or self.interpret()):
+        if not (_cuda_available() or self.interpret()):
             return "no CUDA device (Triton kernels need one; TRITON_INTERPRET=1 runs them on CPU, slowly)"
         return None
 
@@ -109,7 +119,7 @@ class TritonBackend:
         if device.type != "cuda" and not (device.type == "cpu" and self.interpret()):
             raise ValueError(f"{where}: tensors are on {device}; the kernels need CUDA tensors "
                              f"(TRITON_INTERPRET=1 runs them on CPU in Triton's interpreter, for tests)")
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if device.type == "cuda" and not _cuda_available():
             raise ValueError(f"{where}: CUDA is not available")
         feats = []
         for k, t in present.items():
@@ -122,13 +132,8 @@ class TritonBackend:
         if len(dtypes) > 1:
             raise ValueError(f"{where}: features and weights have mixed dtypes "
                              f"({', '.join(f'{k}: {t.dtype}' for k, t in present.items() if t.is_floating_point())})")
-        if device.type == "cuda" and torch.float64 in dtypes:
-            major, _ = torch.cuda.get_device_capability(device)
-            if major < 8:
-                raise ValueError(f"{where}: float64 needs a GPU of compute capability >= 8.0 "
-                                 f"(float64 tensor-core dot); this one is {major}.x")
         if device.type == "cuda" and torch.bfloat16 in dtypes:
-            major, _ = torch.cuda.get_device_capability(device)
+            major = _capability_major(device.index if device.index is not None else torch.cuda.current_device())
             if major < 8:
                 raise ValueError(f"{where}: bfloat16 needs compute capability >= 8.0; this GPU is {major}.x")
         for k, w in (widths or {}).items():
