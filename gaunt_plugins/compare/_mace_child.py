@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--gaunt", action="store_true", help="apply the gaunt-plugins MACE patch")
+    parser.add_argument("--eval-out", default=None,
+                        help="after training, evaluate the saved model on --test sets into this JSON")
+    parser.add_argument("--test", action="append", default=[], help="NAME=PATH (repeatable)")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("mace_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     mace_args = [a for a in args.mace_args if a != "--"] if args.mace_args[:1] == ["--"] else args.mace_args
@@ -122,8 +126,43 @@ def main(argv=None) -> int:
 
     sys.argv = ["mace_run_train"] + mace_args
     run_train.main()
+    stats.update(train_process_end=time.time())
+    if args.eval_out and args.test:
+        _evaluate(run_train, mace_args, args)
     stats.update(process_end=time.time())
     return 0
+
+
+def _evaluate(run_train, mace_args, args) -> None:
+    """Evaluate the model MACE just saved, in this process (saves a second start of torch and MACE).
+    A failure is recorded in the JSON and does not fail the training run."""
+    import json
+    import traceback
+    from pathlib import Path
+
+    from ._mace_eval import evaluate_model
+
+    start = time.time()
+    try:
+        from mace import tools
+
+        margs = tools.build_default_arg_parser().parse_args(mace_args)
+        model_path = None
+        for candidate in (Path(margs.model_dir) / f"{margs.name}_stagetwo.model",
+                          Path(margs.model_dir) / f"{margs.name}.model"):
+            if candidate.exists():
+                model_path = candidate
+                break
+        if model_path is None:
+            raise FileNotFoundError(f"no {margs.name}.model in {margs.model_dir}")
+        tests = dict(spec.partition("=")[::2] for spec in args.test)
+        result = evaluate_model(str(model_path), tests, energy_key=margs.energy_key, forces_key=margs.forces_key,
+                                dtype=margs.default_dtype, device=margs.device, batch_size=args.eval_batch_size)
+    except Exception as exc:  # reported, training results kept
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        logging.error(f"{PREFIX} evaluation failed: {exc!r}")
+    result["eval_wall_s"] = time.time() - start
+    Path(args.eval_out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -108,29 +108,39 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    tests = dict(spec.partition("=")[::2] for spec in args.test)
+    result = evaluate_model(args.model, tests, energy_key=args.energy_key, forces_key=args.forces_key,
+                            dtype=args.dtype, device=args.device, batch_size=args.batch_size, head=args.head)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def evaluate_model(model_path: str, tests: dict, energy_key="REF_energy", forces_key="REF_forces",
+                   dtype="float64", device="cpu", batch_size=16, head=None) -> dict:
+    """``{"parameters": ..., "tests": {name: metrics}}`` for a saved MACE model."""
     import mace  # noqa: F401  (before e3nn)
     import torch
     from mace.tools import torch_tools
 
-    torch_tools.set_default_dtype(args.dtype)
-    model = torch.load(args.model, map_location=args.device, weights_only=False)
-    model = model.to(args.device)
-    for p in model.parameters():
-        p.requires_grad = False
-    result = {
-        "model": str(args.model),
-        "model_class": type(model).__name__,
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "dtype": args.dtype,
-        "tests": {},
-    }
-    for spec in args.test:
-        name, _, path = spec.partition("=")
-        result["tests"][name] = evaluate_file(model, Path(path), args.energy_key, args.forces_key,
-                                              args.batch_size, args.device, args.head)
-        print(f"evaluated {name}: {json.dumps(result['tests'][name])}", flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    return 0
+    previous = torch.get_default_dtype()
+    torch_tools.set_default_dtype(dtype)
+    try:
+        model = torch.load(model_path, map_location=device, weights_only=False).to(device)
+        for p in model.parameters():
+            p.requires_grad = False
+        result = {
+            "model": str(model_path),
+            "model_class": type(model).__name__,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "dtype": dtype,
+            "tests": {},
+        }
+        for name, path in tests.items():
+            result["tests"][name] = evaluate_file(model, Path(path), energy_key, forces_key, batch_size, device, head)
+            print(f"evaluated {name}: {json.dumps(result['tests'][name])}", flush=True)
+    finally:
+        torch.set_default_dtype(previous)
+    return result
 
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ def run_comparison(framework, out_dir: Path, variants: Sequence[str] = ("upstrea
                 entry.update(framework.collect(variant, vdir))
             except Exception as exc:  # a report with a hole beats no report
                 entry["collect_error"] = repr(exc)
+            if entry.get("eval_error") and not entry.get("eval_status"):
+                say(f"[gaunt-compare] {variant}: evaluation failed: {entry['eval_error']}")
             report["variants"][variant] = entry
             write_report(report, out_dir)
     report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")

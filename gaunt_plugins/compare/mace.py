@@ -234,6 +234,10 @@ class MaceFramework:
             args += ["--max-seconds", f"{60.0 * self.max_minutes:.3f}"]
         if variant == "gaunt":
             args.append("--gaunt")
+        if self.tests:  # evaluated in the training process once MACE has saved the model
+            args += ["--eval-out", str(vdir / "eval.json"), "--eval-batch-size", str(cfg.get("valid_batch_size", 10))]
+            for name, path in self.tests.items():
+                args += ["--test", f"{name}={path}"]
         args += ["--", "--config", str(cfg_path)]
         drop = ["GAUNT_PLUGINS_AUTOPATCH"] if variant == "upstream" else []
         timeout = None
@@ -291,8 +295,10 @@ class MaceFramework:
         return lines
 
     def eval_job(self, variant: str, vdir: Path) -> Optional[Job]:
+        """A separate evaluation, only for a model the training process saved but did not evaluate
+        (the training process evaluates its model itself, see ``_mace_child``)."""
         model = self._files(vdir)["model"]
-        if model is None or not self.tests:
+        if model is None or not self.tests or (vdir / "eval.json").exists():
             return None
         cfg = self.variant_config(variant, vdir)
         args = ["--model", str(model), "--out", str(vdir / "eval.json"),
@@ -380,8 +386,12 @@ class MaceFramework:
             out["mace_error_tables"] = tables
         ev = _read_json(vdir / "eval.json")
         if ev:
-            out["tests"] = ev.get("tests", {})
+            if ev.get("tests"):
+                out["tests"] = ev["tests"]
+            if ev.get("error"):
+                out["eval_error"] = ev["error"]
             out["evaluated_model_parameters"] = ev.get("parameters")
+            out["eval_wall_s"] = ev.get("eval_wall_s")
         return out
 
 

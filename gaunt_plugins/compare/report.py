@@ -149,6 +149,9 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
                 lines.append(v["error_tail"])
                 lines.append("```")
             lines.append("")
+        if v.get("eval_error"):
+            lines.append(f"**{labels.get(n, n)}: evaluation failed.** {v['eval_error']}")
+            lines.append("")
     if plot_name and report.get("plot"):
         lines.append(f"![learning curves]({plot_name})")
         lines.append("")
