@@ -1,0 +1,42 @@
+"""The acac example configs: they differ only in the Gaunt keys, and the Gaunt one builds a Gaunt model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ACAC, venv_bin
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mace"
+
+
+def _settings(path):
+    lines = [l for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    return dict(l.split(":", 1) for l in lines)
+
+
+def test_configs_differ_only_in_the_gaunt_keys():
+    upstream, gaunt = _settings(EXAMPLES / "acac_upstream.yaml"), _settings(EXAMPLES / "acac_gaunt.yaml")
+    added = {k: v.strip() for k, v in gaunt.items() if k not in upstream}
+    assert added == {"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_method": "auto"}
+    assert {k: v for k, v in gaunt.items() if k not in added and k != "name"} == {
+        k: v for k, v in upstream.items() if k != "name"}
+
+
+@pytest.mark.slow
+def test_gaunt_example_builds_with_gaunt_run(tmp_path):
+    subprocess.run([sys.executable, str(EXAMPLES / "prepare_acac.py"), "--src", str(ACAC), "--out",
+                    str(tmp_path / "data")], check=True, capture_output=True)
+    cfg = (EXAMPLES / "acac_gaunt.yaml").read_text().replace("max_num_epochs: 50", "max_num_epochs: 1")
+    (tmp_path / "acac_gaunt.yaml").write_text(cfg + "dry_run: True\n")
+    env = dict(os.environ)
+    env.pop("GAUNT_PLUGINS_AUTOPATCH", None)
+    proc = subprocess.run([venv_bin("gaunt-run"), "mace_run_train", "--config", "acac_gaunt.yaml"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = next((tmp_path / "logs").glob("acac_gaunt_run-*.log")).read_text()
+    assert "gaunt-plugins: Gaunt tensor products for conv and product (method auto)" in log
+    assert "32x0e+32x1o+32x2e" in log
