@@ -5,23 +5,17 @@ kernel (as launched by the public ops on representative MACE / EquiformerV2 shap
 in a subprocess without ``TRITON_INTERPRET``, and checks ``ptxas -v``: no register spills.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 @pytest.mark.slow
-def test_all_kernels_compile_for_sm90_without_spills():
+def test_all_kernels_compile_for_sm90_without_spills(aot_results):
+    """(the subprocess is started by conftest.py right after collection, overlapping the other tests)"""
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_aot.py"), "--arch", "90", "--jobs", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.stdout.strip(), proc.stderr[-4000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout, stderr = aot_results
+    assert stdout.strip(), stderr[-4000:]
+    results = json.loads(stdout.strip().splitlines()[-1])
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
     kernels = {r["kernel"] for r in results}
