@@ -1,6 +1,9 @@
 """GauntConvolution: node features times edge spherical harmonics, per-edge weights (MACE's conv_tp)."""
 from __future__ import annotations
 
+import weakref
+from typing import Dict
+
 import torch
 
 from .._e3nn import compile_mode
@@ -61,6 +64,7 @@ class GauntConvolution(torch.nn.Module):
         self.register_buffer("index_in2", flat_to_dense_index(f2))
         self.register_buffer("index_out", dense_to_flat_index(fo))
         self.register_buffer("deg1", f1.degree_slots())
+        self.register_buffer("deg2", f2.degree_slots())
         self.register_buffer("deg3", fo.degree_slots())
 
     def __repr__(self) -> str:
@@ -78,13 +82,65 @@ class GauntConvolution(torch.nn.Module):
         dtype = x1.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         e = x1.shape[0]
-        a = flat_to_dense(x1.to(compute), self.index_in1, self.channels, self.width1)
         sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
-        w = weight.to(compute).view(e, self.k1 + self.k2 + self.k3, self.channels)
+        if not torch.jit.is_scripting():
+            if _fused_conv_serves(x1):
+                return self._fused(x1.to(compute), sh, weight.to(compute)).to(dtype)
+        return self._composed(x1.to(compute), sh, weight.to(compute)).to(dtype)
+
+    def _composed(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The convolution from differentiable tensor ops: ``x1 [E, D1]``, dense ``sh [E, I2]``."""
+        compute = x1.dtype
+        e = x1.shape[0]
+        a = flat_to_dense(x1, self.index_in1, self.channels, self.width1)
+        w = weight.view(e, self.k1 + self.k2 + self.k3, self.channels)
         args = (a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3, self.to_grid1.to(compute),
                 self.to_grid2.to(compute), self.from_grid.to(compute))
         if torch.jit.is_scripting():
             out = torch_ops.conv_product(*args)
         else:
             out = registry.conv_product(*args)
-        return dense_to_flat(out, self.index_out).to(dtype)
+        return dense_to_flat(out, self.index_out)
+
+    @torch.jit.unused
+    def _fused(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        from ..backends.cpu.conv import conv_fused
+
+        return conv_fused(_conv_plan(self, x1.dtype), x1, sh, weight)
+
+
+_PLANS: "weakref.WeakKeyDictionary[GauntConvolution, Dict]" = weakref.WeakKeyDictionary()
+
+
+def _fused_conv_serves(x1: torch.Tensor) -> bool:
+    """Eager CPU float32/float64 calls with the CPU kernels built and no backend forced to Triton."""
+    if x1.device.type != "cpu" or x1.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return False
+    if torch.compiler.is_compiling() or registry.backend_setting() == "triton":
+        return False
+    from ..backends.cpu import cpu_kernels_available
+
+    return cpu_kernels_available()
+
+
+def _conv_plan(layer: GauntConvolution, dtype: torch.dtype):
+    """The kernel form of ``layer`` for ``dtype``, cached per layer, rebuilt when its buffers move."""
+    from ..backends.cpu.conv import ConvPlan
+
+    key = (dtype, layer.to_grid1.data_ptr(), layer.from_grid.data_ptr())
+    cache = _PLANS.setdefault(layer, {})
+    if key not in cache:
+        c, width1 = layer.channels, layer.width1
+        dim1 = layer.dim_in1
+        idx1 = layer.index_in1.view(c, width1).clone()
+        idx1[idx1 == dim1] = -1
+        width_out = layer.from_grid.shape[1]
+        idxo = torch.full((c * width_out,), -1, dtype=torch.long)
+        idxo[layer.index_out] = torch.arange(layer.dim_out)
+        a, b, p = (t.to(dtype).contiguous() for t in (layer.to_grid1, layer.to_grid2, layer.from_grid))
+        tables = (a.t().contiguous(), b.t().contiguous(), p.t().contiguous(), a, b, p)
+        cache.clear()
+        cache[key] = ConvPlan(c, layer.k1, layer.k2, layer.k3, layer.dim_out, idx1.contiguous(),
+                              idxo.view(c, width_out).contiguous(), layer.deg1.contiguous(), layer.deg2.contiguous(),
+                              layer.deg3.contiguous(), tables, layer._composed)
+    return cache[key]

@@ -88,3 +88,40 @@ def test_kernels_can_be_disabled_and_the_layers_then_use_the_reference():
     out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "GAUNT_CPU_KERNELS": "0"},
                          capture_output=True, text=True, check=True)
     assert "GAUNT_CPU_KERNELS=0" in out.stdout
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("irreps", [
+    ("5x0e+5x1o+5x2e", "0e+1o+2e+3o", "5x0e+5x1o+5x2e+5x3o"),  # MACE-like, channel tail (5 < 8 lanes)
+    ("9x1o+9x2e", "0e+2e", "9x1o+9x3o"),  # missing degrees on every side, 9 = one tile + 1
+    ("3x0o+3x1e", "0e+1o", "3x0o+3x1e"),  # twisted features
+])
+def test_fused_convolution_equals_the_pure_pytorch_reference(irreps, dtype, tol):
+    from gaunt_plugins import GauntConvolution
+    from gaunt_plugins.layers._layout import dense_to_flat, flat_to_dense
+
+    conv = GauntConvolution(*irreps).to(dtype)
+    e = 17
+    x = torch.randn(e, conv.dim_in1, dtype=dtype, requires_grad=True)
+    sh = torch.randn(e, conv.dim_in2, dtype=dtype, requires_grad=True)
+    w = torch.randn(e, conv.weight_numel, dtype=dtype, requires_grad=True)
+    out = conv(x, sh, w)
+    a = flat_to_dense(x, conv.index_in1, conv.channels, conv.width1)
+    shd = flat_to_dense(sh, conv.index_in2, 1, conv.width2).view(e, -1)
+    ref = dense_to_flat(torch_ops.conv_product(a, shd, w.view(e, -1, conv.channels), conv.k1, conv.deg1,
+                                               conv.deg_mask2, conv.deg3, conv.to_grid1, conv.to_grid2,
+                                               conv.from_grid), conv.index_out)
+    assert ((out - ref).abs().max() / ref.abs().max()) < tol
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (x, sh, w), g), torch.autograd.grad(ref, (x, sh, w), g)):
+        assert ((got - want).abs().max() / want.abs().max()) < tol
+
+
+def test_fused_convolution_second_derivatives_for_force_training():
+    from gaunt_plugins import GauntConvolution
+
+    conv = GauntConvolution("3x0e+3x1o+3x2e", "0e+1o+2e", "3x0e+3x1o+3x2e").double()
+    args = [torch.randn(4, d, dtype=torch.float64, requires_grad=True)
+            for d in (conv.dim_in1, conv.dim_in2, conv.weight_numel)]
+    assert torch.autograd.gradcheck(conv, args)
+    assert torch.autograd.gradgradcheck(conv, args)

@@ -1,4 +1,4 @@
-"""Compile ``grid_product.c`` once per source/flags/CPU and load it with ctypes.
+"""Compile the kernels (``grid_product.c``, ``conv.c``) once per source/flags/CPU and load them with ctypes.
 
 The shared library is cached under ``$GAUNT_PLUGINS_CACHE`` (default ``~/.cache/gaunt_plugins``),
 named by a hash of the source, the compiler flags and the CPU's instruction-set flags, so a cache
@@ -20,7 +20,7 @@ from typing import Optional
 
 __all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_reason"]
 
-_SOURCE = Path(__file__).with_name("grid_product.c")
+_SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c")]
 # No -ffast-math: with GCC < 13 a shared library built with it turns on flush-to-zero for the
 # whole process. These flags are the ones the reductions need to vectorise.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fassociative-math",
@@ -57,15 +57,15 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     if cc is None:
         return None, "no C compiler found (gcc, cc or clang; or set CC)"
     flags = _BASE_FLAGS + _cpu_flags()
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join([cc] + flags).encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES) + " ".join([cc] + flags).encode()).hexdigest()[:16]
     target = _cache_dir() / f"gaunt_grid_product_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            proc = subprocess.run([cc, *flags, "-o", str(out), str(_SOURCE)], capture_output=True, text=True)
+            proc = subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], capture_output=True, text=True)
             if proc.returncode != 0:
-                return None, f"compiling {_SOURCE.name} failed: {proc.stderr.strip()[:500]}"
+                return None, f"compiling the CPU kernels failed: {proc.stderr.strip()[:500]}"
             os.replace(out, target)  # atomic: concurrent builders (DDP workers) never see half a file
     lib = ctypes.CDLL(str(target))
     p, i = ctypes.c_void_p, ctypes.c_ssize_t
@@ -76,6 +76,12 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         bwd = getattr(lib, f"gp_backward_{suffix}")
         bwd.argtypes = [i, i, i, i, i, i, p, i, p, i, p, p, p, p, p, p, p, p]
         bwd.restype = ctypes.c_int
+        cfwd = getattr(lib, f"conv_forward_{suffix}")
+        cfwd.argtypes = [i] * 12 + [p] * 12
+        cfwd.restype = ctypes.c_int
+        cbwd = getattr(lib, f"conv_backward_{suffix}")
+        cbwd.argtypes = [i] * 12 + [p] * 18
+        cbwd.restype = ctypes.c_int
     return lib, None
 
 

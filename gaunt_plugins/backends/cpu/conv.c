@@ -1,0 +1,164 @@
+/* Fused Gaunt convolution on the CPU (MACE's conv_tp), forward and first-order backward.
+ *
+ * Per edge e and channel c (tiles of VW channels of one edge; callers split the edges over threads):
+ *   U[i] = x[e, idx1[c, i]] * w[e, deg1[i], c]             node features (flat e3nn mul_ir) x input weight
+ *   V[j] = sh[e, j] * w[e, K1 + deg2[j], c]               edge harmonics x harmonic weight
+ *   Q[k] = sum_p T3[p, k] (T1^T U)[p] (T2^T V)[p]          the Gaunt product on the grid
+ *   out[e, idxo[c, k]] = w[e, K1 + K2 + deg3[k], c] * Q[k]
+ * x [E, D1] and out [E, Do] are flat rows; w [E, K1+K2+K3, C] is degree-major; idx1 [C, I1] holds
+ * offsets into a row of x (-1: coefficient absent, zero), idxo [C, Io] offsets into a row of out
+ * (-1: not emitted). Tables: t1t [P, I1], t2t [P, I2], t3t [Io, P]; the backward also reads
+ * t1 [I1, P], t2 [I2, P], t3 [P, Io]. The backward writes dx [E, D1] (every offset of idx1 once),
+ * dsh [E, I2] (summed over channels) and dw [E, K1+K2+K3, C].
+ */
+#include <stddef.h>
+#include <string.h>
+
+#define MAXP 2048
+#define MAXI 512
+
+#define DEFINE_CONV(T, SUF, VW)                                                                    \
+typedef T cvec_##SUF __attribute__((vector_size(sizeof(T) * VW)));                                 \
+static inline void capply_##SUF(const T *restrict tab, ptrdiff_t nq, ptrdiff_t width,              \
+                                const cvec_##SUF *restrict X, cvec_##SUF *restrict Y) {            \
+    ptrdiff_t q = 0;                                                                               \
+    for (; q + 4 <= nq; q += 4) {                                                                  \
+        const T *restrict r0 = tab + q * width, *restrict r1 = r0 + width;                         \
+        const T *restrict r2 = r1 + width, *restrict r3 = r2 + width;                              \
+        cvec_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                         \
+        for (ptrdiff_t i = 0; i < width; ++i) {                                                    \
+            const cvec_##SUF x = X[i];                                                             \
+            a0 += r0[i] * x; a1 += r1[i] * x; a2 += r2[i] * x; a3 += r3[i] * x;                    \
+        }                                                                                          \
+        Y[q] = a0; Y[q + 1] = a1; Y[q + 2] = a2; Y[q + 3] = a3;                                    \
+    }                                                                                              \
+    for (; q < nq; ++q) {                                                                          \
+        const T *restrict row = tab + q * width;                                                   \
+        cvec_##SUF acc = {0};                                                                      \
+        for (ptrdiff_t i = 0; i < width; ++i) acc += row[i] * X[i];                                \
+        Y[q] = acc;                                                                                \
+    }                                                                                              \
+}                                                                                                  \
+static inline cvec_##SUF cload_##SUF(const T *row, ptrdiff_t n) {                                  \
+    cvec_##SUF t = {0};                                                                            \
+    if (n == VW) { memcpy(&t, row, sizeof(t)); return t; }                                         \
+    for (ptrdiff_t l = 0; l < n; ++l) t[l] = row[l];                                               \
+    return t;                                                                                      \
+}                                                                                                  \
+static inline void cstore_##SUF(T *row, ptrdiff_t n, cvec_##SUF v) {                               \
+    if (n == VW) { memcpy(row, &v, sizeof(v)); return; }                                           \
+    for (ptrdiff_t l = 0; l < n; ++l) row[l] = v[l];                                               \
+}                                                                                                  \
+/* gather lanes c0..c0+n-1 of coefficient i through the offset table (zero where absent) */        \
+static inline cvec_##SUF cgather_##SUF(const T *row, const long *idx, ptrdiff_t stride,            \
+                                       ptrdiff_t n) {                                              \
+    cvec_##SUF t = {0};                                                                            \
+    for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
+        const long o = idx[l * stride];                                                            \
+        t[l] = o < 0 ? (T)0 : row[o];                                                              \
+    }                                                                                              \
+    return t;                                                                                      \
+}                                                                                                  \
+static inline void cscatter_##SUF(T *row, const long *idx, ptrdiff_t stride, ptrdiff_t n,         \
+                                  cvec_##SUF v) {                                                  \
+    for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
+        const long o = idx[l * stride];                                                            \
+        if (o >= 0) row[o] = v[l];                                                                 \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+int conv_forward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, ptrdiff_t I2,       \
+                       ptrdiff_t P, ptrdiff_t Io, ptrdiff_t K1, ptrdiff_t K2, ptrdiff_t K3,        \
+                       ptrdiff_t D1, ptrdiff_t Do, const T *x, const T *sh, const T *w,            \
+                       const long *idx1, const long *idxo, const long *deg1, const long *deg2,     \
+                       const long *deg3, const T *t1t, const T *t2t, const T *t3t, T *out) {       \
+    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI) return -1;                                \
+    cvec_##SUF U[MAXI], V[MAXI], A[MAXP], B[MAXP], Q[MAXI];                                        \
+    const ptrdiff_t K = K1 + K2 + K3;                                                              \
+    for (ptrdiff_t e = e0; e < e1; ++e) {                                                          \
+        const T *xe = x + e * D1, *se = sh + e * I2, *we = w + e * K * C;                          \
+        T *oe = out + e * Do;                                                                      \
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
+            const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
+            for (ptrdiff_t i = 0; i < I1; ++i)                                                     \
+                U[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n)                                \
+                       * cload_##SUF(we + deg1[i] * C + c0, n);                                    \
+            for (ptrdiff_t j = 0; j < I2; ++j)                                                     \
+                V[j] = se[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);                       \
+            capply_##SUF(t1t, P, I1, U, A);                                                        \
+            capply_##SUF(t2t, P, I2, V, B);                                                        \
+            for (ptrdiff_t p = 0; p < P; ++p) A[p] *= B[p];                                        \
+            capply_##SUF(t3t, Io, P, A, Q);                                                        \
+            for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
+                cscatter_##SUF(oe, idxo + c0 * Io + k, Io, n,                                      \
+                               Q[k] * cload_##SUF(we + (K1 + K2 + deg3[k]) * C + c0, n));          \
+        }                                                                                          \
+    }                                                                                              \
+    return 0;                                                                                      \
+}                                                                                                  \
+                                                                                                   \
+int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, ptrdiff_t I2,      \
+                        ptrdiff_t P, ptrdiff_t Io, ptrdiff_t K1, ptrdiff_t K2, ptrdiff_t K3,       \
+                        ptrdiff_t D1, ptrdiff_t Do, const T *x, const T *sh, const T *w,           \
+                        const long *idx1, const long *idxo, const long *deg1, const long *deg2,    \
+                        const long *deg3, const T *t1t, const T *t2t, const T *t3t, const T *t1,   \
+                        const T *t2, const T *t3, const T *gout, T *dx, T *dsh, T *dw) {           \
+    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI) return -1;                                \
+    cvec_##SUF X1[MAXI], U[MAXI], V[MAXI], A[MAXP], B[MAXP], H[MAXP], G[MAXI], Q[MAXI], D[MAXI];   \
+    cvec_##SUF DW[3 * MAXI];                                                                       \
+    T shacc[MAXI];                                                                                 \
+    const ptrdiff_t K = K1 + K2 + K3;                                                              \
+    for (ptrdiff_t e = e0; e < e1; ++e) {                                                          \
+        const T *xe = x + e * D1, *se = sh + e * I2, *we = w + e * K * C, *ge = gout + e * Do;     \
+        T *dxe = dx ? dx + e * D1 : 0, *dwe = dw ? dw + e * K * C : 0;                             \
+        for (ptrdiff_t j = 0; j < I2; ++j) shacc[j] = 0;                                           \
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
+            const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
+            for (ptrdiff_t k = 0; k < K; ++k) DW[k] = (cvec_##SUF){0};                             \
+            for (ptrdiff_t i = 0; i < I1; ++i) {                                                   \
+                X1[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n);                              \
+                U[i] = X1[i] * cload_##SUF(we + deg1[i] * C + c0, n);                              \
+            }                                                                                      \
+            for (ptrdiff_t j = 0; j < I2; ++j)                                                     \
+                V[j] = se[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);                       \
+            capply_##SUF(t1t, P, I1, U, A);                                                        \
+            capply_##SUF(t2t, P, I2, V, B);                                                        \
+            /* output weights: dw3 = g * Q (Q recomputed), and the gradient entering the product */ \
+            for (ptrdiff_t k = 0; k < Io; ++k) G[k] = cgather_##SUF(ge, idxo + c0 * Io + k, Io, n); \
+            if (dwe) {                                                                             \
+                for (ptrdiff_t p = 0; p < P; ++p) H[p] = A[p] * B[p];                              \
+                capply_##SUF(t3t, Io, P, H, Q);                                                    \
+                for (ptrdiff_t k = 0; k < Io; ++k) DW[K1 + K2 + deg3[k]] += G[k] * Q[k];           \
+            }                                                                                      \
+            for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
+                G[k] *= cload_##SUF(we + (K1 + K2 + deg3[k]) * C + c0, n);                         \
+            capply_##SUF(t3, P, Io, G, H);                                                         \
+            /* node-feature side: dU = T1 (H * B), dx = dU * w1, dw1 += dU * x */                  \
+            for (ptrdiff_t p = 0; p < P; ++p) B[p] *= H[p];                                        \
+            capply_##SUF(t1, I1, P, B, D);                                                         \
+            for (ptrdiff_t i = 0; i < I1; ++i) {                                                   \
+                if (dxe) cscatter_##SUF(dxe, idx1 + c0 * I1 + i, I1, n,                             \
+                                        D[i] * cload_##SUF(we + deg1[i] * C + c0, n));             \
+                DW[deg1[i]] += D[i] * X1[i];                                                       \
+            }                                                                                      \
+            /* harmonic side: dV = T2 (H * A), dsh += sum_c dV * w2, dw2 += dV * sh */             \
+            for (ptrdiff_t p = 0; p < P; ++p) A[p] *= H[p];                                        \
+            capply_##SUF(t2, I2, P, A, D);                                                         \
+            for (ptrdiff_t j = 0; j < I2; ++j) {                                                   \
+                const cvec_##SUF t = D[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);          \
+                T s = 0;                                                                           \
+                for (ptrdiff_t l = 0; l < n; ++l) s += t[l];                                       \
+                shacc[j] += s;                                                                     \
+                DW[K1 + deg2[j]] += D[j] * se[j];                                                  \
+            }                                                                                      \
+            if (dwe)                                                                               \
+                for (ptrdiff_t k = 0; k < K; ++k) cstore_##SUF(dwe + k * C + c0, n, DW[k]);        \
+        }                                                                                          \
+        if (dsh)                                                                                   \
+            for (ptrdiff_t j = 0; j < I2; ++j) dsh[e * I2 + j] = shacc[j];                         \
+    }                                                                                              \
+    return 0;                                                                                      \
+}
+
+DEFINE_CONV(float, f32, 8)
+DEFINE_CONV(double, f64, 4)
