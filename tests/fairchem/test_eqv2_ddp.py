@@ -19,6 +19,11 @@ from eqv2_testing import (  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+def _initial(state):
+    """The self-mix input weights start at one: a reference to see that training moved them."""
+    return {k: torch.ones_like(v) for k, v in state.items() if k.endswith("gaunt_mix.input_weight1")}
+
+
 def test_two_process_ddp_matches_single_process(tmp_path):
     train_db = write_ase_db(tmp_path / "train.db", emt_structures(8, seed=0))
     val_db = write_ase_db(tmp_path / "val.db", emt_structures(2, seed=1))
@@ -32,7 +37,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ddp_dir.mkdir()
     single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single")
     ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2")
-    assert "2 ranks" in log or "world_size" in log or "rank" in log
+    assert "Running in local mode with 2 ranks" in log, log[-3000:]  # fairchem's elastic launch
 
     single = load_checkpoint(single_ckpt)
     ddp = load_checkpoint(ddp_ckpt)
@@ -45,7 +50,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert a.keys() == b.keys()
     assert any(".gaunt_mix." in k for k in a)
     worst = max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
+    moved = max((a[k] - b0).abs().max().item() for k, b0 in _initial(a).items())
+    print(f"DDP vs single-process: largest weight difference {worst:.3g}; training moved weights by up to {moved:.3g}")
     assert worst < 1e-4, f"DDP and single-process weights differ by {worst}"
     # and training did move the weights (the comparison is not between two untouched inits)
-    init_like = [k for k in a if k.endswith("gaunt_mix.input_weight1")]
-    assert any((a[k] - 1).abs().max() > 1e-5 for k in init_like)
+    assert moved > 100 * max(worst, 1e-7)
