@@ -37,16 +37,19 @@ PATH_KEY = re.compile(r"(_file|_dir|_path|^foundation_model)$")
 UNLIMITED_EPOCHS = 100000
 
 
-def _absolutise(value: Any, key: str, base: Path) -> Any:
-    """Relative paths in path-like keys that exist relative to ``base`` become absolute."""
+def _absolutise(value: Any, key: str, bases: List[Path]) -> Any:
+    """Relative paths in path-like keys become absolute: relative to the first of ``bases`` (the
+    current directory, as ``mace_run_train`` reads them, then the config's folder) where they exist."""
     if isinstance(value, dict):
-        return {k: _absolutise(v, str(k), base) for k, v in value.items()}
+        return {k: _absolutise(v, str(k), bases) for k, v in value.items()}
     if isinstance(value, list):
-        return [_absolutise(v, key, base) for v in value]
+        return [_absolutise(v, key, bases) for v in value]
     if isinstance(value, str) and PATH_KEY.search(key) and key not in OUTPUT_DIR_KEYS:
         path = Path(value).expanduser()
-        if not path.is_absolute() and (base / path).exists():
-            return str((base / path).resolve())
+        if not path.is_absolute():
+            for base in bases:
+                if (base / path).exists():
+                    return str((base / path).resolve())
     return value
 
 
@@ -142,7 +145,7 @@ class MaceFramework:
         if not isinstance(raw, dict):
             raise ValueError(f"{config_path}: expected a YAML mapping of mace_run_train options")
         self.user_config = raw
-        self.base = _absolutise(dict(raw), "", self.cwd)
+        self.base = _absolutise(dict(raw), "", [self.cwd, self.config_path.resolve().parent])
         self.epochs = epochs
         self.max_minutes = max_minutes
         self.seed = seed
@@ -159,8 +162,16 @@ class MaceFramework:
         for spec in tests:
             name, sep, path = spec.partition("=")
             if not sep:
-                name, path = Path(spec).stem, spec
-            specs.append((name, path))
+                name, path = None, spec
+            if glob.has_magic(path):  # --test 'data/test_*.xyz'
+                base = Path(path).expanduser()
+                pattern = str(base if base.is_absolute() else self.cwd / base)
+                matches = sorted(glob.glob(pattern))
+                if not matches:
+                    raise FileNotFoundError(f"--test {spec}: no file matches")
+                specs.extend((Path(m).stem, m) for m in matches)
+            else:
+                specs.append((name or Path(path).stem, path))
         cfg_tests = self.base.get("test_file")
         for path in ([cfg_tests] if isinstance(cfg_tests, str) else list(cfg_tests or [])):
             specs.append((Path(path).stem, path))
@@ -201,6 +212,7 @@ class MaceFramework:
             cfg["device"] = self.device
         cfg.update(self.set_both)
         cfg.update(self.set_variant.get(variant, {}))
+        cfg = _absolutise(cfg, "", [self.cwd, self.config_path.resolve().parent])  # paths given with --set
         vdir = vdir.resolve()
         cfg.update(work_dir=str(vdir), log_dir=str(vdir / "logs"), model_dir=str(vdir),
                    checkpoints_dir=str(vdir / "checkpoints"), results_dir=str(vdir / "results"),

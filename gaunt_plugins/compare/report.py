@@ -134,10 +134,20 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
             rc = f"{_ratio_cell(r.get(mae))} / {_ratio_cell(r.get(rmse))}" if r else "—"
             lines.append(f"| {t}: {title} | " + " | ".join(cells) + (f" | {rc} |" if len(names) == 2 else " |"))
     lines.append("")
-    lines.append("Time per epoch: wall time of the training pass (validation excluded); time per step: MACE's "
-                 "own per-step timer (forward, forces, backward, optimiser step); peak memory: the maximum "
-                 "resident set size of the training process. Test errors: the saved model on each test set "
-                 "(energies per configuration, forces per Cartesian component).")
+    if report["framework"] == "mace":
+        step_note = "MACE's own per-step timer (results file: forward, forces, loss, backward, optimiser step)"
+        model_note = "the model MACE saved (`<name>.model`, its best-validation checkpoint)"
+    else:
+        step_note = "forward, loss, backward and optimiser step of fairchem's trainer, timed around its own calls"
+        model_note = "fairchem's best checkpoint (`best_checkpoint.pt`, by its primary validation metric)"
+    budget_note = ""
+    if budget.get("max_minutes") is not None:
+        budget_note = (" Wall-clock budget: counted from the start of the training loop; an epoch starts only if "
+                       "it is expected to end within the budget.")
+    lines.append(f"Time per epoch: wall time of the training pass (validation excluded); time per step: {step_note}; "
+                 "peak memory: the maximum resident set size of the training process (on a GPU also the peak "
+                 f"allocated CUDA memory). Test errors: {model_note} on each test set (energies per configuration, "
+                 f"forces per Cartesian component).{budget_note}")
     lines.append("")
     for n in names:
         v = variants[n]
@@ -170,14 +180,28 @@ def plot_curves(report: Dict[str, Any], path: Path) -> bool:
 
     variants = report["variants"]
     labels = report.get("labels", {})
-    panels = [
-        ("train_loss", "epoch", "training loss (mean per epoch)", True),
-        ("valid_loss", "epoch", "validation loss", True),
-        ("valid_rmse_f_meV_per_A", "epoch", "validation force RMSE (meV/Å)", True),
-        ("valid_rmse_e_per_atom_meV", "epoch", "validation energy RMSE (meV/atom)", True),
-        ("valid_rmse_f_meV_per_A", "train_elapsed_s", "validation force RMSE (meV/Å)", True),
-        ("valid_loss", "train_elapsed_s", "validation loss", True),
-    ]
+    titles = {
+        "train_loss": "training loss (mean per epoch)",
+        "valid_loss": "validation loss",
+        "valid_rmse_f_meV_per_A": "validation force RMSE (meV/Å)",
+        "valid_mae_f_meV_per_A": "validation force MAE (meV/Å)",
+        "valid_rmse_e_per_atom_meV": "validation energy RMSE (meV/atom)",
+        "valid_mae_e_meV": "validation energy MAE (meV)",
+    }
+    force = ("valid_rmse_f_meV_per_A", "valid_mae_f_meV_per_A")
+    energy = ("valid_rmse_e_per_atom_meV", "valid_mae_e_meV")
+    panels = [(("train_loss",), "epoch"), (("valid_loss",), "epoch"), (force, "epoch"), (energy, "epoch"),
+              (force, "train_elapsed_s"), (("valid_loss",), "train_elapsed_s")]
+
+    def pick(candidates):
+        for key in candidates:
+            for name in ORDER:
+                curve = variants.get(name, {}).get("curves") or {}
+                if any(v is not None for v in curve.get(key) or []):
+                    return key
+        return candidates[0]
+
+    panels = [(pick(c), x, titles.get(pick(c), pick(c)), True) for c, x in panels]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     drawn = False
     colors = {"upstream": "tab:blue", "gaunt": "tab:orange"}
