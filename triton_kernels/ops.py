@@ -25,6 +25,7 @@ are themselves differentiable (double backward, needed for force training) throu
 :mod:`.reference` — correct but unfused; see that module.
 """
 import os
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -36,7 +37,7 @@ import triton
 from . import constants as K
 from .kernels import gp_bwd_kernel, gp_fwd_kernel, mb_bwd_kernel, mb_fwd_kernel, msg_bwd_segment_kernel, \
     msg_fwd_segment_kernel
-from .reference import conv_message_ref, conv_product_ref, grid_product_ref, many_body_ref
+from .reference import conv_message_ref, expand_weight, many_body_ref
 from .tables import compute_dtype, degree_gather, power_tables, product_tables
 
 __all__ = ["INTERPRET", "NAMESPACE", "OPS"]
@@ -604,47 +605,125 @@ def _message_bwd(ctx, grad):
 
 
 # ----------------------------------------------------------------------------------------------
-# double backward (through the PyTorch reference) for every *_backward op
+# double backward: the VJP of every *_backward op
 # ----------------------------------------------------------------------------------------------
-def _double_backward(ref, n_fwd_args: int, first_positions, ctx, ggrads):
-    """VJP of a ``*_backward`` op. ``ctx.args`` = (grad, *forward args, *flags); ``first_positions`` are
-    the forward-argument positions whose first-order gradients the backward op returned, in order."""
+def _degree_sum(t: Tensor, m: Tensor) -> Tensor:
+    """``t [N, C, I]``, mask ``m [K, I]`` -> ``[N, K, C]`` (sum over the coefficients of each degree slot)."""
+    return torch.matmul(m.to(t.dtype), t.transpose(1, 2))
+
+
+def _product_first_order(grad, x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f):
+    """The first-order gradients of ``grid_product`` written with ``grid_product`` itself (tables
+    transposed), so that differentiating them again runs the fused kernels:
+    ``d out / d a`` for cotangent ``h`` is the Gaunt product ``((h F^T) * (b Y2)) Y1^T``. Returns
+    ``(dx1, dx2, dw1, dw2, dw3)`` shaped like the inputs; tensors of size ``[N, C, I]``, never ``P``."""
+    gp = torch.ops.gaunt_triton.grid_product
+    w1e = expand_weight(w1, m1) if w1 is not None else None
+    w2e = expand_weight(w2, m2) if w2 is not None else None
+    w3e = expand_weight(w3, m3) if w3 is not None else None
+    a = x1 if w1e is None else x1 * w1e
+    b = x2 if w2e is None else x2 * w2e
+    h = grad if w3e is None else grad * w3e
+    ga = gp(h, b, None, None, None, None, None, None, f.t(), y2, y1.t())
+    gb = gp(h, a, None, None, None, None, None, None, f.t(), y1, y2.t())
+    dx1 = ga if w1e is None else ga * w1e
+    dx2 = (gb if w2e is None else gb * w2e).sum_to_size(x2.shape)
+    dw1 = _degree_sum(ga * x1, m1).sum_to_size(w1.shape) if w1 is not None else None
+    dw2 = _degree_sum(gb * x2.expand_as(gb), m2).sum_to_size(w2.shape) if w2 is not None else None
+    if w3 is not None:
+        raw = gp(a, b, None, None, None, None, None, None, y1, y2, f)
+        dw3 = _degree_sum(grad * raw, m3).sum_to_size(w3.shape)
+    else:
+        dw3 = None
+    return dx1, dx2, dw1, dw2, dw3
+
+
+def _conv_first_order(grad, x1, sh, weight, k1, m1, m2, m3, y1, y2, f):
+    """``(dx1, dsh, dweight)`` of ``conv_product`` through :func:`_product_first_order` (fused, differentiable)."""
+    k2 = m2.shape[0]
+    dx1, dx2, dw1, dw2, dw3 = _product_first_order(grad, x1, sh.unsqueeze(1), weight[:, :k1], weight[:, k1:k1 + k2],
+                                                   weight[:, k1 + k2:], m1, m2, m3, y1, y2, f)
+    return dx1, dx2.reshape(sh.shape), torch.cat([dw1, dw2, dw3], dim=1)
+
+
+_WARNED_REFERENCE = set()
+
+
+def _reference_first_order(ref, first_positions, name):
+    def first_order(g, leaves):
+        if name not in _WARNED_REFERENCE:
+            _WARNED_REFERENCE.add(name)
+            warnings.warn(f"gaunt_triton::{name}: second-order gradients run through the PyTorch reference "
+                          f"(unfused, the [rows, C, P] grid materialised); first-order gradients are fused",
+                          RuntimeWarning, stacklevel=2)
+        out = ref(*leaves)
+        return torch.autograd.grad(out, [leaves[p] for p in first_positions], g, create_graph=True, allow_unused=True)
+    return first_order
+
+
+def _composite_first_order(fn):
+    def first_order(g, leaves):
+        return fn(g, *leaves)
+    return first_order
+
+
+class _NoHigherOrder(torch.autograd.Function):
+    """Passes second-order gradients through, linked to the tensors they depend on, and refuses to be
+    differentiated once more (third order) instead of silently dropping terms."""
+
+    @staticmethod
+    def forward(ctx, n_values: int, *args):
+        return tuple(v.clone() for v in args[:n_values])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("gaunt_triton: third- and higher-order derivatives through the Triton Gaunt ops are "
+                                  "not supported (first and second order are); run this computation with "
+                                  "GAUNT_BACKEND=torch / backend='torch'")
+
+
+def _double_backward(first_order, n_fwd_args: int, diff_positions, ctx, ggrads):
+    """VJP of a ``*_backward`` op (inputs: grad, the forward op's arguments, flags): the first-order
+    gradients are recomputed as a differentiable function of independent copies of (grad, inputs)
+    and differentiated once; the outer autograd engine chains the partial derivatives through the
+    inputs' own histories (so a cotangent that depends on the inputs, as in force training, is
+    counted once)."""
     args = list(ctx.saved_tensors)
-    extra = ctx.extra
     grad = args[0]
     fwd = args[1:1 + n_fwd_args]
-    for pos, val in extra.items():
+    for pos, val in ctx.extra.items():
         fwd[pos] = val
     needs = ctx.needs_input_grad
     create = torch.is_grad_enabled()
     with torch.enable_grad():
-        leaves = []
-        for t in fwd:
-            if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad:
-                t = t.detach().requires_grad_()
-            leaves.append(t)
-        g = grad if grad.requires_grad else grad.detach().requires_grad_()
-        out = ref(*leaves)
-        wanted = [leaves[p] for p in first_positions]
-        firsts = torch.autograd.grad(out, wanted, g, create_graph=True, allow_unused=True)
+        leaves = [t.detach().requires_grad_() if (p in diff_positions and isinstance(t, Tensor)) else t
+                  for p, t in enumerate(fwd)]
+        g = grad.detach().requires_grad_()
+        firsts = first_order(g, leaves)
         outs, cots = [], []
         for fst, gg in zip(firsts, ggrads):
-            if fst is not None and gg is not None and gg.numel() and gg.shape == fst.shape:
+            if fst is not None and fst.requires_grad and gg is not None and gg.numel() and gg.shape == fst.shape:
                 outs.append(fst)
-                cots.append(gg)
-        targets_idx = [0] + [1 + p for p in range(n_fwd_args)
-                             if needs[1 + p] and isinstance(leaves[p], Tensor) and leaves[p].is_floating_point()]
-        targets = [g if i == 0 else leaves[i - 1] for i in targets_idx]
+                cots.append(gg.detach())
+        targets_idx = [i for i in range(1 + n_fwd_args) if needs[i] and (i == 0 or (i - 1) in diff_positions)]
         result = [None] * len(needs)
-        if outs:
-            sec = torch.autograd.grad(outs, targets, cots, allow_unused=True, create_graph=create)
+        if outs and targets_idx:
+            targets = [g if i == 0 else leaves[i - 1] for i in targets_idx]
+            sec = torch.autograd.grad(outs, targets, cots, allow_unused=True)
             for i, s in zip(targets_idx, sec):
-                if needs[i]:
-                    result[i] = s
+                result[i] = s
+    if create:
+        idx = [i for i, r in enumerate(result) if r is not None]
+        links = [t for t in [grad] + [fwd[p] for p in sorted(diff_positions)] + list(ggrads)
+                 if isinstance(t, Tensor) and t.requires_grad]
+        if idx and links:
+            linked = _NoHigherOrder.apply(len(idx), *[result[i] for i in idx], *links)
+            for i, v in zip(idx, linked):
+                result[i] = v
     return tuple(result)
 
 
-def _make_bwd_autograd(ref, n_fwd_args: int, first_positions, tensor_positions):
+def _make_bwd_autograd(first_order, n_fwd_args: int, tensor_positions, diff_positions):
     """setup_context/backward pair for a ``*_backward`` op whose forward-op arguments sit at
     ``1..n_fwd_args``; non-tensor arguments are kept on ctx."""
     def setup(ctx, inputs, output):
@@ -661,8 +740,10 @@ def _make_bwd_autograd(ref, n_fwd_args: int, first_positions, tensor_positions):
         ctx.save_for_backward(*tensors)
 
     def backward(ctx, *ggrads):
-        res = _double_backward(ref, n_fwd_args, first_positions, ctx, ggrads)
-        return res
+        if any(ctx.needs_input_grad[1 + p] for p in tensor_positions if p not in diff_positions):
+            raise NotImplementedError("gaunt_triton: gradients with respect to the tables or degree masks are not "
+                                      "implemented (they are constants of the layer)")
+        return _double_backward(first_order, n_fwd_args, diff_positions, ctx, ggrads)
     return setup, backward
 
 
@@ -672,13 +753,15 @@ def _register_autograd():
     lib.register_autograd(f"{NAMESPACE}::conv_product", _conv_bwd, setup_context=_conv_setup)
     lib.register_autograd(f"{NAMESPACE}::many_body_product", _mb_bwd, setup_context=_mb_setup)
     lib.register_autograd(f"{NAMESPACE}::conv_message", _message_bwd, setup_context=_message_setup)
-    s, b = _make_bwd_autograd(grid_product_ref, 11, (0, 1, 2, 3, 4), set(range(11)))
+    s, b = _make_bwd_autograd(_composite_first_order(_product_first_order), 11, set(range(11)), {0, 1, 2, 3, 4})
     lib.register_autograd(f"{NAMESPACE}::grid_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(conv_product_ref, 10, (0, 1, 2), {0, 1, 2, 4, 5, 6, 7, 8, 9})
+    s, b = _make_bwd_autograd(_composite_first_order(_conv_first_order), 10, {0, 1, 2, 4, 5, 6, 7, 8, 9}, {0, 1, 2})
     lib.register_autograd(f"{NAMESPACE}::conv_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(many_body_ref, 7, (0, 1, 2), set(range(7)))
+    s, b = _make_bwd_autograd(_reference_first_order(many_body_ref, (0, 1, 2), "many_body_product"), 7,
+                              set(range(7)), {0, 1, 2})
     lib.register_autograd(f"{NAMESPACE}::many_body_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(conv_message_ref, 13, (0, 1, 2), {0, 1, 2, 3, 6, 7, 8, 9, 10, 11})
+    s, b = _make_bwd_autograd(_reference_first_order(conv_message_ref, (0, 1, 2), "conv_message"), 13,
+                              {0, 1, 2, 3, 6, 7, 8, 9, 10, 11}, {0, 1, 2})
     lib.register_autograd(f"{NAMESPACE}::conv_message_backward", b, setup_context=s)
 
 

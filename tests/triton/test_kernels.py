@@ -4,6 +4,8 @@ Without CUDA these run in Triton's CPU interpreter (tests/triton/conftest.py), s
 tiny, but ragged on purpose: channel counts that are not powers of two, widths far below the
 padded 16, a lone row, nodes without edges; every mask in the kernels is exercised.
 """
+import warnings
+
 import pytest
 import torch
 
@@ -218,15 +220,79 @@ def _double_backward(fn, inputs):
 
 
 def test_double_backward_conv(tk, device):
+    """Second-order gradients of the convolution run on the fused kernels (the first-order gradients are
+    themselves Gaunt products with transposed tables): no fallback warning, reference values."""
     y1, y2, f = product_tables(1, 1, 2, torch.float64, device)
     d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, torch.float64).to(device)
     inputs = [torch.randn(3, 4, 4, dtype=torch.float64, device=device),
               torch.randn(3, 4, dtype=torch.float64, device=device),
               torch.randn(3, 7, 4, dtype=torch.float64, device=device)]
     ref = _double_backward(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
-    out = _double_backward(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = _double_backward(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_double_backward_weighted_product(tk, device, shared):
+    y1, y2, f = product_tables(1, 2, 1, torch.float64, device)
+    d1, d2, d3 = degrees(1).to(device), degrees(2).to(device), degrees(1).to(device)
+    rows = () if shared else (3,)
+    inputs = [torch.randn(3, 2, 4, dtype=torch.float64, device=device),
+              torch.randn(3, 2, 9, dtype=torch.float64, device=device)] + \
+             [torch.randn(*rows, k, 2, dtype=torch.float64, device=device) for k in (2, 3, 2)]
+    ref = _double_backward(lambda *a: torch_ops.weighted_product(*a, d1, d2, d3, y1, y2, f), inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = _double_backward(lambda *a: tk.weighted_product(*a, d1, d2, d3, y1, y2, f), inputs)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-10
+
+
+def _force_pattern(fn, inputs):
+    """Force training's pattern: the first backward's cotangent depends on the inputs (energy -> forces),
+    the second backward differentiates a loss of the first-order gradients."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    (g1,) = torch.autograd.grad(out.pow(2).sum(), [leaves[0]], create_graph=True)
+    return [g1.detach()] + list(torch.autograd.grad(g1.pow(2).sum(), leaves, allow_unused=True))
+
+
+def test_second_order_with_input_dependent_cotangent(tk, device):
+    y1, y2, f = product_tables(1, 1, 2, torch.float64, device)
+    d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, torch.float64).to(device)
+    inputs = [torch.randn(3, 2, 4, dtype=torch.float64, device=device),
+              torch.randn(3, 4, dtype=torch.float64, device=device),
+              torch.randn(3, 7, 2, dtype=torch.float64, device=device)]
+    ref = _force_pattern(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    out = _force_pattern(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-10
+    y, fs = power_tables(1, 3, 1, torch.float64, device)
+    d = degrees(1).to(device)
+    inputs = [torch.randn(3, 2, 4, dtype=torch.float64, device=device),
+              torch.randn(3, 3, 2, 2, dtype=torch.float64, device=device),
+              torch.randn(3, 3, 2, 2, dtype=torch.float64, device=device)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = _force_pattern(lambda x, a, b: torch_ops.many_body_product(x, a, b, d, d, y, fs), inputs)
+        out = _force_pattern(lambda x, a, b: tk.many_body_product(x, a, b, d, d, y, fs), inputs)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_third_order_refused(tk, device):
+    y1, y2, f = product_tables(1, 1, 1, torch.float64, device)
+    d, m2 = degrees(1).to(device), degree_mask(1, torch.float64).to(device)
+    x, s, w = (torch.randn(2, 2, 4, dtype=torch.float64, device=device, requires_grad=True),
+               torch.randn(2, 4, dtype=torch.float64, device=device, requires_grad=True),
+               torch.randn(2, 6, 2, dtype=torch.float64, device=device, requires_grad=True))
+    (gx,) = torch.autograd.grad(tk.conv_product(x, s, w, 2, d, m2, d, y1, y2, f).pow(2).sum(), [x], create_graph=True)
+    (gs,) = torch.autograd.grad(gx.pow(2).sum(), [s], create_graph=True)  # second order: fine, values exact
+    with pytest.raises(NotImplementedError, match="third- and higher-order"):
+        torch.autograd.grad(gs.sum(), [x])
 
 
 def test_double_backward_many_body_and_message(tk, device):
