@@ -186,7 +186,8 @@ def test_layers_run_on_the_triton_backend(tk, device):
         for name in ("torch", "triton"):
             with backends.use_backend(name):
                 out = call()
-                assert backends.last_backend(op) == name
+                if name == "triton":  # (on CPU the layers may serve "torch" with their own fused C kernels)
+                    assert backends.last_backend(op) == "triton"
                 results[name] = [out] + list(torch.autograd.grad(out.square().sum(), wrt))
         for a, b in zip(results["triton"], results["torch"]):
             assert rel_err(a, b) < 1e-5, op
