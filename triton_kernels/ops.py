@@ -20,9 +20,12 @@ with ``torch.library.custom_op`` plus the explicit fake implementations below: t
 to the compiler but autograd, fake tensors, ``opcheck`` and ``torch.compile(fullgraph=True)``
 behave the same.
 
-Autograd: ``register_autograd`` on every forward op calls its fused backward op. The backward ops
-are themselves differentiable (double backward, needed for force training) through
-:mod:`.reference` — correct but unfused; see that module.
+Autograd: ``register_autograd`` on every forward op calls its fused backward op, and the backward
+ops are differentiable once more (second order, which force training needs): for ``grid_product``
+and ``conv_product`` the first-order gradients are themselves Gaunt products with transposed tables
+(``d/da`` of ``((a Y1) * (b Y2)) F`` at cotangent ``h`` is ``((h F^T) * (b Y2)) Y1^T``), so the second
+order runs on the same fused kernels; for ``many_body_product`` and ``conv_message`` it goes through
+:mod:`.reference` (unfused, one warning). Third order raises ``NotImplementedError``.
 """
 import os
 import warnings

@@ -59,7 +59,10 @@ class TritonBackend:
         "max_correlation": _MAX_CORRELATION,
         "fused_message": True,
         "deterministic_message": True,
-        "double_backward": "through the PyTorch reference (unfused)",
+        "double_backward": {"weighted_product": "fused", "conv_product": "fused",
+                            "many_body_product": "PyTorch reference (unfused, warns once)",
+                            "conv_message": "PyTorch reference (unfused, warns once)"},
+        "max_derivative_order": 2,
     }
 
     def __init__(self) -> None:
