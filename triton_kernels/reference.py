@@ -1,10 +1,10 @@
 """Pure-PyTorch mirrors of the custom ops' own signatures (degree masks instead of degree indices).
 
-They define what each op computes, serve the tests, and give the double backward: the fused
-backward kernels are first-order only, so the gradient *of* a backward op (force training
-differentiates the backward once more) is taken through these functions, which materialise the
-``[rows, C, P]`` grid intermediate like the PyTorch backend does (correct, not fused).
-No Triton import here.
+They define what each op computes and serve the tests. The second-order gradients of
+``many_body_product`` and ``conv_message`` (force training differentiates their backward once more)
+are taken through these functions, which materialise the ``[rows, C, P]`` grid intermediate like
+the PyTorch backend does (correct, not fused); the product and convolution ops have a fused second
+order (see :mod:`.ops`). No Triton import here.
 """
 from __future__ import annotations
 
