@@ -1,6 +1,9 @@
 """GauntManyBody: the many-body (power) product that replaces MACE's SymmetricContraction."""
 from __future__ import annotations
 
+import weakref
+from typing import Dict
+
 import torch
 
 from .._e3nn import compile_mode
@@ -86,17 +89,67 @@ class GauntManyBody(torch.nn.Module):
         dtype = x.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         n = x.shape[0]
-        xc = x.to(compute)
-        if self.compact_in != self.width_in:
-            xc = torch.cat([xc, xc.new_zeros(n, self.channels, 1)], dim=2).index_select(2, self.index_in)
         attrs = node_attrs.to(compute)
         w_in = torch.matmul(attrs, self.weights_in.to(compute).reshape(self.num_elements, -1))
         w_out = torch.matmul(attrs, self.weights_out.to(compute).reshape(self.num_elements, -1))
         w_in = w_in.view(n, self.correlation, self.k_in, self.channels)
         w_out = w_out.view(n, self.correlation, self.k_out, self.channels)
+        if not torch.jit.is_scripting():
+            if _fused_serves(x):
+                return self._fused(x.to(compute), w_in, w_out).to(dtype)
+        return self._composed(x.to(compute), w_in, w_out).to(dtype)
+
+    def _composed(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        """The product from differentiable tensor ops: ``x [N, C, Ic]``, per-node weights."""
+        compute = x.dtype
+        n = x.shape[0]
+        xc = x
+        if self.compact_in != self.width_in:
+            xc = torch.cat([xc, xc.new_zeros(n, self.channels, 1)], dim=2).index_select(2, self.index_in)
         args = (xc, w_in, w_out, self.deg_in, self.deg_out, self.to_grid.to(compute), self.from_grids.to(compute))
         if torch.jit.is_scripting():
             out = torch_ops.many_body_product(*args)
         else:
             out = registry.many_body_product(*args)
-        return dense_to_flat(out, self.index_out).to(dtype)
+        return dense_to_flat(out, self.index_out)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        from ..backends.cpu.many_body import many_body_fused
+
+        return many_body_fused(_plan(self, x.dtype), x, w_in, w_out)
+
+
+_PLANS: "weakref.WeakKeyDictionary[GauntManyBody, Dict]" = weakref.WeakKeyDictionary()
+
+
+def _fused_serves(x: torch.Tensor) -> bool:
+    """Eager CPU calls with the CPU kernels built and no backend forced to Triton."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or registry.backend_setting() == "triton":
+        return False
+    from ..backends.cpu import cpu_kernels_available
+
+    return cpu_kernels_available()
+
+
+def _plan(layer: GauntManyBody, dtype: torch.dtype):
+    """The kernel form of ``layer`` for ``dtype``, cached per layer, rebuilt when its buffers move."""
+    from ..backends.cpu.many_body import ManyBodyPlan
+
+    key = (dtype, layer.to_grid.data_ptr(), layer.from_grids.data_ptr())
+    cache = _PLANS.setdefault(layer, {})
+    if key not in cache:
+        c = layer.channels
+        idx_in = layer.index_in.clone()
+        idx_in[idx_in == layer.compact_in] = -1
+        width_out = layer.from_grids.shape[2]
+        idxo = torch.full((c * width_out,), -1, dtype=torch.long)
+        idxo[layer.index_out] = torch.arange(layer.dim_out)
+        t = layer.to_grid.to(dtype).contiguous()
+        pj = layer.from_grids.to(dtype).contiguous()
+        tables = (t.t().contiguous(), pj.transpose(1, 2).contiguous(), t, pj)
+        cache.clear()
+        cache[key] = ManyBodyPlan(c, layer.width_in, layer.k_in, layer.k_out, layer.correlation, layer.dim_out,
+                                  idx_in.contiguous(), idxo.view(c, width_out).contiguous(),
+                                  layer.deg_in.contiguous(), layer.deg_out.contiguous(), tables, layer._composed)
+    return cache[key]

@@ -1,4 +1,4 @@
-"""Compile the kernels (``grid_product.c``, ``conv.c``) once per source/flags/CPU and load them with ctypes.
+"""Compile the kernels (``grid_product.c``, ``conv.c``, ``many_body.c``) once per source/flags/CPU and load them with ctypes.
 
 The shared library is cached under ``$GAUNT_PLUGINS_CACHE`` (default ``~/.cache/gaunt_plugins``),
 named by a hash of the source, the compiler flags and the CPU's instruction-set flags, so a cache
@@ -20,7 +20,7 @@ from typing import Optional
 
 __all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_reason"]
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c")]
+_SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c", "many_body.c")]
 # No -ffast-math: with GCC < 13 a shared library built with it turns on flush-to-zero for the
 # whole process. These flags are the ones the reductions need to vectorise.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fassociative-math",
@@ -82,6 +82,12 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         cbwd = getattr(lib, f"conv_backward_{suffix}")
         cbwd.argtypes = [i] * 12 + [p] * 18
         cbwd.restype = ctypes.c_int
+        mfwd = getattr(lib, f"mb_forward_{suffix}")
+        mfwd.argtypes = [i] * 11 + [p] * 10
+        mfwd.restype = ctypes.c_int
+        mbwd = getattr(lib, f"mb_backward_{suffix}")
+        mbwd.argtypes = [i] * 11 + [p] * 15
+        mbwd.restype = ctypes.c_int
     return lib, None
 
 
