@@ -34,6 +34,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gaunt_plugins.ops import gaunt_product
+
 __all__ = ["GauntSelfMix", "SQRT_4PI"]
 
 SQRT_4PI = math.sqrt(4.0 * math.pi)
@@ -111,8 +113,6 @@ class GauntSelfMix(nn.Module):
 
     def _check_method(self) -> None:
         """Fail at construction, with context, if the product cannot serve this degree/method."""
-        from gaunt_plugins import gaunt_product
-
         probe = torch.zeros(1, (self.lmax + 1) ** 2, dtype=torch.float64)
         try:
             gaunt_product(probe, probe, self.lmax, method=self.method)
@@ -129,8 +129,6 @@ class GauntSelfMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, (lmax+1)^2, C]`` -> branch ``[N, (lmax+1)^2, C]``."""
-        from gaunt_plugins import gaunt_product
-
         y = self.norm(x)
         w1 = self.input_weight1.index_select(0, self.expand_index)  # [(L+1)^2, C]
         w2 = self.input_weight2.index_select(0, self.expand_index)
