@@ -1,10 +1,12 @@
 """Write the acac data for the gaunt-compare example (MACE's default keys REF_energy / REF_forces).
 
-    python examples/compare/prepare_acac.py [--src ACAC_DIR] [--out examples/compare/data] [--n-train 200]
+    python examples/compare/prepare_acac.py [--src ACAC_DIR] [--out examples/compare/data]
+                                            [--n-train 200] [--n-test 200]
 
 - ``train.xyz``: ``--n-train`` configurations drawn (fixed seed) from ``train_300K.xyz``;
-- ``test_MD_300K.xyz``, ``test_MD_600K.xyz``, ``test_dihedral.xyz``, ``test_H_transfer.xyz``: the
-  test sets, whole.
+- ``test_MD_300K.xyz``, ``test_MD_600K.xyz``: ``--n-test`` configurations of each MD test set (evenly
+  spaced along the trajectory; ``--n-test 0`` keeps all 650), ``test_dihedral.xyz`` and
+  ``test_H_transfer.xyz`` whole (energies only: they carry no forces).
 
 Nothing is downloaded: the source is the acac dataset already on disk.
 """
@@ -45,14 +47,19 @@ def write(path: Path, selected) -> None:
     print(f"wrote {path} ({len(selected)} configurations)")
 
 
-def prepare(src: Path, out: Path, n_train: int = 200, seed: int = 0) -> Path:
+def prepare(src: Path, out: Path, n_train: int = 200, seed: int = 0, n_test: int = 200) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     train = frames(src / "train_300K.xyz")
     picked = sorted(random.Random(seed).sample(range(len(train)), min(n_train, len(train))))
     write(out / "train.xyz", [train[i] for i in picked])
     for name in TESTS:
-        if (src / name).exists():
-            write(out / name, frames(src / name))
+        if not (src / name).exists():
+            continue
+        test = frames(src / name)
+        if name.startswith("test_MD") and 0 < n_test < len(test):
+            step = len(test) / n_test
+            test = [test[int(i * step)] for i in range(n_test)]
+        write(out / name, test)
     return out
 
 
@@ -61,6 +68,7 @@ if __name__ == "__main__":
     parser.add_argument("--src", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "data")
     parser.add_argument("--n-train", type=int, default=200)
+    parser.add_argument("--n-test", type=int, default=200, help="configs per MD test set (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    prepare(args.src or default_src(), args.out, args.n_train, args.seed)
+    prepare(args.src or default_src(), args.out, args.n_train, args.seed, args.n_test)

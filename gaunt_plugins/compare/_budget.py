@@ -9,7 +9,8 @@ At least one epoch always runs, so there is always a model to evaluate.
 
 SIGTERM (sent by ``gaunt-compare`` on Ctrl-C or at its hard timeout) asks for a stop after the
 current epoch: the framework then saves and evaluates its model as usual. Before the training
-loop has started SIGTERM stops the process at once (``KeyboardInterrupt``).
+loop has started, or once it has ended (final evaluation), SIGTERM stops the process at once
+(``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class TrainingBudget:
         self.epoch_starts: List[float] = []
         self.stop_requested = False
         self.stop_reason: Optional[str] = None
+        self.finished = False  # set when the training loop has returned
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -110,12 +112,13 @@ class TrainingBudget:
         return f"TrainingBudget(max_epochs={self.max_epochs}, max_seconds={self.max_seconds})"
 
     # ------------------------------------------------------------------ signals
-    def install_sigterm(self, training_started=lambda: True) -> None:
-        """SIGTERM: stop after the current epoch once training runs; before that, stop now."""
+    def install_sigterm(self) -> None:
+        """SIGTERM: stop after the current epoch while the training loop runs; before it (set-up) or
+        after it (final evaluation), stop now (``KeyboardInterrupt``)."""
 
         def handler(signum, frame):  # noqa: ARG001
-            if self.started is None or not training_started():
-                raise KeyboardInterrupt("stopped by gaunt-compare before training started")
+            if self.started is None or self.finished:
+                raise KeyboardInterrupt("stopped by gaunt-compare outside the training loop")
             self.stop_requested = True
 
         signal.signal(signal.SIGTERM, handler)

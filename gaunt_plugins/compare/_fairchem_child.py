@@ -85,6 +85,7 @@ def _instrument(budget: TrainingBudget, stats: StatsFile, rows: _Rows, state: di
                          f"{budget.elapsed():.1f} s of training)")
             return None
         finally:
+            budget.finished = True
             end = time.time()
             _close_epoch(state, stats)
             cuda_peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None

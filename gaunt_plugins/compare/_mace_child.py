@@ -61,6 +61,7 @@ def _instrument(budget: TrainingBudget, stats: StatsFile) -> None:
         try:
             return original_train(*args, **kwargs)
         finally:
+            budget.finished = True
             end = time.time()
             if budget.stop_reason in ("time budget", "signal"):
                 logging.info(f"{PREFIX} stopped after {len(budget.epoch_starts)} epochs ({budget.stop_reason}, "

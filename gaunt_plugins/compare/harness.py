@@ -118,12 +118,15 @@ def run_comparison(framework, out_dir: Path, variants: Sequence[str] = ("upstrea
                                      "cpu_user_s": result.user_cpu_s, "cpu_system_s": result.system_cpu_s}
             if result.notes:
                 entry["notes"] = list(result.notes)
-            if result.returncode != 0:
+            if result.returncode != 0 and not (result.interrupted or result.timed_out):
                 entry["error"] = error_summary(job.log)
                 entry["error_tail"] = tail(job.log, 15)
+            elif result.returncode != 0:
+                entry["error"] = "; ".join(result.notes) or ("killed" if result.killed else "stopped")
             say(f"[gaunt-compare] {variant}: {entry['status']} after {result.wall_s / 60:.1f} min"
                 + (f": {entry['error']}" if entry.get("error") else ""))
-            eval_job = None if result.killed or interrupts.count > 1 else framework.eval_job(variant, vdir)
+            stopped = result.killed or result.interrupted or result.timed_out
+            eval_job = None if stopped else framework.eval_job(variant, vdir)
             if eval_job is not None:
                 say(f"[gaunt-compare] {variant}: evaluating the saved model on {len(framework.tests)} test set(s)")
                 ev = run_job(eval_job, interrupts, grace_s=10.0)

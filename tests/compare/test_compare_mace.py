@@ -116,17 +116,22 @@ def test_json_numbers_are_what_the_runs_logged(compared):
 
 def test_a_failing_variant_is_reported_and_the_other_kept(acac_tiny):
     """An invalid option injected for the gaunt variant only (run first): it fails with MACE's own
-    argument error, upstream still trains and is evaluated as usual."""
+    argument error, upstream still trains (on a wall-clock budget shorter than two epochs) and is
+    evaluated as usual."""
     (acac_tiny / "cfg_fail.yaml").write_text(tiny_yaml("failing", test_file=None))
-    proc = run_compare(acac_tiny, "cfg_fail.yaml", "--epochs", "1", "--out", "report_fail", "--test", "hot.xyz",
-                       "--order", "gaunt-first", "--set-gaunt", "gaunt_method=bogus")
+    proc = run_compare(acac_tiny, "cfg_fail.yaml", "--max-minutes", "0.005", "--out", "report_fail", "--test",
+                       "hot.xyz", "--order", "gaunt-first", "--set-gaunt", "gaunt_method=bogus")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((acac_tiny / "report_fail" / "report.json").read_text())
     gaunt, up = report["variants"]["gaunt"], report["variants"]["upstream"]
     assert gaunt["status"] == "failed (exit code 2)", gaunt
     assert "--gaunt_method" in gaunt["error"] and "bogus" in gaunt["error"], gaunt["error"]
     assert "tests" not in gaunt and gaunt["steps"] == 0
-    assert up["status"] == "ok" and up["epochs"] == 1 and up["tests"]["hot"]["f_mae_meV_per_A"] > 0
+    assert up["status"] == "ok" and up["tests"]["hot"]["f_mae_meV_per_A"] > 0
+    # 0.3 s of training: the first epoch always runs, the budget stops the loop after it
+    assert up["epochs"] == 1 and up["stop_reason"] == "time budget", up
+    assert "gaunt-compare: stopped after 1 epochs (time budget" in Path(up["files"]["log"]).read_text()
+    assert report["budget"] == {"epochs": None, "max_minutes": 0.005}
     assert "[gaunt-compare] gaunt: failed (exit code 2)" in proc.stdout
     md = (acac_tiny / "report_fail" / "report.md").read_text()
     assert "| status | ok | failed (exit code 2) | |" in md
