@@ -10,6 +10,10 @@ applied through the forgiving loader. So ``mace_run_train --config cfg.yaml`` wi
 it starts (``torchrun`` workers included), while a Python process that never imports MACE pays
 nothing but reading the entry points.
 
+This module imports only the standard library at import time (not even ``gaunt_plugins``, whose
+``__init__`` imports torch): the hooks load it by file path, so an interpreter that never imports a
+framework starts as fast as without the hook. The patches themselves are imported on the trigger.
+
 Variables: ``GAUNT_PLUGINS_AUTOPATCH`` (``1``/``true``/``yes``/``on`` to enable),
 ``GAUNT_PLUGINS_PATCHES`` (optional comma-separated subset of patch names),
 ``GAUNT_PLUGINS_DISABLED`` (names to skip, see :mod:`.loader`).
@@ -23,15 +27,44 @@ import logging
 import os
 import sys
 import threading
+from importlib import metadata
 from typing import Callable, Dict, List, Optional
 
-__all__ = ["AUTOPATCH_ENV", "PATCHES_ENV", "enabled", "install", "uninstall", "installed", "from_hook"]
+__all__ = [
+    "AUTOPATCH_ENV",
+    "PATCHES_ENV",
+    "DISABLED_ENV",
+    "ENTRY_POINT_GROUP",
+    "entry_points",
+    "disabled_patches",
+    "enabled",
+    "install",
+    "uninstall",
+    "installed",
+    "from_hook",
+]
 
 AUTOPATCH_ENV = "GAUNT_PLUGINS_AUTOPATCH"
 PATCHES_ENV = "GAUNT_PLUGINS_PATCHES"
+DISABLED_ENV = "GAUNT_PLUGINS_DISABLED"
+ENTRY_POINT_GROUP = "gaunt_plugins.patches"
 _TRUE = ("1", "true", "yes", "on")
 
 logger = logging.getLogger("gaunt_plugins.patches")
+
+
+def entry_points():
+    """The entry points of group ``gaunt_plugins.patches`` (not loaded)."""
+    eps = metadata.entry_points()
+    if hasattr(eps, "select"):
+        return list(eps.select(group=ENTRY_POINT_GROUP))
+    return list(eps.get(ENTRY_POINT_GROUP, []))  # Python < 3.10
+
+
+def disabled_patches() -> List[str]:
+    """Names listed in ``GAUNT_PLUGINS_DISABLED`` (``["all"]`` disables every patch)."""
+    value = os.environ.get(DISABLED_ENV, "")
+    return [n.strip().lower() for n in value.split(",") if n.strip()]
 
 
 def enabled(environ=None) -> bool:
@@ -72,6 +105,8 @@ class _NotifyingLoader(importlib.abc.Loader):
 class _PostImportFinder(importlib.abc.MetaPathFinder):
     """A meta-path finder that finds nothing itself; it wraps the loader of watched modules."""
 
+    gaunt_plugins_autopatch = True  # recognised across copies of this module (package / by path)
+
     def __init__(self):
         self.watched: Dict[str, List[str]] = {}  # module -> patch names
         self._busy = set()
@@ -102,11 +137,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
             _remove_finder()
 
 
-_finder: Optional[_PostImportFinder] = None
-
-
 def _apply(names: List[str]) -> None:
-    from .loader import apply_patches
+    from gaunt_plugins.patches.loader import apply_patches
 
     try:
         apply_patches(names)
@@ -115,15 +147,22 @@ def _apply(names: List[str]) -> None:
 
 
 def _remove_finder() -> None:
-    global _finder
-    if _finder is not None and _finder in sys.meta_path:
-        sys.meta_path.remove(_finder)
-    _finder = None
+    finder = _active_finder()
+    if finder is not None:
+        sys.meta_path.remove(finder)
+
+
+def _active_finder():
+    """The post-import finder on ``sys.meta_path``, whichever copy of this module installed it."""
+    for finder in sys.meta_path:
+        if getattr(finder, "gaunt_plugins_autopatch", False):
+            return finder
+    return None
 
 
 def installed() -> bool:
     """Whether the post-import hook is waiting for a framework import."""
-    return _finder is not None and _finder in sys.meta_path
+    return _active_finder() is not None
 
 
 def install(names: Optional[List[str]] = None) -> List[str]:
@@ -131,15 +170,13 @@ def install(names: Optional[List[str]] = None) -> List[str]:
 
     ``names`` defaults to ``GAUNT_PLUGINS_PATCHES`` or every entry point of the group. Entry
     points are read but not loaded: the patch modules are imported only when their framework is.
-    Returns the names being watched or applied.
+    The trigger of a patch is its entry-point name, the framework's top-level module (``mace``,
+    ``fairchem``). Returns the names being watched or applied.
     """
-    global _finder
-    from .loader import _entry_points, disabled_patches
-
     wanted = names if names is not None else _wanted_names()
     disabled = disabled_patches()
     chosen = []
-    for ep in _entry_points():
+    for ep in entry_points():
         if wanted is not None and ep.name not in wanted:
             continue
         if "all" in disabled or ep.name.lower() in disabled or ep.name in chosen:
@@ -150,14 +187,14 @@ def install(names: Optional[List[str]] = None) -> List[str]:
     if now:
         _apply(now)
     if later:
-        if _finder is None:
-            _finder = _PostImportFinder()
+        finder = _active_finder()
+        if finder is None:
+            finder = _PostImportFinder()
+            sys.meta_path.insert(0, finder)
         for name in later:
-            _finder.watched.setdefault(name, [])
-            if name not in _finder.watched[name]:
-                _finder.watched[name].append(name)
-        if _finder not in sys.meta_path:
-            sys.meta_path.insert(0, _finder)
+            watchers = finder.watched.setdefault(name, [])
+            if name not in watchers:
+                watchers.append(name)
     return chosen
 
 

@@ -56,25 +56,50 @@ logger = logging.getLogger("gaunt_plugins.patches")
 HOOK_FILENAME = "gaunt_plugins_autopatch.pth"
 HOOK_MARKER = "# gaunt-plugins automatic patching hook"
 
-# The .pth line: site.py executes lines that start with "import". It costs one environment lookup
-# unless GAUNT_PLUGINS_AUTOPATCH is set, and it never stops the interpreter from starting.
-_PTH_TEXT = f"""{HOOK_MARKER} (written by `gaunt-run --install-hook`; remove with
-# `gaunt-run --uninstall-hook` or by deleting this file). Active only with GAUNT_PLUGINS_AUTOPATCH=1.
-import os, sys; exec("try:\\n import gaunt_plugins.patches.autopatch as _gp\\n _gp.from_hook()\\nexcept Exception as _e:\\n sys.stderr.write('gaunt-plugins hook: %r\\\\n' % (_e,))") if os.environ.get("{AUTOPATCH_ENV}", "").strip().lower() in ("1", "true", "yes", "on") else None
+# Both hooks load autopatch.py by its file path (recorded when the hook is written), not through
+# `import gaunt_plugins...`: the package's __init__ imports torch, which would make every Python
+# process started with the variable set pay seconds at start-up. autopatch.py needs only the
+# standard library until a framework is imported. A missing file (package uninstalled) is skipped.
+_LOAD_AUTOPATCH = """import importlib.util, os, sys
+p = {path!r}
+if os.path.exists(p) and "_gaunt_plugins_autopatch" not in sys.modules:
+    spec = importlib.util.spec_from_file_location("_gaunt_plugins_autopatch", p)
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = m
+    spec.loader.exec_module(m)
+    m.from_hook()
 """
 
-_SITECUSTOMIZE_TEXT = f'''{HOOK_MARKER}: the sitecustomize that `gaunt-run` puts first on PYTHONPATH.
-# It applies the gaunt-plugins patches when a framework is imported, then runs the
-# sitecustomize this directory hides, if the environment has one.
+
+def _autopatch_file() -> str:
+    return str(Path(__file__).resolve().with_name("autopatch.py"))
+
+
+def _pth_text() -> str:
+    """The .pth file: site.py executes lines that start with "import". It costs one environment
+    lookup unless GAUNT_PLUGINS_AUTOPATCH is set, and never stops the interpreter from starting."""
+    code = "try:\n" + "".join(" " + line + "\n" for line in _LOAD_AUTOPATCH.format(path=_autopatch_file()).splitlines())
+    code += "except Exception as e:\n sys.stderr.write('gaunt-plugins hook: %r\\n' % (e,))\n"
+    return (
+        f"{HOOK_MARKER} (written by `gaunt-run --install-hook`; remove with\n"
+        f"# `gaunt-run --uninstall-hook` or by deleting this file). Active only with {AUTOPATCH_ENV}=1.\n"
+        f"import os, sys; exec({code!r}) if os.environ.get({AUTOPATCH_ENV!r}, '').strip().lower() "
+        f"in ('1', 'true', 'yes', 'on') else None\n"
+    )
+
+
+def _sitecustomize_text() -> str:
+    load = "".join("        " + line + "\n" for line in _LOAD_AUTOPATCH.format(path=_autopatch_file()).splitlines())
+    return f'''{HOOK_MARKER}: the sitecustomize that `gaunt-run` puts first on PYTHONPATH.
+# With {AUTOPATCH_ENV}=1 it applies the gaunt-plugins patches when a framework is imported,
+# then runs the sitecustomize this directory hides, if the environment has one.
 import os as _os, sys as _sys
 
 
 def _gaunt_plugins_hook():
-    try:
-        import gaunt_plugins.patches.autopatch as _gp
-
-        _gp.from_hook()
-    except Exception as exc:  # never stop the interpreter
+    if _os.environ.get({AUTOPATCH_ENV!r}, "").strip().lower() in ("1", "true", "yes", "on"):
+      try:
+{load}      except Exception as exc:  # never stop the interpreter
         _sys.stderr.write("gaunt-plugins hook: %r\\n" % (exc,))
     here = _os.path.dirname(_os.path.abspath(__file__))
     try:
@@ -115,7 +140,7 @@ def install_hook(site_dir: Optional[str] = None) -> Path:
         raise FileExistsError(f"{path} exists and was not written by gaunt-plugins; not touching it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pth.tmp")
-    tmp.write_text(_PTH_TEXT)
+    tmp.write_text(_pth_text())
     os.replace(tmp, path)
     return path
 
@@ -133,14 +158,15 @@ def uninstall_hook(site_dir: Optional[str] = None) -> Optional[Path]:
 
 def subprocess_hook_dir() -> Path:
     """A directory holding only the launcher's ``sitecustomize.py`` (created once per content)."""
-    digest = hashlib.sha256(_SITECUSTOMIZE_TEXT.encode()).hexdigest()[:12]
+    text = _sitecustomize_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     directory = Path(tempfile.gettempdir()) / f"gaunt_plugins_hook_{uid}_{digest}"
     target = directory / "sitecustomize.py"
-    if not (target.exists() and target.read_text() == _SITECUSTOMIZE_TEXT):
+    if not (target.exists() and target.read_text() == text):
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".sitecustomize.{os.getpid()}.tmp"
-        tmp.write_text(_SITECUSTOMIZE_TEXT)
+        tmp.write_text(text)
         os.replace(tmp, target)
     return directory
 

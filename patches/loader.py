@@ -13,10 +13,9 @@ and one failing patch does not stop the others. ``GAUNT_PLUGINS_DISABLED=mace,fa
 from __future__ import annotations
 
 import logging
-import os
-from importlib import metadata
 from typing import Dict, Iterable, List, Optional, Type
 
+from .autopatch import DISABLED_ENV, ENTRY_POINT_GROUP, disabled_patches, entry_points
 from .base import FrameworkPatch, MissingTargetError, UnsupportedVersionError
 
 __all__ = [
@@ -29,20 +28,10 @@ __all__ = [
     "revert_patches",
 ]
 
-ENTRY_POINT_GROUP = "gaunt_plugins.patches"
-DISABLED_ENV = "GAUNT_PLUGINS_DISABLED"
-
 logger = logging.getLogger("gaunt_plugins.patches")
 
 # Instances of the patches applied through this module (so revert_patches() can undo them).
 _applied: Dict[str, FrameworkPatch] = {}
-
-
-def _entry_points():
-    eps = metadata.entry_points()
-    if hasattr(eps, "select"):
-        return list(eps.select(group=ENTRY_POINT_GROUP))
-    return list(eps.get(ENTRY_POINT_GROUP, []))  # Python < 3.10
 
 
 def available_patches() -> Dict[str, Type[FrameworkPatch]]:
@@ -52,7 +41,7 @@ def available_patches() -> Dict[str, Type[FrameworkPatch]]:
     by :func:`get_patch` when asked for by name).
     """
     found: Dict[str, Type[FrameworkPatch]] = {}
-    for ep in _entry_points():
+    for ep in entry_points():
         if ep.name in found:
             continue
         try:
@@ -66,17 +55,11 @@ def available_patches() -> Dict[str, Type[FrameworkPatch]]:
 
 def get_patch(name: str) -> Type[FrameworkPatch]:
     """The patch class registered as ``name``; raises KeyError listing the known names."""
-    for ep in _entry_points():
+    for ep in entry_points():
         if ep.name == name:
             return ep.load()
-    known = sorted(ep.name for ep in _entry_points())
+    known = sorted(ep.name for ep in entry_points())
     raise KeyError(f"no gaunt-plugins patch named {name!r}; known: {known}")
-
-
-def disabled_patches() -> List[str]:
-    """Names listed in ``GAUNT_PLUGINS_DISABLED`` (``["all"]`` disables every patch)."""
-    value = os.environ.get(DISABLED_ENV, "")
-    return [n.strip().lower() for n in value.split(",") if n.strip()]
 
 
 def apply_patches(names: Optional[Iterable[str]] = None) -> Dict[str, FrameworkPatch]:
@@ -89,7 +72,7 @@ def apply_patches(names: Optional[Iterable[str]] = None) -> Dict[str, FrameworkP
     """
     disabled = disabled_patches()
     if names is None:
-        candidates = [ep.name for ep in _entry_points()]
+        candidates = [ep.name for ep in entry_points()]
     else:
         candidates = [names] if isinstance(names, str) else list(names)
     result: Dict[str, FrameworkPatch] = {}

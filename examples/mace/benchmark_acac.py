@@ -4,7 +4,8 @@ Trains both with the stock ``mace_run_train`` (Gaunt through the automatic hook)
 energy and force MAE on test_MD_300K and test_MD_600K with ``mace_eval_configs``, and reports the
 mean training epoch time from MACE's own results file.
 
-Usage: python benchmark_acac.py [--epochs N] [--out DIR] [--channels C] [--max-l L]
+Usage: python benchmark_acac.py [--epochs N] [--out DIR] [--channels C] [--max-l L] [--n-train N]
+                                [--only upstream|gaunt] [--threads T]
 """
 import argparse
 import json
@@ -21,11 +22,11 @@ BIN = Path(sys.executable).parent
 E0S = "{1: -13.568422178253735, 6: -1026.8538996116154, 8: -2037.796869412825}"
 
 
-def config(name, data, epochs, channels, max_l, gaunt):
+def config(name, train_file, epochs, channels, max_l, gaunt):
     lines = [
         f"name: {name}", "model: MACE", f"num_channels: {channels}", f"max_L: {max_l}", f"max_ell: {max_l}",
         "correlation: 3", "r_max: 5.0", "num_interactions: 2",
-        f"train_file: {data / 'train_300K.xyz'}", "valid_fraction: 0.1",
+        f"train_file: {train_file}", "valid_fraction: 0.1",
         "energy_key: REF_energy", "forces_key: REF_forces", f'E0s: "{E0S}"',
         "batch_size: 10", "valid_batch_size: 20", f"max_num_epochs: {epochs}", "eval_interval: 1",
         "lr: 0.01", "ema: True", "ema_decay: 0.99", "device: cpu", "default_dtype: float64", "seed: 123",
@@ -67,12 +68,21 @@ def main():
     parser.add_argument("--max-l", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("gaunt_mace_benchmark"))
     parser.add_argument("--only", choices=["upstream", "gaunt"])
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="use the first N configurations of train_300K (default all 500)")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the training runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(HERE))
     from prepare_acac import default_src, prepare
 
     data = prepare(default_src(), args.out / "data")
+    train_file = data / "train_300K.xyz"
+    if args.n_train is not None:
+        lines = train_file.read_text().splitlines()
+        per = int(lines[0]) + 2
+        train_file = data / f"train_300K_first{args.n_train}.xyz"
+        train_file.write_text("\n".join(lines[: per * args.n_train]) + "\n")
     from gaunt_plugins.patches.launcher import subprocess_hook_dir
 
     summary = {}
@@ -81,8 +91,10 @@ def main():
             continue
         work = args.out / variant
         work.mkdir(exist_ok=True)
-        (work / "cfg.yaml").write_text(config(variant, data, args.epochs, args.channels, args.max_l, variant == "gaunt"))
+        (work / "cfg.yaml").write_text(config(variant, train_file, args.epochs, args.channels, args.max_l, variant == "gaunt"))
         env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         if variant == "gaunt":
             env["GAUNT_PLUGINS_AUTOPATCH"] = "1"
             env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])

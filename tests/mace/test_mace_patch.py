@@ -222,3 +222,25 @@ def test_configure_model_without_the_key_is_untouched():
         assert model is sentinel
     assert calls == [((argparse.Namespace(), 1, 2), {"heads": 3}),
                      ((argparse.Namespace(tensor_product="e3nn"), 1, 2), {"heads": 3})]
+
+
+# ---------------------------------------------------------------------------- automatic hook
+def test_subprocess_hook_is_lazy_and_patches_on_import(tmp_path):
+    """With the launcher's environment a Python child imports nothing heavy at start-up (not even
+    torch) and is patched the moment it imports MACE."""
+    import os
+    import subprocess
+    import sys
+
+    from gaunt_plugins.patches.launcher import subprocess_hook_dir
+
+    env = dict(os.environ, GAUNT_PLUGINS_AUTOPATCH="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])
+    code = ("import sys; print('TORCH', 'torch' in sys.modules, 'GAUNT', 'gaunt_plugins' in sys.modules); "
+            "import mace.modules; "
+            "print('PATCHED', 'GauntRealAgnosticInteractionBlock' in mace.modules.interaction_classes)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert "TORCH False GAUNT False" in proc.stdout, proc.stdout + proc.stderr
+    assert "PATCHED True" in proc.stdout, proc.stdout + proc.stderr
+    assert "gaunt-plugins hook" not in proc.stderr, proc.stderr
