@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 from importlib import metadata
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional, Set
 
 __all__ = [
     "AUTOPATCH_ENV",
@@ -108,7 +108,7 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
     gaunt_plugins_autopatch = True  # recognised across copies of this module (package / by path)
 
     def __init__(self):
-        self.watched: Dict[str, List[str]] = {}  # module -> patch names
+        self.watched: Set[str] = set()  # top-level modules = names of the patches they trigger
         self._busy = set()
         self._lock = threading.RLock()
 
@@ -130,9 +130,10 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
     def _fire(self, module_name: str) -> None:
         with self._lock:
-            names = self.watched.pop(module_name, [])
-        if names:
-            _apply(names)
+            fire = module_name in self.watched
+            self.watched.discard(module_name)
+        if fire:
+            _apply([module_name])
         if not self.watched:
             _remove_finder()
 
@@ -191,10 +192,7 @@ def install(names: Optional[List[str]] = None) -> List[str]:
         if finder is None:
             finder = _PostImportFinder()
             sys.meta_path.insert(0, finder)
-        for name in later:
-            watchers = finder.watched.setdefault(name, [])
-            if name not in watchers:
-                watchers.append(name)
+        finder.watched.update(later)
     return chosen
 
 
