@@ -55,6 +55,9 @@ class GauntConvolution(torch.nn.Module):
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
         self.weight_numel = (self.k1 + self.k2 + self.k3) * self.channels
         y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntConvolution irreps_out")
+        # the fused CPU kernel's stack limits (conv.c: MAXP, MAXI, MAXK2); larger layers run composed
+        self._kernel_sized = y1.shape[1] <= 1024 and max(y1.shape[0], y2.shape[0], proj.shape[1]) <= 512 \
+            and self.k2 <= 16
         dtype = torch.get_default_dtype()
         self.register_buffer("to_grid1", y1.to(dtype))
         self.register_buffer("to_grid2", y2.to(dtype))
@@ -84,7 +87,7 @@ class GauntConvolution(torch.nn.Module):
         e = x1.shape[0]
         sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
         if not torch.jit.is_scripting():
-            if _fused_conv_serves(x1):
+            if self._kernel_sized and _fused_conv_serves(x1):
                 return self._fused(x1.to(compute), sh, weight.to(compute)).to(dtype)
         return self._composed(x1.to(compute), sh, weight.to(compute)).to(dtype)
 

@@ -14,8 +14,9 @@
 #include <stddef.h>
 #include <string.h>
 
-#define MAXP 2048
+#define MAXP 1024
 #define MAXI 512
+#define MAXK2 16
 
 #define DEFINE_CONV(T, SUF, VW)                                                                    \
 typedef T cvec_##SUF __attribute__((vector_size(sizeof(T) * VW)));                                 \
@@ -67,26 +68,45 @@ static inline void cscatter_##SUF(T *row, const long *idx, ptrdiff_t stride, ptr
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
+/* S[k][p] = sum_{j: deg2[j] = k} t2t[p][j] sh[j]: the harmonic side of one edge on the grid, per  \
+ * degree slot (shared by all channels) */                                                         \
+static inline void charm_grid_##SUF(const T *se, const T *t2t, const long *deg2, ptrdiff_t I2,    \
+                                    ptrdiff_t P, ptrdiff_t K2, T *S) {                             \
+    for (ptrdiff_t q = 0; q < K2 * P; ++q) S[q] = 0;                                               \
+    for (ptrdiff_t p = 0; p < P; ++p)                                                              \
+        for (ptrdiff_t j = 0; j < I2; ++j) S[deg2[j] * P + p] += t2t[p * I2 + j] * se[j];           \
+}                                                                                                  \
+/* B[p] = sum_k W2[k] S[k][p] */                                                                   \
+static inline void cmix_##SUF(const T *S, const cvec_##SUF *W2, ptrdiff_t K2, ptrdiff_t P,        \
+                              cvec_##SUF *B) {                                                     \
+    for (ptrdiff_t p = 0; p < P; ++p) {                                                            \
+        cvec_##SUF acc = {0};                                                                      \
+        for (ptrdiff_t k = 0; k < K2; ++k) acc += S[k * P + p] * W2[k];                            \
+        B[p] = acc;                                                                                \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
 int conv_forward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, ptrdiff_t I2,       \
                        ptrdiff_t P, ptrdiff_t Io, ptrdiff_t K1, ptrdiff_t K2, ptrdiff_t K3,        \
                        ptrdiff_t D1, ptrdiff_t Do, const T *x, const T *sh, const T *w,            \
                        const long *idx1, const long *idxo, const long *deg1, const long *deg2,     \
                        const long *deg3, const T *t1t, const T *t2t, const T *t3t, T *out) {       \
-    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI) return -1;                                \
-    cvec_##SUF U[MAXI], V[MAXI], A[MAXP], B[MAXP], Q[MAXI];                                        \
+    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI || K2 > MAXK2) return -1;                  \
+    cvec_##SUF U[MAXI], A[MAXP], B[MAXP], Q[MAXI], W2[MAXK2];                                      \
+    T S[MAXK2 * MAXP];                                                                             \
     const ptrdiff_t K = K1 + K2 + K3;                                                              \
     for (ptrdiff_t e = e0; e < e1; ++e) {                                                          \
         const T *xe = x + e * D1, *se = sh + e * I2, *we = w + e * K * C;                          \
         T *oe = out + e * Do;                                                                      \
+        charm_grid_##SUF(se, t2t, deg2, I2, P, K2, S);                                             \
         for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
             const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
             for (ptrdiff_t i = 0; i < I1; ++i)                                                     \
                 U[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n)                                \
                        * cload_##SUF(we + deg1[i] * C + c0, n);                                    \
-            for (ptrdiff_t j = 0; j < I2; ++j)                                                     \
-                V[j] = se[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);                       \
+            for (ptrdiff_t k = 0; k < K2; ++k) W2[k] = cload_##SUF(we + (K1 + k) * C + c0, n);      \
             capply_##SUF(t1t, P, I1, U, A);                                                        \
-            capply_##SUF(t2t, P, I2, V, B);                                                        \
+            cmix_##SUF(S, W2, K2, P, B);                                                           \
             for (ptrdiff_t p = 0; p < P; ++p) A[p] *= B[p];                                        \
             capply_##SUF(t3t, Io, P, A, Q);                                                        \
             for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
@@ -103,15 +123,17 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
                         const long *idx1, const long *idxo, const long *deg1, const long *deg2,    \
                         const long *deg3, const T *t1t, const T *t2t, const T *t3t, const T *t1,   \
                         const T *t2, const T *t3, const T *gout, T *dx, T *dsh, T *dw) {           \
-    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI) return -1;                                \
-    cvec_##SUF X1[MAXI], U[MAXI], V[MAXI], A[MAXP], B[MAXP], H[MAXP], G[MAXI], Q[MAXI], D[MAXI];   \
-    cvec_##SUF DW[3 * MAXI];                                                                       \
-    T shacc[MAXI];                                                                                 \
+    if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI || K2 > MAXK2) return -1;                  \
+    cvec_##SUF X1[MAXI], U[MAXI], A[MAXP], B[MAXP], H[MAXP], G[MAXI], Q[MAXI], D[MAXI];            \
+    cvec_##SUF W2[MAXK2], DW[3 * MAXI], DS[MAXK2 * MAXP];                                          \
+    T S[MAXK2 * MAXP];                                                                             \
+    (void)t2;                                                                                      \
     const ptrdiff_t K = K1 + K2 + K3;                                                              \
     for (ptrdiff_t e = e0; e < e1; ++e) {                                                          \
         const T *xe = x + e * D1, *se = sh + e * I2, *we = w + e * K * C, *ge = gout + e * Do;     \
         T *dxe = dx ? dx + e * D1 : 0, *dwe = dw ? dw + e * K * C : 0;                             \
-        for (ptrdiff_t j = 0; j < I2; ++j) shacc[j] = 0;                                           \
+        charm_grid_##SUF(se, t2t, deg2, I2, P, K2, S);                                             \
+        if (dsh) for (ptrdiff_t q = 0; q < K2 * P; ++q) DS[q] = (cvec_##SUF){0};                   \
         for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
             const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
             for (ptrdiff_t k = 0; k < K; ++k) DW[k] = (cvec_##SUF){0};                             \
@@ -119,13 +141,11 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
                 X1[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n);                              \
                 U[i] = X1[i] * cload_##SUF(we + deg1[i] * C + c0, n);                              \
             }                                                                                      \
-            for (ptrdiff_t j = 0; j < I2; ++j)                                                     \
-                V[j] = se[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);                       \
+            for (ptrdiff_t k = 0; k < K2; ++k) W2[k] = cload_##SUF(we + (K1 + k) * C + c0, n);      \
             capply_##SUF(t1t, P, I1, U, A);                                                        \
-            capply_##SUF(t2t, P, I2, V, B);                                                        \
-            /* output weights: dw3 = g * Q (Q recomputed), and the gradient entering the product */ \
+            cmix_##SUF(S, W2, K2, P, B);                                                           \
             for (ptrdiff_t k = 0; k < Io; ++k) G[k] = cgather_##SUF(ge, idxo + c0 * Io + k, Io, n); \
-            if (dwe) {                                                                             \
+            if (dwe) {   /* output weights: dw3 = g * Q, Q recomputed */                          \
                 for (ptrdiff_t p = 0; p < P; ++p) H[p] = A[p] * B[p];                              \
                 capply_##SUF(t3t, Io, P, H, Q);                                                    \
                 for (ptrdiff_t k = 0; k < Io; ++k) DW[K1 + K2 + deg3[k]] += G[k] * Q[k];           \
@@ -141,21 +161,30 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
                                         D[i] * cload_##SUF(we + deg1[i] * C + c0, n));             \
                 DW[deg1[i]] += D[i] * X1[i];                                                       \
             }                                                                                      \
-            /* harmonic side: dV = T2 (H * A), dsh += sum_c dV * w2, dw2 += dV * sh */             \
+            /* harmonic side: with HA = H * A, dw2[k] = sum_p HA S[k]; dS[k] += w2[k] HA */         \
             for (ptrdiff_t p = 0; p < P; ++p) A[p] *= H[p];                                        \
-            capply_##SUF(t2, I2, P, A, D);                                                         \
-            for (ptrdiff_t j = 0; j < I2; ++j) {                                                   \
-                const cvec_##SUF t = D[j] * cload_##SUF(we + (K1 + deg2[j]) * C + c0, n);          \
-                T s = 0;                                                                           \
-                for (ptrdiff_t l = 0; l < n; ++l) s += t[l];                                       \
-                shacc[j] += s;                                                                     \
-                DW[K1 + deg2[j]] += D[j] * se[j];                                                  \
+            for (ptrdiff_t k = 0; k < K2; ++k) {                                                   \
+                cvec_##SUF acc = {0};                                                              \
+                const T *Sk = S + k * P;                                                           \
+                for (ptrdiff_t p = 0; p < P; ++p) acc += Sk[p] * A[p];                             \
+                DW[K1 + k] += acc;                                                                 \
+                if (dsh) {                                                                         \
+                    cvec_##SUF *DSk = DS + k * P;                                                  \
+                    for (ptrdiff_t p = 0; p < P; ++p) DSk[p] += W2[k] * A[p];                      \
+                }                                                                                  \
             }                                                                                      \
             if (dwe)                                                                               \
                 for (ptrdiff_t k = 0; k < K; ++k) cstore_##SUF(dwe + k * C + c0, n, DW[k]);        \
         }                                                                                          \
-        if (dsh)                                                                                   \
-            for (ptrdiff_t j = 0; j < I2; ++j) dsh[e * I2 + j] = shacc[j];                         \
+        if (dsh)   /* dsh[j] = sum_p t2t[p][j] dS[deg2 j][p], lanes summed */                      \
+            for (ptrdiff_t j = 0; j < I2; ++j) {                                                   \
+                const cvec_##SUF *DSk = DS + deg2[j] * P;                                          \
+                cvec_##SUF acc = {0};                                                              \
+                for (ptrdiff_t p = 0; p < P; ++p) acc += t2t[p * I2 + j] * DSk[p];                 \
+                T s = 0;                                                                           \
+                for (ptrdiff_t l = 0; l < VW; ++l) s += acc[l];                                    \
+                dsh[e * I2 + j] = s;                                                               \
+            }                                                                                      \
     }                                                                                              \
     return 0;                                                                                      \
 }
