@@ -38,13 +38,14 @@ logger = logging.getLogger("gaunt_plugins.patches")
 NEEDED_VERSION = "1.10.0"
 REGISTRY_MODULE = "fairchem.core.common.registry"
 
-# name in a fairchem config -> (adapter attribute to return, role)
+# name in a fairchem config -> the attribute of gaunt_plugins.adapters.equiformer_v2 to return
 _STOCK_SELECTORS = {
     "equiformer_v2_backbone": "EquiformerV2BackboneSelector",
     "fairchem.core.models.equiformer_v2.equiformer_v2.EquiformerV2Backbone": "EquiformerV2BackboneSelector",
     "equiformer_v2": "EquiformerV2Selector",
     "fairchem.core.models.equiformer_v2.equiformer_v2_deprecated.EquiformerV2": "EquiformerV2Selector",
 }
+# registry names the patch adds (the dotted paths of these classes work without it)
 _GAUNT_NAMES = {
     "equiformer_v2_gaunt_backbone": "GauntEquiformerV2Backbone",
     "equiformer_v2_gaunt": "GauntEquiformerV2",
