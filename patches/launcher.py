@@ -49,7 +49,8 @@ from typing import List, Optional, Sequence
 from .autopatch import AUTOPATCH_ENV, PATCHES_ENV, enabled
 from .loader import apply_patches, available_patches
 
-__all__ = ["main", "install_hook", "uninstall_hook", "hook_path", "HOOK_FILENAME", "subprocess_hook_dir"]
+__all__ = ["main", "install_hook", "uninstall_hook", "hook_path", "HOOK_FILENAME", "subprocess_hook_dir",
+           "hook_environment"]
 
 logger = logging.getLogger("gaunt_plugins.patches")
 
@@ -171,13 +172,18 @@ def subprocess_hook_dir() -> Path:
     return directory
 
 
-def _export_subprocess_hook(names: Optional[List[str]]) -> None:
-    os.environ[AUTOPATCH_ENV] = "1"
+def hook_environment(environ=None, names: Optional[List[str]] = None) -> dict:
+    """A copy of ``environ`` (default ``os.environ``) in which Python processes patch themselves:
+    what ``gaunt-run`` gives the processes it starts (``GAUNT_PLUGINS_AUTOPATCH=1``, the hook's
+    ``sitecustomize`` directory first on ``PYTHONPATH``, ``GAUNT_PLUGINS_PATCHES`` if ``names``)."""
+    env = dict(os.environ if environ is None else environ)
+    env[AUTOPATCH_ENV] = "1"
     if names is not None:
-        os.environ[PATCHES_ENV] = ",".join(names)
+        env[PATCHES_ENV] = ",".join(names)
     hook_dir = str(subprocess_hook_dir())
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != hook_dir]
-    os.environ["PYTHONPATH"] = os.pathsep.join([hook_dir] + parts)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != hook_dir]
+    env["PYTHONPATH"] = os.pathsep.join([hook_dir] + parts)
+    return env
 
 
 # ---------------------------------------------------------------------------- running
@@ -303,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     names = [n.strip() for n in opts.patches.split(",") if n.strip()] if opts.patches else None
     if not opts.no_subprocess_hook:
-        _export_subprocess_hook(names)
+        os.environ.update(hook_environment(os.environ, names))
     applied = apply_patches(names)
     logger.info("gaunt-run: patched %s", ", ".join(sorted(applied)) or "nothing")
     return _run(opts.command, opts.module)

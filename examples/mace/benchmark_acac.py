@@ -83,7 +83,7 @@ def main():
         per = int(lines[0]) + 2
         train_file = data / f"train_300K_first{args.n_train}.xyz"
         train_file.write_text("\n".join(lines[: per * args.n_train]) + "\n")
-    from gaunt_plugins.patches.launcher import subprocess_hook_dir
+    from gaunt_plugins.patches.launcher import hook_environment
 
     summary = {}
     for variant in ("upstream", "gaunt"):
@@ -95,9 +95,8 @@ def main():
         env = dict(os.environ)
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
-        if variant == "gaunt":
-            env["GAUNT_PLUGINS_AUTOPATCH"] = "1"
-            env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])
+        if variant == "gaunt":  # what gaunt-run exports: the stock command patches itself
+            env = hook_environment(env)
         start = time.time()
         with open(work / "stdout.txt", "w") as log:
             subprocess.run([str(BIN / "mace_run_train"), "--config", "cfg.yaml"], cwd=work, env=env,

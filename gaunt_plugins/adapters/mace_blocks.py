@@ -38,6 +38,7 @@ from mace.modules.blocks import (
 )
 from mace.modules.irreps_tools import reshape_irreps
 from mace.modules.wrapper_ops import FullyConnectedTensorProduct, Linear
+from mace.tools.torch_tools import default_dtype
 
 from gaunt_plugins._e3nn import compile_mode, o3
 from gaunt_plugins.layers import GauntConvolution, GauntManyBody
@@ -279,18 +280,6 @@ def _model_dtype_device(model: torch.nn.Module) -> Tuple[torch.dtype, torch.devi
     return torch.get_default_dtype(), torch.device("cpu")
 
 
-class _default_dtype:
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.previous)
-
-
 def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy; through pickling where ``copy.deepcopy`` fails (e3nn 0.4.4 modules holding
     empty parameters cannot be deep-copied on new torch, but they pickle as MACE saves them)."""
@@ -336,7 +325,7 @@ def gauntify_model(
     report = ConversionReport()
     dtype, device = _model_dtype_device(model)
     gaunt_classes = tuple(GAUNT_INTERACTIONS.values())
-    with build_options(options), _default_dtype(dtype):
+    with build_options(options), default_dtype(dtype):
         if options.conv:
             for i, block in enumerate(model.interactions):
                 if isinstance(block, gaunt_classes):

@@ -24,15 +24,12 @@ from conftest import tiny_config, venv_bin
 pytestmark = pytest.mark.slow
 
 
-def hooked_env(**extra):
+def hooked_env():
     """The environment ``gaunt-run`` gives its child processes."""
-    from gaunt_plugins.patches.launcher import subprocess_hook_dir
+    from gaunt_plugins.patches.launcher import hook_environment
 
-    env = dict(os.environ)
-    env["GAUNT_PLUGINS_AUTOPATCH"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = hook_environment()
     env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
     return env
 
 

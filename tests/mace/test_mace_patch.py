@@ -228,14 +228,12 @@ def test_configure_model_without_the_key_is_untouched():
 def test_subprocess_hook_is_lazy_and_patches_on_import(tmp_path):
     """With the launcher's environment a Python child imports nothing heavy at start-up (not even
     torch) and is patched the moment it imports MACE."""
-    import os
     import subprocess
     import sys
 
-    from gaunt_plugins.patches.launcher import subprocess_hook_dir
+    from gaunt_plugins.patches.launcher import hook_environment
 
-    env = dict(os.environ, GAUNT_PLUGINS_AUTOPATCH="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(subprocess_hook_dir())] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = hook_environment()
     code = ("import sys; print('TORCH', 'torch' in sys.modules, 'GAUNT', 'gaunt_plugins' in sys.modules); "
             "import mace.modules; "
             "print('PATCHED', 'GauntRealAgnosticInteractionBlock' in mace.modules.interaction_classes)")
