@@ -186,6 +186,12 @@ def hook_environment(environ=None, names: Optional[List[str]] = None) -> dict:
     return env
 
 
+def _export_subprocess_hook(names: Optional[List[str]] = None) -> None:
+    """Give every process started from now on the hook (``os.environ`` <- :func:`hook_environment`).
+    (Also used by ``gaunt_plugins.compare``.)"""
+    os.environ.update(hook_environment(os.environ, names))
+
+
 # ---------------------------------------------------------------------------- running
 def _console_script(name: str):
     eps = metadata.entry_points()
@@ -309,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     names = [n.strip() for n in opts.patches.split(",") if n.strip()] if opts.patches else None
     if not opts.no_subprocess_hook:
-        os.environ.update(hook_environment(os.environ, names))
+        _export_subprocess_hook(names)
     applied = apply_patches(names)
     logger.info("gaunt-run: patched %s", ", ".join(sorted(applied)) or "nothing")
     return _run(opts.command, opts.module)
