@@ -28,8 +28,10 @@ def test_configs_differ_only_in_the_gaunt_keys():
 
 @pytest.mark.slow
 def test_gaunt_example_builds_with_gaunt_run(tmp_path):
-    subprocess.run([sys.executable, str(EXAMPLES / "prepare_acac.py"), "--src", str(ACAC), "--out",
-                    str(tmp_path / "data")], check=True, capture_output=True)
+    # the data preparation the configs' header names (the gaunt-compare example's script)
+    subprocess.run([sys.executable, str(EXAMPLES.parent / "compare" / "prepare_acac.py"), "--src", str(ACAC),
+                    "--n-train", "500", "--n-test", "0", "--out", str(tmp_path / "data")],
+                   check=True, capture_output=True)
     cfg = (EXAMPLES / "acac_gaunt.yaml").read_text().replace("max_num_epochs: 50", "max_num_epochs: 1")
     (tmp_path / "acac_gaunt.yaml").write_text(cfg + "dry_run: True\n")
     env = dict(os.environ)
