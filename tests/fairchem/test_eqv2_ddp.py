@@ -1,6 +1,8 @@
-"""DDP through fairchem's own distributed launch: `fairchem --num-gpus 2 --cpu` (elastic launch,
-2 processes, gloo) trains the Gaunt EquiformerV2 to the same weights as one process with the same
-global batch (fairchem's DDPLoss takes global means; the sampler splits each global batch)."""
+"""DDP through fairchem's own distributed launch: `fairchem --num-gpus 2 --cpu` (elastic launch, 2
+spawned worker processes, gloo) with the dotted-path Gaunt backbone trains to the same weights as one
+process (`gaunt-run fairchem`, `tensor_product: gaunt` on the stock backbone name) on the same global
+batch (fairchem's DDPLoss takes global means; the sampler splits each global batch). So DDP matches
+a single process, and both routes build the same model."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +12,7 @@ pytest.importorskip("fairchem.core")
 
 from eqv2_testing import (  # noqa: E402
     emt_structures,
+    hydra_model_config,
     load_checkpoint,
     run_fairchem,
     train_config,
@@ -25,17 +28,19 @@ def _initial(state):
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
+    pytest.importorskip("gaunt_plugins.patches.launcher")
     train_db = write_ase_db(tmp_path / "train.db", emt_structures(8, seed=0))
     val_db = write_ase_db(tmp_path / "val.db", emt_structures(2, seed=1))
 
-    single_cfg = train_config(train_db, val_db, max_epochs=2, batch_size=4)
-    ddp_cfg = train_config(train_db, val_db, max_epochs=2, batch_size=2)  # per rank: 2 x 2 = 4
+    keyed = hydra_model_config("equiformer_v2_backbone", tensor_product="gaunt")
+    single_cfg = train_config(train_db, val_db, model=keyed, max_epochs=2, batch_size=4)
+    ddp_cfg = train_config(train_db, val_db, max_epochs=2, batch_size=2)  # dotted path; 2 ranks x 2 = 4
 
     single_dir = tmp_path / "single"
     ddp_dir = tmp_path / "ddp"
     single_dir.mkdir()
     ddp_dir.mkdir()
-    single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single")
+    single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single", launcher="gaunt-run")
     ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2")
     assert "Running in local mode with 2 ranks" in log, log[-3000:]  # fairchem's elastic launch
 
