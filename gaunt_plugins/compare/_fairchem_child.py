@@ -264,6 +264,16 @@ def _evaluate(state: dict, args) -> None:
     Path(args.eval_out).write_text(json.dumps(result, indent=1))
 
 
+def _export_hook(name: str) -> None:
+    """As ``gaunt-run`` does: any Python process the framework starts patches itself too."""
+    try:
+        from gaunt_plugins.patches.launcher import hook_environment
+    except ImportError as exc:  # an older launcher: the patch in this process is what matters
+        logging.warning(f"{PREFIX} subprocess hook not exported ({exc})")
+        return
+    os.environ.update(hook_environment(os.environ, [name]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gaunt_plugins.compare._fairchem_child")
     parser.add_argument("--stats", default=None)
@@ -282,10 +292,9 @@ def main(argv=None) -> int:
     stats.update(process_start=time.time(), argv=fc_args, gaunt=args.gaunt)
     if args.gaunt:
         import gaunt_plugins
-        from gaunt_plugins.patches.launcher import _export_subprocess_hook
 
         gaunt_plugins.patch("fairchem")
-        _export_subprocess_hook(["fairchem"])
+        _export_hook("fairchem")
     state: dict = {}
     _forgiving_imports()
     _instrument(budget, stats, _Rows(args.results), state)

@@ -93,6 +93,16 @@ def _instrument(budget: TrainingBudget, stats: StatsFile) -> None:
     mace.tools.train = train  # ``tools.train(...)`` as run_train calls it
 
 
+def _export_hook(name: str) -> None:
+    """As ``gaunt-run`` does: any Python process the framework starts patches itself too."""
+    try:
+        from gaunt_plugins.patches.launcher import hook_environment
+    except ImportError as exc:  # an older launcher: the patch in this process is what matters
+        logging.warning(f"{PREFIX} subprocess hook not exported ({exc})")
+        return
+    os.environ.update(hook_environment(os.environ, [name]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gaunt_plugins.compare._mace_child")
     parser.add_argument("--stats", default=None)
@@ -115,12 +125,10 @@ def main(argv=None) -> int:
     import mace  # noqa: F401  (before e3nn)
 
     if args.gaunt:
-        from gaunt_plugins.patches.launcher import _export_subprocess_hook
-
         import gaunt_plugins
 
         gaunt_plugins.patch("mace")
-        _export_subprocess_hook(["mace"])  # as gaunt-run does, for any Python child MACE starts
+        _export_hook("mace")
     _instrument(budget, stats)
 
     from mace.cli import run_train

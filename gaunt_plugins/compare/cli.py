@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set-upstream", action="append", metavar="KEY=VALUE", help="override for upstream only")
     parser.add_argument("--set-gaunt", action="append", metavar="KEY=VALUE",
                         help="override for the gaunt variant only (e.g. gaunt_targets=[conv])")
-    parser.add_argument("--only", choices=["upstream", "gaunt"], default=None, help="run one variant only")
+    parser.add_argument("--only", choices=["upstream", "gaunt"], default=None,
+                        help="run one variant only (the other's results, if --out already has them, are kept "
+                             "in the report and marked as from the earlier run)")
     parser.add_argument("--order", choices=["upstream-first", "gaunt-first"], default="upstream-first")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -124,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     report = run_comparison(framework, args.out, variants, command=["gaunt-compare"] + list(
         sys.argv[1:] if argv is None else argv), say=say)
-    statuses = [report["variants"][v]["status"] for v in variants]
+    statuses = [report["variants"][v]["status"] for v in report["variants"]]
     if report.get("interrupted"):
         return 130
     return 0 if all(s == "ok" for s in statuses) else 1

@@ -64,6 +64,15 @@ def host_info(framework_dist: str, device: Optional[str]) -> Dict[str, Any]:
     return info
 
 
+def _previous_report(out_dir: Path) -> Optional[Dict[str, Any]]:
+    import json
+
+    try:
+        return json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _status(result: ProcessResult) -> str:
     if result.timed_out:
         return "interrupted (timeout)"
@@ -98,6 +107,11 @@ def run_comparison(framework, out_dir: Path, variants: Sequence[str] = ("upstrea
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "variants": {v: {"status": "not run"} for v in variants},
     }
+    previous = _previous_report(out_dir)
+    for name, entry in (previous or {}).get("variants", {}).items():
+        if name not in variants and entry.get("status") != "not run":  # e.g. `--only gaunt` after a full run
+            report["variants"][name] = dict(entry, kept_from=previous.get("started"))
+            say(f"[gaunt-compare] {name}: kept from the run of {previous.get('started')} in {out_dir}")
     with Interrupts() as interrupts:
         for variant in variants:
             vdir = out_dir / variant

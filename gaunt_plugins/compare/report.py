@@ -104,7 +104,8 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
         r = _ratio_cell(rat.get(key)) if show_ratio and len(names) == 2 else ""
         lines.append(f"| {title} | " + " | ".join(cells) + (f" | {r} |" if len(names) == 2 else " |"))
 
-    lines.append("| status | " + " | ".join(variants[n].get("status", "?") for n in names)
+    lines.append("| status | " + " | ".join(variants[n].get("status", "?") + (
+        f" (earlier run, {variants[n]['kept_from']})" if variants[n].get("kept_from") else "") for n in names)
                  + (" | |" if len(names) == 2 else " |"))
     row("parameters", "parameters")
     row("epochs trained", "epochs", show_ratio=False)

@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 
 from gaunt_plugins.compare._budget import TrainingBudget
 from gaunt_plugins.compare.harness import run_comparison
@@ -200,3 +199,16 @@ def test_ctrl_c_stops_the_running_variant_and_skips_the_rest(tmp_path):
     assert ga["status"] == "not run"
     assert report["interrupted"] is True
     assert json.loads((tmp_path / "out" / "report.json").read_text())["variants"]["upstream"]["epochs"] == up["epochs"]
+
+
+def test_rerunning_one_variant_keeps_the_other(tmp_path):
+    """`--only gaunt` after a run where gaunt crashed: upstream's entry is kept (and marked so)."""
+    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "crash"})
+    first = run_comparison(fw, tmp_path / "out", say=lambda s: None)
+    assert first["variants"]["gaunt"]["status"].startswith("failed")
+    fw.modes["gaunt"] = "ok"
+    second = run_comparison(fw, tmp_path / "out", variants=["gaunt"], say=lambda s: None)
+    assert second["variants"]["gaunt"]["status"] == "ok"
+    assert second["variants"]["upstream"]["epochs"] == 40
+    assert second["variants"]["upstream"]["kept_from"] == first["started"]
+    assert "ok (earlier run, " in (tmp_path / "out" / "report.md").read_text()
