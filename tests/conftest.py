@@ -1,8 +1,15 @@
-"""Shared test settings: seeds, and the optional e3nn version check for the e3nn 0.4.4 pass."""
+"""Shared test settings: Triton's interpreter without CUDA, seeds, the e3nn version check of the 0.4.4 pass."""
 import os
 
-import pytest
 import torch
+
+# Without CUDA the Triton kernels run in Triton's CPU interpreter, which must be switched on before any
+# @triton.jit decorator runs: here, in the root conftest, before any test module (of any directory)
+# imports gaunt_plugins.triton_kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
