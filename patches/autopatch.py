@@ -22,6 +22,7 @@ Variables: ``GAUNT_PLUGINS_AUTOPATCH`` (``1``/``true``/``yes``/``on`` to enable)
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -102,6 +103,26 @@ class _NotifyingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
+class _NamespaceExec(importlib.abc.Loader):
+    """What importing a namespace package executes: nothing (Python < 3.11 fallback)."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        pass
+
+
+def _namespace_loader(spec):
+    """The loader the import system gives a namespace package (whose spec carries none)."""
+    try:
+        from importlib.machinery import NamespaceLoader  # Python >= 3.11
+
+        return NamespaceLoader(spec.name, spec.submodule_search_locations, importlib.machinery.PathFinder._get_spec)
+    except (ImportError, AttributeError, TypeError):
+        return _NamespaceExec()
+
+
 class _PostImportFinder(importlib.abc.MetaPathFinder):
     """A meta-path finder that finds nothing itself; it wraps the loader of watched modules."""
 
@@ -123,9 +144,14 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
                 return None
             finally:
                 self._busy.discard(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        if spec is None:
             return None
-        spec.loader = _NotifyingLoader(spec.loader, self._fire)
+        loader = spec.loader
+        if loader is None and spec.submodule_search_locations is not None:
+            loader = _namespace_loader(spec)  # a namespace package, such as fairchem
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None
+        spec.loader = _NotifyingLoader(loader, self._fire)
         return spec
 
     def _fire(self, module_name: str) -> None:

@@ -242,3 +242,33 @@ def test_subprocess_hook_is_lazy_and_patches_on_import(tmp_path):
     assert "TORCH False GAUNT False" in proc.stdout, proc.stdout + proc.stderr
     assert "PATCHED True" in proc.stdout, proc.stdout + proc.stderr
     assert "gaunt-plugins hook" not in proc.stderr, proc.stderr
+
+
+def test_hook_fires_for_namespace_packages(tmp_path):
+    """A framework whose top-level module is a namespace package (fairchem is one) is patched when
+    it is imported: a stand-in distribution registers a patch for the namespace package ``nsdemo``."""
+    import subprocess
+    import sys
+
+    from gaunt_plugins.patches.launcher import hook_environment
+
+    (tmp_path / "nsdemo").mkdir()  # no __init__.py: a namespace package
+    (tmp_path / "nsdemo" / "sub.py").write_text("VALUE = 1\n")
+    (tmp_path / "gp_fake_patch.py").write_text(
+        "import sys\n"
+        "from gaunt_plugins.patches.base import FrameworkPatch\n"
+        "class FakePatch(FrameworkPatch):\n"
+        "    name = 'nsdemo'\n    distribution = 'gp-fake-framework'\n    supported = '>=1.0'\n"
+        "    def _apply(self):\n"
+        "        self._replace(sys.modules['nsdemo'], 'PATCHED', True)\n"
+    )
+    info = tmp_path / "gp_fake_framework-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gp-fake-framework\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[gaunt_plugins.patches]\nnsdemo = gp_fake_patch:FakePatch\n")
+    env = hook_environment(names=["nsdemo"])
+    env["PYTHONPATH"] = env["PYTHONPATH"] + ":" + str(tmp_path)
+    code = "import nsdemo, nsdemo.sub; print('PATCHED', getattr(nsdemo, 'PATCHED', False), nsdemo.sub.VALUE)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert "PATCHED True 1" in proc.stdout, proc.stdout + proc.stderr
