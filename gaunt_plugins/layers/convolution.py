@@ -55,9 +55,6 @@ class GauntConvolution(torch.nn.Module):
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
         self.weight_numel = (self.k1 + self.k2 + self.k3) * self.channels
         y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntConvolution irreps_out")
-        # the fused CPU kernel's stack limits (conv.c: MAXP, MAXI, MAXK2); larger layers run composed
-        self._kernel_sized = y1.shape[1] <= 1024 and max(y1.shape[0], y2.shape[0], proj.shape[1]) <= 512 \
-            and self.k2 <= 16
         dtype = torch.get_default_dtype()
         self.register_buffer("to_grid1", y1.to(dtype))
         self.register_buffer("to_grid2", y2.to(dtype))
@@ -67,7 +64,6 @@ class GauntConvolution(torch.nn.Module):
         self.register_buffer("index_in2", flat_to_dense_index(f2))
         self.register_buffer("index_out", dense_to_flat_index(fo))
         self.register_buffer("deg1", f1.degree_slots())
-        self.register_buffer("deg2", f2.degree_slots())
         self.register_buffer("deg3", fo.degree_slots())
 
     def __repr__(self) -> str:
@@ -87,7 +83,7 @@ class GauntConvolution(torch.nn.Module):
         e = x1.shape[0]
         sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
         if not torch.jit.is_scripting():
-            if self._kernel_sized and _fused_conv_serves(x1):
+            if _fused_conv_serves(self, x1):
                 return self._fused(x1.to(compute), sh, weight.to(compute)).to(dtype)
         return self._composed(x1.to(compute), sh, weight.to(compute)).to(dtype)
 
@@ -115,9 +111,16 @@ class GauntConvolution(torch.nn.Module):
 _PLANS: "weakref.WeakKeyDictionary[GauntConvolution, Dict]" = weakref.WeakKeyDictionary()
 
 
-def _fused_conv_serves(x1: torch.Tensor) -> bool:
-    """Eager CPU float32/float64 calls with the CPU kernels built and no backend forced to Triton."""
+def _fused_conv_serves(layer: GauntConvolution, x1: torch.Tensor) -> bool:
+    """Eager CPU calls with the CPU kernels built, no backend forced to Triton, and a layer within the
+    kernel's stack limits (conv.c: MAXP grid points, MAXI coefficients, MAXK2 harmonic degrees).
+
+    Derived from the layer's buffers only, so models pickled by any version of this layer keep loading.
+    """
     if x1.device.type != "cpu" or x1.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return False
+    widths = (layer.to_grid1.shape[0], layer.to_grid2.shape[0], layer.from_grid.shape[1])
+    if layer.to_grid1.shape[1] > 1024 or max(widths) > 512 or layer.deg_mask2.shape[0] > 16:
         return False
     if torch.compiler.is_compiling() or registry.backend_setting() == "triton":
         return False
@@ -143,7 +146,8 @@ def _conv_plan(layer: GauntConvolution, dtype: torch.dtype):
         a, b, p = (t.to(dtype).contiguous() for t in (layer.to_grid1, layer.to_grid2, layer.from_grid))
         tables = (a.t().contiguous(), b.t().contiguous(), p.t().contiguous(), a, b, p)
         cache.clear()
+        deg2 = layer.deg_mask2.argmax(0).to(torch.long)  # the degree slot of each harmonic coefficient
         cache[key] = ConvPlan(c, layer.k1, layer.k2, layer.k3, layer.dim_out, idx1.contiguous(),
-                              idxo.view(c, width_out).contiguous(), layer.deg1.contiguous(), layer.deg2.contiguous(),
+                              idxo.view(c, width_out).contiguous(), layer.deg1.contiguous(), deg2.contiguous(),
                               layer.deg3.contiguous(), tables, layer._composed)
     return cache[key]
