@@ -1,8 +1,9 @@
-"""DDP through fairchem's own distributed launch: `fairchem --num-gpus 2 --cpu` (elastic launch, 2
-spawned worker processes, gloo) with the dotted-path Gaunt backbone trains to the same weights as one
-process (`gaunt-run fairchem`, `tensor_product: gaunt` on the stock backbone name) on the same global
-batch (fairchem's DDPLoss takes global means; the sampler splits each global batch). So DDP matches
-a single process, and both routes build the same model."""
+"""DDP through fairchem's own distributed launch: `gaunt-run fairchem --num-gpus 2 --cpu` (elastic
+launch, 2 spawned worker processes, gloo) with `tensor_product: gaunt` on the stock backbone name
+trains to the same weights as one plain `fairchem` process running the dotted-path Gaunt class on the
+same global batch (fairchem's DDPLoss takes global means; the sampler splits each global batch). So
+DDP matches a single process, the patch reaches the spawned workers, and both routes build the
+same model."""
 from __future__ import annotations
 
 import pytest
@@ -32,16 +33,16 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     train_db = write_ase_db(tmp_path / "train.db", emt_structures(8, seed=0))
     val_db = write_ase_db(tmp_path / "val.db", emt_structures(2, seed=1))
 
+    single_cfg = train_config(train_db, val_db, max_epochs=2, batch_size=4)  # dotted path
     keyed = hydra_model_config("equiformer_v2_backbone", tensor_product="gaunt")
-    single_cfg = train_config(train_db, val_db, model=keyed, max_epochs=2, batch_size=4)
-    ddp_cfg = train_config(train_db, val_db, max_epochs=2, batch_size=2)  # dotted path; 2 ranks x 2 = 4
+    ddp_cfg = train_config(train_db, val_db, model=keyed, max_epochs=2, batch_size=2)  # 2 ranks x 2 = 4
 
     single_dir = tmp_path / "single"
     ddp_dir = tmp_path / "ddp"
     single_dir.mkdir()
     ddp_dir.mkdir()
-    single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single", launcher="gaunt-run")
-    ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2")
+    single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single")
+    ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2", launcher="gaunt-run")
     assert "Running in local mode with 2 ranks" in log, log[-3000:]  # fairchem's elastic launch
 
     single = load_checkpoint(single_ckpt)

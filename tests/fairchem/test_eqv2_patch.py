@@ -186,12 +186,6 @@ def test_adapter_import_refuses_fairchem_2x():
     assert "ERR" in res.stdout and "1.10.0" in res.stdout and "2.1.0" in res.stdout, res.stdout + res.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="patches/autopatch.py waits for the top-level module 'fairchem', a namespace package: "
-    "importlib.util.find_spec('fairchem').loader is None, so its post-import finder never fires "
-    "(watching 'fairchem.core' would); until fixed, spawned DDP workers need the dotted-path class",
-)
 def test_autopatch_hook_patches_fairchem_in_a_fresh_interpreter(tmp_path):
     """What DDP workers spawned under `gaunt-run` rely on: GAUNT_PLUGINS_AUTOPATCH=1 plus the
     launcher's sitecustomize directory patch fairchem when a fresh interpreter imports it."""
