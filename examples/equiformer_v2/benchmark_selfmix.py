@@ -62,19 +62,15 @@ def model_config(args, backbone: str, **extra):
     }
 
 
-def timed(model, batch, repeat: int, device: str) -> float:
-    times = []
-    for i in range(repeat + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = model(batch)
-        (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i > 0:  # the first call builds tables and caches
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def step(model, batch, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = model(batch)
+    (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -90,21 +86,29 @@ def main() -> None:
     from gaunt_plugins.adapters.equiformer_v2_convert import build_model_from_config
 
     batch = batch_of(structures(args.structures), args.device)
+    models = {}
     torch.manual_seed(0)
-    stock = build_model_from_config(model_config(args, "equiformer_v2_backbone")).to(args.device)
-    n_stock = sum(p.numel() for p in stock.parameters())
-    t_stock = timed(stock, batch, args.repeat, args.device)
-    print(f"atoms {int(batch.natoms.sum())}, lmax {args.lmax}, C {args.channels}, layers {args.layers}, device {args.device}")
-    print(f"stock  : {n_stock:>9d} parameters, forward+backward {1e3 * t_stock:8.1f} ms")
+    models["stock"] = build_model_from_config(model_config(args, "equiformer_v2_backbone")).to(args.device)
     for method in ("grid", "fourier"):
         torch.manual_seed(0)
-        gaunt = build_model_from_config(
+        models[f"gaunt/{method}"] = build_model_from_config(
             model_config(args, "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone", gaunt_method=method)
         ).to(args.device)
-        n = sum(p.numel() for p in gaunt.parameters())
-        t = timed(gaunt, batch, args.repeat, args.device)
-        print(f"gaunt/{method:7s}: {n:>9d} parameters (+{n - n_stock}), forward+backward {1e3 * t:8.1f} ms "
-              f"({100 * (t / t_stock - 1):+.1f}%)")
+    times = {name: [] for name in models}
+    for i in range(args.repeat + 1):  # interleaved, so load drift hits every model alike
+        for name, model in models.items():
+            t = step(model, batch, args.device)
+            if i > 0:  # the first call builds tables and caches
+                times[name].append(t)
+    n_stock = sum(p.numel() for p in models["stock"].parameters())
+    t_stock = statistics.median(times["stock"])
+    print(f"atoms {int(batch.natoms.sum())}, lmax {args.lmax}, C {args.channels}, layers {args.layers}, "
+          f"device {args.device}, threads {torch.get_num_threads()}, median of {args.repeat}")
+    for name, model in models.items():
+        n = sum(p.numel() for p in model.parameters())
+        t = statistics.median(times[name])
+        print(f"{name:13s}: {n:>9d} parameters (+{n - n_stock:>6d}), forward+backward {1e3 * t:8.1f} ms "
+              f"({100 * (t / t_stock - 1):+5.1f}%)")
 
 
 if __name__ == "__main__":
