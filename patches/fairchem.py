@@ -37,6 +37,7 @@ logger = logging.getLogger("gaunt_plugins.patches")
 
 NEEDED_VERSION = "1.10.0"
 REGISTRY_MODULE = "fairchem.core.common.registry"
+UTILS_MODULE = "fairchem.core.common.utils"
 
 # name in a fairchem config -> the attribute of gaunt_plugins.adapters.equiformer_v2 to return
 _STOCK_SELECTORS = {
@@ -59,6 +60,7 @@ class FairchemPatch(FrameworkPatch):
     distribution = "fairchem-core"
     supported = ">=1.10,<2"
     _hook: Optional["_PostImportHook"] = None
+    _utils_hook: Optional["_PostImportHook"] = None
 
     def check_version(self) -> str:
         try:
@@ -79,12 +81,41 @@ class FairchemPatch(FrameworkPatch):
             hook = _PostImportHook(REGISTRY_MODULE, self._on_registry_import)
             sys.meta_path.insert(0, hook)
             type(self)._hook = hook
+        utils = sys.modules.get(UTILS_MODULE)
+        if utils is not None and hasattr(utils, "_import_local_file"):
+            self._patch_setup_imports(utils)
+        else:
+            hook = _PostImportHook(UTILS_MODULE, self._on_utils_import)
+            sys.meta_path.insert(0, hook)
+            type(self)._utils_hook = hook
 
     def _revert(self) -> None:
-        hook = type(self)._hook
-        if hook is not None:
-            hook.disarm()
-            type(self)._hook = None
+        for attr in ("_hook", "_utils_hook"):
+            hook = getattr(type(self), attr)
+            if hook is not None:
+                hook.disarm()
+                setattr(type(self), attr, None)
+
+    def _on_utils_import(self, module: Any) -> None:
+        type(self)._utils_hook = None
+        self._patch_setup_imports(module)
+
+    def _patch_setup_imports(self, utils: Any) -> None:
+        """fairchem's ``setup_imports`` (run by its trainer) imports every model file fairchem ships and
+        stops at the first one whose optional dependency is missing (``torch_sparse`` for DimeNet++ and
+        GemNet, or ``scipy.special.sph_harm``, removed in scipy 1.17), although the config needs none of
+        them. Skip such a file with a log line instead; every file that imports is registered as before."""
+        original = utils._import_local_file
+
+        def _import_local_file(path, *, project_root):
+            try:
+                return original(path, project_root=project_root)
+            except ImportError as exc:
+                logger.warning("gaunt-plugins: skipped fairchem module %s (%s: %s)", path, type(exc).__name__, exc)
+                return None
+
+        _import_local_file.__wrapped__ = original
+        self._replace(utils, "_import_local_file", _import_local_file)
 
     def _on_registry_import(self, module: Any) -> None:
         # the hook is disarmed by revert(), so reaching here means the patch is applied

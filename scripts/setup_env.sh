@@ -17,7 +17,8 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[setup] torch (CPU build) and the numeric stack"
-$PIP install -q torch==2.13.0 numpy scipy
+# scipy < 1.17: fairchem's GemNet files import scipy.special.sph_harm, removed in 1.17
+$PIP install -q torch==2.13.0 numpy 'scipy<1.17'
 echo "[setup] mace-torch 0.3.16 and e3nn"
 $PIP install -q mace-torch==0.3.16
 # e3nn 0.5.1 satisfies fairchem (>=0.5) and still unpickles MACE models saved under 0.4.4.

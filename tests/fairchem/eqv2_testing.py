@@ -258,7 +258,11 @@ def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **opt
     return cfg
 
 
-def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher=None, timeout=900):
+def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gaunt-run", timeout=900):
+    """fairchem's own entry point, through ``gaunt-run`` by default: the fairchem patch also lets the
+    trainer's ``setup_imports`` skip model files whose optional dependencies are not installed
+    (``torch_sparse``), which the stock command cannot; without ``tensor_product`` the model built is
+    fairchem's own class. ``launcher=None`` runs the stock command alone."""
     cfg_path = tmp / f"{ident}.yml"
     cfg_path.write_text(yaml.safe_dump(config))
     cmd = [
