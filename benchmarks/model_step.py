@@ -24,10 +24,12 @@ transformer blocks, on small EMT-like metal slabs with an adsorbate (built with 
 
   step = forward, loss = sum(E^2) + sum(F^2) (direct force head), ``loss.backward()``.
 
-Timing: median of --iters steps after --warmup steps (CUDA-synchronised on a GPU; perf_counter on
-the CPU), every variant of a case timed back to back in the same process, ratios = variant / the
-upstream row of the same case. A case that fails (out of memory, unsupported) is recorded with its
-error and the run goes on.
+Timing: every variant of a case is built, run once, warmed up (--warmup steps), then timed
+round-robin (A B C A B C ..., --iters rounds; CUDA-synchronised on a GPU, perf_counter on the CPU)
+so that a change in the machine's load hits every variant alike; the table gives the median, the
+JSON also the minimum; ratios = the upstream row's median / the variant's median. Peak CUDA memory
+comes from one extra step per variant. A variant that fails (out of memory, unsupported) is
+recorded with its error and the others are still timed.
 
     python benchmarks/model_step.py --quick            # CPU: MACE L=0..2 C=64, EqV2 L=2,4,6 (a few minutes)
     python benchmarks/model_step.py                    # every device present, the full size grid
@@ -60,25 +62,72 @@ Z = [1, 6, 8]
 
 
 # ----------------------------------------------------------------------------------------- timing
-def median_ms(step: Callable[[], None], warmup: int, iters: int, cuda: bool) -> Dict[str, float]:
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
+def interleaved_ms(steps: Dict[str, Callable[[], None]], warmup: int, iters: int, cuda: bool,
+                   device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Median and minimum step time of each variant, timed round-robin (A B C A B C ...) so that a
+    change in the machine's load hits every variant alike; peak CUDA memory from one extra step each."""
+    out: Dict[str, Dict[str, float]] = {}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
         if cuda:
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize()
+            out[name] = {"peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+        else:
+            out[name] = {}
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    for name, ts in times.items():
+        out[name].update(median_ms=statistics.median(ts), min_ms=min(ts), iters=iters)
+    return out
 
 
-def peak_mem_mib(device: torch.device) -> Optional[float]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
+def run_variants(case: dict, builders, make_step, warmup: int, iters: int, device, log) -> List[dict]:
+    """Build every variant of one case, then time them interleaved; a variant that fails to build or
+    to run is reported with its error and the others are still timed."""
+    from gaunt_plugins.backends.registry import use_backend
+
+    cuda = device.type == "cuda"
+    rows, steps = {}, {}
+    for impl, build, backend in builders:
+        row = dict(case, impl=impl)
+        try:
+            model = build().to(device)
+            row["parameters"] = int(sum(p.numel() for p in model.parameters()))
+            inner = make_step(model)
+
+            def step(inner=inner, backend=backend):
+                with use_backend(backend):
+                    inner()
+
+            step()  # fails here rather than in the timing loop
+            steps[impl] = step
+            if backend is not None:
+                row["gaunt_backend"] = backend
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if os.environ.get("GAUNT_BENCH_DEBUG"):
+                traceback.print_exc()
+        rows[impl] = row
+    if steps:
+        try:
+            for impl, stats in interleaved_ms(steps, warmup, iters, cuda, device).items():
+                rows[impl].update(stats)
+        except Exception as exc:  # noqa: BLE001
+            for impl in steps:
+                rows[impl]["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    for row in rows.values():
+        log(row)
+    return list(rows.values())
 
 
 # ----------------------------------------------------------------------------------------- MACE
@@ -156,7 +205,6 @@ def cueq_available(device) -> Optional[str]:
 
 def bench_mace(device, dtype, lmaxes, channels_list, molecules, max_ell, correlation, warmup, iters, log):
     from gaunt_plugins.adapters.mace_blocks import gauntify_model
-    from gaunt_plugins.backends.registry import use_backend
 
     atoms, source = acac_atoms(molecules)
     rows = []
@@ -168,38 +216,23 @@ def bench_mace(device, dtype, lmaxes, channels_list, molecules, max_ell, correla
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
+                torch.manual_seed(0)
                 stock = mace_model(lmax, channels, max_ell, correlation).to(device)
                 batch = mace_batch(atoms, device, dtype)
                 case["edges"] = int(batch["edge_index"].shape[1])
-                variants = [("e3nn", lambda: stock, None)]
-                variants.append(("gaunt-torch", lambda: gauntify_model(copy.deepcopy(stock))[0], "torch"))
+                builders = [("e3nn", lambda: stock, None),
+                            ("gaunt-torch", lambda: gauntify_model(copy.deepcopy(stock))[0], "torch")]
                 if cuda:
-                    variants.append(("gaunt-triton", lambda: gauntify_model(copy.deepcopy(stock))[0], "triton"))
+                    builders.append(("gaunt-triton", lambda: gauntify_model(copy.deepcopy(stock))[0], "triton"))
                     why = cueq_available(device)
                     if why is None:
                         def to_cueq():
                             from mace.cli.convert_e3nn_cueq import run as run_e3nn_to_cueq
                             return run_e3nn_to_cueq(copy.deepcopy(stock), device=str(device))
-                        variants.append(("cueq", to_cueq, None))
+                        builders.append(("cueq", to_cueq, None))
                     else:
                         rows.append(dict(case, impl="cueq", error=f"skipped: cuequivariance {why}"))
-                for impl, build, backend in variants:
-                    row = dict(case, impl=impl)
-                    try:
-                        model = build().to(device)
-                        row["parameters"] = int(sum(p.numel() for p in model.parameters()))
-                        if cuda:
-                            torch.cuda.reset_peak_memory_stats(device)
-                        with use_backend(backend):
-                            row.update(median_ms(mace_step(model, batch), warmup, iters, cuda))
-                        row["peak_mem_mib"] = peak_mem_mib(device)
-                        del model
-                    except Exception as exc:  # noqa: BLE001
-                        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                        if os.environ.get("GAUNT_BENCH_DEBUG"):
-                            traceback.print_exc()
-                    rows.append(row)
-                    log(row)
+                rows += run_variants(case, builders, lambda m: mace_step(m, batch), warmup, iters, device, log)
             except Exception as exc:  # noqa: BLE001
                 rows.append(dict(case, impl="(build)", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
                 log(rows[-1])
@@ -274,7 +307,6 @@ def bench_eqv2(device, dtype, lmaxes, channels, layers, n_slabs, warmup, iters, 
     try:
         import e3nn  # noqa: F401
         from gaunt_plugins.adapters.equiformer_v2_convert import build_model_from_config
-        from gaunt_plugins.backends.registry import use_backend
     except Exception as exc:  # noqa: BLE001
         row = {"model": "equiformer_v2", "impl": "(import)", "error": f"{type(exc).__name__}: {exc}"}
         log(row)
@@ -284,35 +316,26 @@ def bench_eqv2(device, dtype, lmaxes, channels, layers, n_slabs, warmup, iters, 
     rows = []
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
+    gaunt_path = "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone"
     try:
         batch = eqv2_batch(atoms, device)
         for lmax in lmaxes:
             case = {"model": "equiformer_v2", "L": lmax, "mmax": min(lmax, 2), "C": channels, "layers": layers,
                     "structures": n_slabs, "atoms": int(batch.natoms.sum())}
-            variants = [("stock", "equiformer_v2_backbone", None),
-                        ("gaunt-torch", "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone", "torch")]
-            if cuda:
-                variants.append(("gaunt-triton", "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone",
-                                 "triton"))
-            for impl, backbone, backend in variants:
-                row = dict(case, impl=impl)
-                try:
+
+            def build(backbone):
+                def make():
                     torch.manual_seed(0)
-                    model = build_model_from_config(eqv2_config(backbone, lmax, channels, layers)).to(device)
+                    model = build_model_from_config(eqv2_config(backbone, lmax, channels, layers))
                     model.train()
-                    row["parameters"] = int(sum(p.numel() for p in model.parameters()))
-                    if cuda:
-                        torch.cuda.reset_peak_memory_stats(device)
-                    with use_backend(backend):
-                        row.update(median_ms(eqv2_step(model, batch), warmup, iters, cuda))
-                    row["peak_mem_mib"] = peak_mem_mib(device)
-                    del model
-                except Exception as exc:  # noqa: BLE001
-                    row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                    if os.environ.get("GAUNT_BENCH_DEBUG"):
-                        traceback.print_exc()
-                rows.append(row)
-                log(row)
+                    return model
+                return make
+
+            builders = [("stock", build("equiformer_v2_backbone"), None),
+                        ("gaunt-torch", build(gaunt_path), "torch")]
+            if cuda:
+                builders.append(("gaunt-triton", build(gaunt_path), "triton"))
+            rows += run_variants(case, builders, lambda m: eqv2_step(m, batch), warmup, iters, device, log)
     finally:
         torch.set_default_dtype(previous)
     return rows
@@ -396,7 +419,7 @@ def main(argv=None) -> int:
         channels = args.channels or ([64] if args.quick else ([64, 128, 256] if cuda else [64, 128]))
         molecules = args.molecules or (64 if cuda else 4)
         warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-        iters = args.iters or ((10 if args.quick else 30) if cuda else (3 if args.quick else 5))
+        iters = args.iters or ((10 if args.quick else 30) if cuda else (5 if args.quick else 7))
         eq_l = args.eqv2_lmax or ([2, 4, 6] if args.quick else [2, 3, 4, 5, 6])
         eq_c = args.eqv2_channels or (128 if cuda else 32)
         eq_layers = args.eqv2_layers or (2 if args.quick else 4)
