@@ -140,8 +140,10 @@ def test_revert_before_import_removes_the_hook():
         p.revert()
         assert not any(isinstance(f, _PostImportHook) for f in sys.meta_path)
         from fairchem.core.common.registry import registry
-        from fairchem.core.common.utils import setup_imports
-        setup_imports()
+        import fairchem.core.common.utils as utils
+        # both hooks are gone: the registry and setup_imports' importer are fairchem's own
+        assert not hasattr(utils._import_local_file, "__wrapped__")
+        import fairchem.core.models.equiformer_v2.equiformer_v2  # registers the stock names
         assert registry.get_model_class("equiformer_v2_backbone").__name__ == "EquiformerV2Backbone"
         print("OK")
         """

@@ -19,7 +19,7 @@ import mace  # noqa: F401
 import numpy as np
 import torch
 
-from conftest import tiny_config, venv_bin
+from conftest import acac_batch, tiny_config, venv_bin
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,6 @@ def test_compiled_model_matches_the_saved_model(trained, acac_subset):
     """MACE writes ``<name>_compiled.model`` (TorchScript) and swallows failures: check it exists
     and computes what the pickled model computes."""
     work, _ = trained
-    from conftest import acac_batch
 
     compiled = torch.jit.load(str(work / "gaunt_compiled.model"), map_location="cpu")
     model = torch.load(work / "gaunt.model", weights_only=False, map_location="cpu")
