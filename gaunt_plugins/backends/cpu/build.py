@@ -21,6 +21,7 @@ from typing import Optional
 __all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_reason"]
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c", "many_body.c")]
+_HEADERS = [Path(__file__).with_name("simd_apply.h")]
 # No -ffast-math: with GCC < 13 a shared library built with it turns on flush-to-zero for the
 # whole process. These flags are the ones the reductions need to vectorise.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fassociative-math",
@@ -57,7 +58,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     if cc is None:
         return None, "no C compiler found (gcc, cc or clang; or set CC)"
     flags = _BASE_FLAGS + _cpu_flags()
-    key = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES) + " ".join([cc] + flags).encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES + _HEADERS) + " ".join([cc] + flags).encode()).hexdigest()[:16]
     target = _cache_dir() / f"gaunt_grid_product_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@
  * dsh [E, I2] (summed over channels) and dw [E, K1+K2+K3, C].
  */
 #include <stddef.h>
+#include "simd_apply.h"
 #include <string.h>
 
 #define MAXP 1024
@@ -19,41 +20,21 @@
 #define MAXK2 16
 
 #define DEFINE_CONV(T, SUF, VW)                                                                    \
-typedef T cvec_##SUF __attribute__((vector_size(sizeof(T) * VW)));                                 \
-static inline void capply_##SUF(const T *restrict tab, ptrdiff_t nq, ptrdiff_t width,              \
-                                const cvec_##SUF *restrict X, cvec_##SUF *restrict Y) {            \
-    ptrdiff_t q = 0;                                                                               \
-    for (; q + 4 <= nq; q += 4) {                                                                  \
-        const T *restrict r0 = tab + q * width, *restrict r1 = r0 + width;                         \
-        const T *restrict r2 = r1 + width, *restrict r3 = r2 + width;                              \
-        cvec_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                         \
-        for (ptrdiff_t i = 0; i < width; ++i) {                                                    \
-            const cvec_##SUF x = X[i];                                                             \
-            a0 += r0[i] * x; a1 += r1[i] * x; a2 += r2[i] * x; a3 += r3[i] * x;                    \
-        }                                                                                          \
-        Y[q] = a0; Y[q + 1] = a1; Y[q + 2] = a2; Y[q + 3] = a3;                                    \
-    }                                                                                              \
-    for (; q < nq; ++q) {                                                                          \
-        const T *restrict row = tab + q * width;                                                   \
-        cvec_##SUF acc = {0};                                                                      \
-        for (ptrdiff_t i = 0; i < width; ++i) acc += row[i] * X[i];                                \
-        Y[q] = acc;                                                                                \
-    }                                                                                              \
-}                                                                                                  \
-static inline cvec_##SUF cload_##SUF(const T *row, ptrdiff_t n) {                                  \
-    cvec_##SUF t = {0};                                                                            \
+DEFINE_APPLY(T, SUF, VW)                                                                           \
+static inline vec_##SUF cload_##SUF(const T *row, ptrdiff_t n) {                                  \
+    vec_##SUF t = {0};                                                                            \
     if (n == VW) { memcpy(&t, row, sizeof(t)); return t; }                                         \
     for (ptrdiff_t l = 0; l < n; ++l) t[l] = row[l];                                               \
     return t;                                                                                      \
 }                                                                                                  \
-static inline void cstore_##SUF(T *row, ptrdiff_t n, cvec_##SUF v) {                               \
+static inline void cstore_##SUF(T *row, ptrdiff_t n, vec_##SUF v) {                               \
     if (n == VW) { memcpy(row, &v, sizeof(v)); return; }                                           \
     for (ptrdiff_t l = 0; l < n; ++l) row[l] = v[l];                                               \
 }                                                                                                  \
 /* gather lanes c0..c0+n-1 of coefficient i through the offset table (zero where absent) */        \
-static inline cvec_##SUF cgather_##SUF(const T *row, const long *idx, ptrdiff_t stride,            \
+static inline vec_##SUF cgather_##SUF(const T *row, const long *idx, ptrdiff_t stride,            \
                                        ptrdiff_t n) {                                              \
-    cvec_##SUF t = {0};                                                                            \
+    vec_##SUF t = {0};                                                                            \
     for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
         const long o = idx[l * stride];                                                            \
         t[l] = o < 0 ? (T)0 : row[o];                                                              \
@@ -61,7 +42,7 @@ static inline cvec_##SUF cgather_##SUF(const T *row, const long *idx, ptrdiff_t 
     return t;                                                                                      \
 }                                                                                                  \
 static inline void cscatter_##SUF(T *row, const long *idx, ptrdiff_t stride, ptrdiff_t n,         \
-                                  cvec_##SUF v) {                                                  \
+                                  vec_##SUF v) {                                                  \
     for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
         const long o = idx[l * stride];                                                            \
         if (o >= 0) row[o] = v[l];                                                                 \
@@ -77,10 +58,10 @@ static inline void charm_grid_##SUF(const T *se, const T *t2t, const long *deg2,
         for (ptrdiff_t j = 0; j < I2; ++j) S[deg2[j] * P + p] += t2t[p * I2 + j] * se[j];           \
 }                                                                                                  \
 /* B[p] = sum_k W2[k] S[k][p] */                                                                   \
-static inline void cmix_##SUF(const T *S, const cvec_##SUF *W2, ptrdiff_t K2, ptrdiff_t P,        \
-                              cvec_##SUF *B) {                                                     \
+static inline void cmix_##SUF(const T *S, const vec_##SUF *W2, ptrdiff_t K2, ptrdiff_t P,        \
+                              vec_##SUF *B) {                                                     \
     for (ptrdiff_t p = 0; p < P; ++p) {                                                            \
-        cvec_##SUF acc = {0};                                                                      \
+        vec_##SUF acc = {0};                                                                      \
         for (ptrdiff_t k = 0; k < K2; ++k) acc += S[k * P + p] * W2[k];                            \
         B[p] = acc;                                                                                \
     }                                                                                              \
@@ -92,7 +73,7 @@ int conv_forward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, pt
                        const long *idx1, const long *idxo, const long *deg1, const long *deg2,     \
                        const long *deg3, const T *t1t, const T *t2t, const T *t3t, T *out) {       \
     if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI || K2 > MAXK2) return -1;                  \
-    cvec_##SUF U[MAXI], A[MAXP], B[MAXP], Q[MAXI], W2[MAXK2];                                      \
+    vec_##SUF U[MAXI], A[MAXP], B[MAXP], Q[MAXI], W2[MAXK2];                                      \
     T S[MAXK2 * MAXP];                                                                             \
     const ptrdiff_t K = K1 + K2 + K3;                                                              \
     for (ptrdiff_t e = e0; e < e1; ++e) {                                                          \
@@ -105,10 +86,10 @@ int conv_forward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, pt
                 U[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n)                                \
                        * cload_##SUF(we + deg1[i] * C + c0, n);                                    \
             for (ptrdiff_t k = 0; k < K2; ++k) W2[k] = cload_##SUF(we + (K1 + k) * C + c0, n);      \
-            capply_##SUF(t1t, P, I1, U, A);                                                        \
+            apply_##SUF(t1t, P, I1, U, A);                                                        \
             cmix_##SUF(S, W2, K2, P, B);                                                           \
             for (ptrdiff_t p = 0; p < P; ++p) A[p] *= B[p];                                        \
-            capply_##SUF(t3t, Io, P, A, Q);                                                        \
+            apply_##SUF(t3t, Io, P, A, Q);                                                        \
             for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
                 cscatter_##SUF(oe, idxo + c0 * Io + k, Io, n,                                      \
                                Q[k] * cload_##SUF(we + (K1 + K2 + deg3[k]) * C + c0, n));          \
@@ -124,8 +105,8 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
                         const long *deg3, const T *t1t, const T *t2t, const T *t3t, const T *t1,   \
                         const T *t2, const T *t3, const T *gout, T *dx, T *dsh, T *dw) {           \
     if (P > MAXP || I1 > MAXI || I2 > MAXI || Io > MAXI || K2 > MAXK2) return -1;                  \
-    cvec_##SUF X1[MAXI], U[MAXI], A[MAXP], B[MAXP], H[MAXP], G[MAXI], Q[MAXI], D[MAXI];            \
-    cvec_##SUF W2[MAXK2], DW[3 * MAXI], DS[MAXK2 * MAXP];                                          \
+    vec_##SUF X1[MAXI], U[MAXI], A[MAXP], B[MAXP], H[MAXP], G[MAXI], Q[MAXI], D[MAXI];            \
+    vec_##SUF W2[MAXK2], DW[3 * MAXI], DS[MAXK2 * MAXP];                                          \
     T S[MAXK2 * MAXP];                                                                             \
     (void)t2;                                                                                      \
     const ptrdiff_t K = K1 + K2 + K3;                                                              \
@@ -133,29 +114,29 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
         const T *xe = x + e * D1, *se = sh + e * I2, *we = w + e * K * C, *ge = gout + e * Do;     \
         T *dxe = dx ? dx + e * D1 : 0, *dwe = dw ? dw + e * K * C : 0;                             \
         charm_grid_##SUF(se, t2t, deg2, I2, P, K2, S);                                             \
-        if (dsh) for (ptrdiff_t q = 0; q < K2 * P; ++q) DS[q] = (cvec_##SUF){0};                   \
+        if (dsh) for (ptrdiff_t q = 0; q < K2 * P; ++q) DS[q] = (vec_##SUF){0};                   \
         for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
             const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
-            for (ptrdiff_t k = 0; k < K; ++k) DW[k] = (cvec_##SUF){0};                             \
+            for (ptrdiff_t k = 0; k < K; ++k) DW[k] = (vec_##SUF){0};                             \
             for (ptrdiff_t i = 0; i < I1; ++i) {                                                   \
                 X1[i] = cgather_##SUF(xe, idx1 + c0 * I1 + i, I1, n);                              \
                 U[i] = X1[i] * cload_##SUF(we + deg1[i] * C + c0, n);                              \
             }                                                                                      \
             for (ptrdiff_t k = 0; k < K2; ++k) W2[k] = cload_##SUF(we + (K1 + k) * C + c0, n);      \
-            capply_##SUF(t1t, P, I1, U, A);                                                        \
+            apply_##SUF(t1t, P, I1, U, A);                                                        \
             cmix_##SUF(S, W2, K2, P, B);                                                           \
             for (ptrdiff_t k = 0; k < Io; ++k) G[k] = cgather_##SUF(ge, idxo + c0 * Io + k, Io, n); \
             if (dwe) {   /* output weights: dw3 = g * Q, Q recomputed */                          \
                 for (ptrdiff_t p = 0; p < P; ++p) H[p] = A[p] * B[p];                              \
-                capply_##SUF(t3t, Io, P, H, Q);                                                    \
+                apply_##SUF(t3t, Io, P, H, Q);                                                    \
                 for (ptrdiff_t k = 0; k < Io; ++k) DW[K1 + K2 + deg3[k]] += G[k] * Q[k];           \
             }                                                                                      \
             for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
                 G[k] *= cload_##SUF(we + (K1 + K2 + deg3[k]) * C + c0, n);                         \
-            capply_##SUF(t3, P, Io, G, H);                                                         \
+            apply_##SUF(t3, P, Io, G, H);                                                         \
             /* node-feature side: dU = T1 (H * B), dx = dU * w1, dw1 += dU * x */                  \
             for (ptrdiff_t p = 0; p < P; ++p) B[p] *= H[p];                                        \
-            capply_##SUF(t1, I1, P, B, D);                                                         \
+            apply_##SUF(t1, I1, P, B, D);                                                         \
             for (ptrdiff_t i = 0; i < I1; ++i) {                                                   \
                 if (dxe) cscatter_##SUF(dxe, idx1 + c0 * I1 + i, I1, n,                             \
                                         D[i] * cload_##SUF(we + deg1[i] * C + c0, n));             \
@@ -164,12 +145,12 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
             /* harmonic side: with HA = H * A, dw2[k] = sum_p HA S[k]; dS[k] += w2[k] HA */         \
             for (ptrdiff_t p = 0; p < P; ++p) A[p] *= H[p];                                        \
             for (ptrdiff_t k = 0; k < K2; ++k) {                                                   \
-                cvec_##SUF acc = {0};                                                              \
+                vec_##SUF acc = {0};                                                              \
                 const T *Sk = S + k * P;                                                           \
                 for (ptrdiff_t p = 0; p < P; ++p) acc += Sk[p] * A[p];                             \
                 DW[K1 + k] += acc;                                                                 \
                 if (dsh) {                                                                         \
-                    cvec_##SUF *DSk = DS + k * P;                                                  \
+                    vec_##SUF *DSk = DS + k * P;                                                  \
                     for (ptrdiff_t p = 0; p < P; ++p) DSk[p] += W2[k] * A[p];                      \
                 }                                                                                  \
             }                                                                                      \
@@ -178,8 +159,8 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
         }                                                                                          \
         if (dsh)   /* dsh[j] = sum_p t2t[p][j] dS[deg2 j][p], lanes summed */                      \
             for (ptrdiff_t j = 0; j < I2; ++j) {                                                   \
-                const cvec_##SUF *DSk = DS + deg2[j] * P;                                          \
-                cvec_##SUF acc = {0};                                                              \
+                const vec_##SUF *DSk = DS + deg2[j] * P;                                          \
+                vec_##SUF acc = {0};                                                              \
                 for (ptrdiff_t p = 0; p < P; ++p) acc += t2t[p * I2 + j] * DSk[p];                 \
                 T s = 0;                                                                           \
                 for (ptrdiff_t l = 0; l < VW; ++l) s += acc[l];                                    \

@@ -9,13 +9,14 @@
  * Compiled for float (suffix _f32) and double (suffix _f64).
  */
 #include <stddef.h>
+#include "simd_apply.h"
 #include <string.h>
 
 #define MAXP 2048
 #define MAXI 1024
 
 #define DEFINE_GP(T, SUF, VW)                                                                      \
-typedef T vec_##SUF __attribute__((vector_size(sizeof(T) * VW)));                                  \
+DEFINE_APPLY(T, SUF, VW)                                                                           \
                                                                                                    \
 /* X[i] = lanes of rows r..r+n-1 at column i (zero past n) */                                      \
 static inline void load_tile_##SUF(const T *x, ptrdiff_t sx, ptrdiff_t n, ptrdiff_t width,         \
@@ -30,28 +31,6 @@ static inline void store_tile_##SUF(T *y, ptrdiff_t sy, ptrdiff_t n, ptrdiff_t w
                                     const vec_##SUF *Y) {                                          \
     for (ptrdiff_t i = 0; i < width; ++i)                                                          \
         for (ptrdiff_t l = 0; l < n; ++l) y[l * sy + i] = Y[i][l];                                  \
-}                                                                                                  \
-/* Y[q] = sum_i tab[q * width + i] * X[i]   (tab [nq, width], row-major); four outputs at a time   \
- * so four independent FMA chains hide the FMA latency. */                                         \
-static inline void apply_##SUF(const T *restrict tab, ptrdiff_t nq, ptrdiff_t width,               \
-                               const vec_##SUF *restrict X, vec_##SUF *restrict Y) {               \
-    ptrdiff_t q = 0;                                                                               \
-    for (; q + 4 <= nq; q += 4) {                                                                  \
-        const T *restrict r0 = tab + q * width, *restrict r1 = r0 + width;                         \
-        const T *restrict r2 = r1 + width, *restrict r3 = r2 + width;                              \
-        vec_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
-        for (ptrdiff_t i = 0; i < width; ++i) {                                                    \
-            const vec_##SUF x = X[i];                                                              \
-            a0 += r0[i] * x; a1 += r1[i] * x; a2 += r2[i] * x; a3 += r3[i] * x;                    \
-        }                                                                                          \
-        Y[q] = a0; Y[q + 1] = a1; Y[q + 2] = a2; Y[q + 3] = a3;                                    \
-    }                                                                                              \
-    for (; q < nq; ++q) {                                                                          \
-        const T *restrict row = tab + q * width;                                                   \
-        vec_##SUF acc = {0};                                                                       \
-        for (ptrdiff_t i = 0; i < width; ++i) acc += row[i] * X[i];                                \
-        Y[q] = acc;                                                                                \
-    }                                                                                              \
 }                                                                                                  \
 int gp_forward_##SUF(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t i1, ptrdiff_t i2, ptrdiff_t p,         \
                      ptrdiff_t io, const T *u, ptrdiff_t su, const T *v, ptrdiff_t sv,             \

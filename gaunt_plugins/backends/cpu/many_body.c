@@ -12,6 +12,7 @@
  * The backward writes dx [N, C, Ic], dw_in, dw_out (same shapes as the weights).
  */
 #include <stddef.h>
+#include "simd_apply.h"
 #include <string.h>
 
 #define MAXP 1024
@@ -19,40 +20,20 @@
 #define MAXNU 6
 
 #define DEFINE_MB(T, SUF, VW)                                                                      \
-typedef T mvec_##SUF __attribute__((vector_size(sizeof(T) * VW)));                                 \
-static inline void mapply_##SUF(const T *restrict tab, ptrdiff_t nq, ptrdiff_t width,              \
-                                const mvec_##SUF *restrict X, mvec_##SUF *restrict Y) {            \
-    ptrdiff_t q = 0;                                                                               \
-    for (; q + 4 <= nq; q += 4) {                                                                  \
-        const T *restrict r0 = tab + q * width, *restrict r1 = r0 + width;                         \
-        const T *restrict r2 = r1 + width, *restrict r3 = r2 + width;                              \
-        mvec_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                         \
-        for (ptrdiff_t i = 0; i < width; ++i) {                                                    \
-            const mvec_##SUF x = X[i];                                                             \
-            a0 += r0[i] * x; a1 += r1[i] * x; a2 += r2[i] * x; a3 += r3[i] * x;                    \
-        }                                                                                          \
-        Y[q] = a0; Y[q + 1] = a1; Y[q + 2] = a2; Y[q + 3] = a3;                                    \
-    }                                                                                              \
-    for (; q < nq; ++q) {                                                                          \
-        const T *restrict row = tab + q * width;                                                   \
-        mvec_##SUF acc = {0};                                                                      \
-        for (ptrdiff_t i = 0; i < width; ++i) acc += row[i] * X[i];                                \
-        Y[q] = acc;                                                                                \
-    }                                                                                              \
-}                                                                                                  \
-static inline mvec_##SUF mload_##SUF(const T *row, ptrdiff_t n) {                                  \
-    mvec_##SUF t = {0};                                                                            \
+DEFINE_APPLY(T, SUF, VW)                                                                           \
+static inline vec_##SUF mload_##SUF(const T *row, ptrdiff_t n) {                                  \
+    vec_##SUF t = {0};                                                                            \
     if (n == VW) { memcpy(&t, row, sizeof(t)); return t; }                                         \
     for (ptrdiff_t l = 0; l < n; ++l) t[l] = row[l];                                               \
     return t;                                                                                      \
 }                                                                                                  \
-static inline void mstore_##SUF(T *row, ptrdiff_t n, mvec_##SUF v) {                               \
+static inline void mstore_##SUF(T *row, ptrdiff_t n, vec_##SUF v) {                               \
     if (n == VW) { memcpy(row, &v, sizeof(v)); return; }                                           \
     for (ptrdiff_t l = 0; l < n; ++l) row[l] = v[l];                                               \
 }                                                                                                  \
 /* lanes: channel rows c0+l of one node (row stride Ic), coefficient at offset o (o < 0: zero) */  \
-static inline mvec_##SUF mgather_##SUF(const T *xn, ptrdiff_t Ic, long o, ptrdiff_t n) {           \
-    mvec_##SUF t = {0};                                                                            \
+static inline vec_##SUF mgather_##SUF(const T *xn, ptrdiff_t Ic, long o, ptrdiff_t n) {           \
+    vec_##SUF t = {0};                                                                            \
     if (o < 0) return t;                                                                           \
     for (ptrdiff_t l = 0; l < n; ++l) t[l] = xn[l * Ic + o];                                       \
     return t;                                                                                      \
@@ -64,7 +45,7 @@ int mb_forward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptrd
                      const long *idxo, const long *deg_in, const long *deg_out, const T *tt,       \
                      const T *pjt, T *out) {                                                       \
     if (P > MAXP || I > MAXI || Io > MAXI || NU > MAXNU) return -1;                                \
-    mvec_##SUF X[MAXI], U[MAXI], F[MAXP], R[MAXP], Q[MAXI], O[MAXI];                               \
+    vec_##SUF X[MAXI], U[MAXI], F[MAXP], R[MAXP], Q[MAXI], O[MAXI];                               \
     for (ptrdiff_t nd = n0; nd < n1; ++nd) {                                                       \
         const T *xn = x + nd * C * Ic;                                                             \
         const T *wi = w_in + nd * NU * K * C, *wo = w_out + nd * NU * Ko * C;                      \
@@ -72,14 +53,14 @@ int mb_forward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptrd
         for (ptrdiff_t c0 = 0; c0 < C; c0 += VW) {                                                 \
             const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
             for (ptrdiff_t i = 0; i < I; ++i) X[i] = mgather_##SUF(xn + c0 * Ic, Ic, idx_in[i], n); \
-            for (ptrdiff_t k = 0; k < Io; ++k) O[k] = (mvec_##SUF){0};                             \
+            for (ptrdiff_t k = 0; k < Io; ++k) O[k] = (vec_##SUF){0};                             \
             for (ptrdiff_t nu = 0; nu < NU; ++nu) {                                                \
                 for (ptrdiff_t i = 0; i < I; ++i)                                                  \
                     U[i] = X[i] * mload_##SUF(wi + (nu * K + deg_in[i]) * C + c0, n);              \
-                mapply_##SUF(tt, P, I, U, F);                                                      \
-                if (nu == 0) memcpy(R, F, sizeof(mvec_##SUF) * P);                                 \
+                apply_##SUF(tt, P, I, U, F);                                                      \
+                if (nu == 0) memcpy(R, F, sizeof(vec_##SUF) * P);                                 \
                 else for (ptrdiff_t p = 0; p < P; ++p) R[p] *= F[p];                               \
-                mapply_##SUF(pjt + nu * Io * P, Io, P, R, Q);                                      \
+                apply_##SUF(pjt + nu * Io * P, Io, P, R, Q);                                      \
                 for (ptrdiff_t k = 0; k < Io; ++k)                                                 \
                     O[k] += Q[k] * mload_##SUF(wo + (nu * Ko + deg_out[k]) * C + c0, n);           \
             }                                                                                      \
@@ -100,8 +81,8 @@ int mb_backward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptr
                       const long *deg_out, const T *tt, const T *pjt, const T *t, const T *pj,     \
                       const T *gout, T *dx, T *dw_in, T *dw_out) {                                 \
     if (P > MAXP || I > MAXI || Io > MAXI || NU > MAXNU) return -1;                                \
-    mvec_##SUF X[MAXI], U[MAXI], Fs[MAXNU * MAXP], Rs[MAXNU * MAXP], S[MAXP], Dl[MAXP];            \
-    mvec_##SUF G[MAXI], Gw[MAXI], Q[MAXI], DU[MAXI], DX[MAXI], DWI[MAXNU * MAXI], DWO[MAXNU * MAXI];\
+    vec_##SUF X[MAXI], U[MAXI], Fs[MAXNU * MAXP], Rs[MAXNU * MAXP], S[MAXP], Dl[MAXP];            \
+    vec_##SUF G[MAXI], Gw[MAXI], Q[MAXI], DU[MAXI], DX[MAXI], DWI[MAXNU * MAXI], DWO[MAXNU * MAXI];\
     for (ptrdiff_t nd = n0; nd < n1; ++nd) {                                                       \
         const T *xn = x + nd * C * Ic, *gn = gout + nd * Do;                                       \
         const T *wi = w_in + nd * NU * K * C, *wo = w_out + nd * NU * Ko * C;                      \
@@ -109,12 +90,12 @@ int mb_backward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptr
             const ptrdiff_t n = (C - c0 < VW) ? (C - c0) : VW;                                     \
             for (ptrdiff_t i = 0; i < I; ++i) {                                                    \
                 X[i] = mgather_##SUF(xn + c0 * Ic, Ic, idx_in[i], n);                              \
-                DX[i] = (mvec_##SUF){0};                                                           \
+                DX[i] = (vec_##SUF){0};                                                           \
             }                                                                                      \
-            for (ptrdiff_t k = 0; k < NU * K; ++k) DWI[k] = (mvec_##SUF){0};                       \
-            for (ptrdiff_t k = 0; k < NU * Ko; ++k) DWO[k] = (mvec_##SUF){0};                      \
+            for (ptrdiff_t k = 0; k < NU * K; ++k) DWI[k] = (vec_##SUF){0};                       \
+            for (ptrdiff_t k = 0; k < NU * Ko; ++k) DWO[k] = (vec_##SUF){0};                      \
             for (ptrdiff_t k = 0; k < Io; ++k) {                                                   \
-                mvec_##SUF gk = {0};                                                               \
+                vec_##SUF gk = {0};                                                               \
                 for (ptrdiff_t l = 0; l < n; ++l) {                                                \
                     const long o = idxo[(c0 + l) * Io + k];                                        \
                     gk[l] = o < 0 ? (T)0 : gn[o];                                                  \
@@ -122,27 +103,27 @@ int mb_backward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptr
                 G[k] = gk;                                                                         \
             }                                                                                      \
             for (ptrdiff_t nu = 0; nu < NU; ++nu) {   /* recompute the factors and products */     \
-                mvec_##SUF *F = Fs + nu * P, *R = Rs + nu * P;                                     \
+                vec_##SUF *F = Fs + nu * P, *R = Rs + nu * P;                                     \
                 for (ptrdiff_t i = 0; i < I; ++i)                                                  \
                     U[i] = X[i] * mload_##SUF(wi + (nu * K + deg_in[i]) * C + c0, n);              \
-                mapply_##SUF(tt, P, I, U, F);                                                      \
-                if (nu == 0) memcpy(R, F, sizeof(mvec_##SUF) * P);                                 \
+                apply_##SUF(tt, P, I, U, F);                                                      \
+                if (nu == 0) memcpy(R, F, sizeof(vec_##SUF) * P);                                 \
                 else for (ptrdiff_t p = 0; p < P; ++p) R[p] = Rs[(nu - 1) * P + p] * F[p];         \
             }                                                                                      \
-            for (ptrdiff_t p = 0; p < P; ++p) S[p] = (mvec_##SUF){0};                              \
+            for (ptrdiff_t p = 0; p < P; ++p) S[p] = (vec_##SUF){0};                              \
             for (ptrdiff_t nu = NU - 1; nu >= 0; --nu) {                                           \
                 /* output weights and the direct gradient of R_nu */                               \
-                mapply_##SUF(pjt + nu * Io * P, Io, P, Rs + nu * P, Q);                            \
+                apply_##SUF(pjt + nu * Io * P, Io, P, Rs + nu * P, Q);                            \
                 for (ptrdiff_t k = 0; k < Io; ++k) {                                               \
                     DWO[nu * Ko + deg_out[k]] += G[k] * Q[k];                                      \
                     Gw[k] = G[k] * mload_##SUF(wo + (nu * Ko + deg_out[k]) * C + c0, n);           \
                 }                                                                                  \
-                mapply_##SUF(pj + nu * P * Io, P, Io, Gw, Dl);                                     \
+                apply_##SUF(pj + nu * P * Io, P, Io, Gw, Dl);                                     \
                 for (ptrdiff_t p = 0; p < P; ++p) S[p] += Dl[p];                                   \
                 /* dF_nu = S * R_{nu-1}; then S carries dL/dR_{nu-1} += S * F_nu */                \
-                if (nu == 0) memcpy(Dl, S, sizeof(mvec_##SUF) * P);                                \
+                if (nu == 0) memcpy(Dl, S, sizeof(vec_##SUF) * P);                                \
                 else for (ptrdiff_t p = 0; p < P; ++p) Dl[p] = S[p] * Rs[(nu - 1) * P + p];        \
-                mapply_##SUF(t, I, P, Dl, DU);                                                     \
+                apply_##SUF(t, I, P, Dl, DU);                                                     \
                 for (ptrdiff_t i = 0; i < I; ++i) {                                                \
                     DX[i] += DU[i] * mload_##SUF(wi + (nu * K + deg_in[i]) * C + c0, n);           \
                     DWI[nu * K + deg_in[i]] += DU[i] * X[i];                                       \
