@@ -10,13 +10,13 @@ so every order stays exact.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch
 
+from ._autograd import composed_grads, run_split
+from ._autograd import kernel_suffix as _suffix
 from .build import load_library
-from .fused import _pool, _suffix
 
 __all__ = ["ConvPlan", "conv_fused"]
 
@@ -39,15 +39,7 @@ class ConvPlan(NamedTuple):
 
 
 def _run_edges(fn, edges: int, *args) -> None:
-    threads = max(1, min(torch.get_num_threads(), math.ceil(edges / _MIN_EDGES_PER_THREAD)))
-    if threads == 1:
-        codes = [fn(0, edges, *args)]
-    else:
-        bounds = [edges * k // threads for k in range(threads + 1)]
-        codes = [f.result() for f in [_pool(threads).submit(fn, bounds[k], bounds[k + 1], *args)
-                                        for k in range(threads)]]
-    if any(c != 0 for c in codes):
-        raise RuntimeError("gaunt_plugins CPU convolution kernel: sizes past the kernel's limits")
+    run_split(fn, edges, _MIN_EDGES_PER_THREAD, "convolution", *args)
 
 
 def _sizes(plan: ConvPlan, x1: torch.Tensor, sh: torch.Tensor):
@@ -76,13 +68,7 @@ class _FusedConv(torch.autograd.Function):
         plan: ConvPlan = ctx.plan
         need = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: differentiate the composed path instead
-            inputs = [t for t, n in zip((x1, sh, weight), need) if n]
-            with torch.enable_grad():
-                out = plan.composed(x1, sh, weight)
-            grads = iter(torch.autograd.grad(out, inputs, g, create_graph=True, allow_unused=True))
-            result = [next(grads) if n else None for n in need]
-            return (*[r if r is not None or not n else torch.zeros_like(t)
-                      for r, n, t in zip(result, need, (x1, sh, weight))], None)
+            return (*composed_grads(plan.composed, (x1, sh, weight), need, g), None)
         lib = load_library()
         g = g.contiguous()
         dx = torch.zeros_like(x1) if need[0] else None

@@ -9,13 +9,10 @@ Tables are constants (no gradient).
 """
 from __future__ import annotations
 
-import ctypes
-import math
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-
 import torch
 
+from ._autograd import kernel_suffix as _suffix
+from ._autograd import run_split
 from .build import load_library
 
 __all__ = ["grid_product_fused"]
@@ -23,34 +20,12 @@ __all__ = ["grid_product_fused"]
 _MIN_ROWS_PER_THREAD = 2048
 
 
-@lru_cache(maxsize=8)
-def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="gaunt-cpu")
-
-
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
 def _run_rows(fn, rows: int, *args) -> None:
-    """Split ``rows`` over torch's intra-op thread count; ctypes releases the GIL during each call."""
-    threads = max(1, min(torch.get_num_threads(), math.ceil(rows / _MIN_ROWS_PER_THREAD)))
-    if threads == 1:
-        if fn(0, rows, *args) != 0:
-            raise RuntimeError("gaunt_plugins CPU kernel: grid larger than the kernel's limit")
-        return
-    bounds = [rows * k // threads for k in range(threads + 1)]
-    futures = [_pool(threads).submit(fn, bounds[k], bounds[k + 1], *args) for k in range(threads)]
-    if any(f.result() != 0 for f in futures):
-        raise RuntimeError("gaunt_plugins CPU kernel: grid larger than the kernel's limit")
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    if dtype == torch.float32:
-        return "f32"
-    if dtype == torch.float64:
-        return "f64"
-    raise TypeError(f"gaunt_plugins CPU kernels take float32 or float64, got {dtype}")
+    run_split(fn, rows, _MIN_ROWS_PER_THREAD, "grid product", *args)
 
 
 def _forward(u, v, tabs):

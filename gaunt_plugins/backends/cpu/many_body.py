@@ -8,13 +8,13 @@ path and differentiate it (exact at every order).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch
 
+from ._autograd import composed_grads, run_split
+from ._autograd import kernel_suffix as _suffix
 from .build import load_library
-from .fused import _pool, _suffix
 
 __all__ = ["ManyBodyPlan", "many_body_fused"]
 
@@ -37,15 +37,7 @@ class ManyBodyPlan(NamedTuple):
 
 
 def _run_nodes(fn, nodes: int, *args) -> None:
-    threads = max(1, min(torch.get_num_threads(), math.ceil(nodes / _MIN_NODES_PER_THREAD)))
-    if threads == 1:
-        codes = [fn(0, nodes, *args)]
-    else:
-        bounds = [nodes * k // threads for k in range(threads + 1)]
-        codes = [f.result() for f in [_pool(threads).submit(fn, bounds[k], bounds[k + 1], *args)
-                                        for k in range(threads)]]
-    if any(c != 0 for c in codes):
-        raise RuntimeError("gaunt_plugins CPU many-body kernel: sizes past the kernel's limits")
+    run_split(fn, nodes, _MIN_NODES_PER_THREAD, "many-body", *args)
 
 
 def _sizes(plan: ManyBodyPlan, x: torch.Tensor):
@@ -73,13 +65,7 @@ class _FusedManyBody(torch.autograd.Function):
         plan: ManyBodyPlan = ctx.plan
         need = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: differentiate the composed path instead
-            inputs = [t for t, n in zip((x, w_in, w_out), need) if n]
-            with torch.enable_grad():
-                out = plan.composed(x, w_in, w_out)
-            grads = iter(torch.autograd.grad(out, inputs, g, create_graph=True, allow_unused=True))
-            result = [next(grads) if n else None for n in need]
-            return (*[r if r is not None or not n else torch.zeros_like(t)
-                      for r, n, t in zip(result, need, (x, w_in, w_out))], None)
+            return (*composed_grads(plan.composed, (x, w_in, w_out), need, g), None)
         lib = load_library()
         g = g.contiguous()
         dx = torch.zeros_like(x) if need[0] else None
