@@ -64,6 +64,14 @@ def host_info(framework_dist: str, device: Optional[str]) -> Dict[str, Any]:
     return info
 
 
+def _load() -> Optional[float]:
+    """The machine's 1-minute load average (other jobs slow both variants unevenly: it is reported)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _previous_report(out_dir: Path) -> Optional[Dict[str, Any]]:
     import json
 
@@ -126,10 +134,12 @@ def run_comparison(framework, out_dir: Path, variants: Sequence[str] = ("upstrea
                 for line in framework.progress(variant, vdir, elapsed):
                     say(f"[gaunt-compare] {variant}: {line}")
 
+            load_start = _load()
             result = run_job(job, interrupts, on_poll=poll, grace_s=grace_s)
             entry: Dict[str, Any] = {"status": _status(result), "returncode": result.returncode,
                                      "wall_s": result.wall_s, "peak_rss_mib": result.peak_rss_mib,
-                                     "cpu_user_s": result.user_cpu_s, "cpu_system_s": result.system_cpu_s}
+                                     "cpu_user_s": result.user_cpu_s, "cpu_system_s": result.system_cpu_s,
+                                     "load_avg_start": load_start, "load_avg_end": _load()}
             if result.notes:
                 entry["notes"] = list(result.notes)
             if result.returncode != 0 and not (result.interrupted or result.timed_out):

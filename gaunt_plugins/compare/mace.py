@@ -353,6 +353,7 @@ class MaceFramework:
             steps_per_s=(len(step_times) / sum(step_times)) if step_times and sum(step_times) > 0 else None,
             time_per_epoch_s=_mean(epoch_train_s),
             time_per_epoch_after_first_s=_mean(epoch_train_s[1:]) if len(epoch_train_s) > 1 else None,
+            median_epoch_s=float(statistics.median(epoch_train_s)) if epoch_train_s else None,
             valid_time_per_epoch_s=_mean([r.get("time") for r in evals if r.get("epoch") is not None]),
             train_s=stats.get("train_s"),
             setup_s=(stats["train_start"] - stats["process_start"]) if stats.get("train_start") and stats.get(

@@ -52,7 +52,7 @@ def ratios(variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """gaunt / upstream for the timing, size and error numbers."""
     up, ga = variants.get("upstream", {}), variants.get("gaunt", {})
     out: Dict[str, Any] = {}
-    for key in ("parameters", "time_per_step_s", "median_step_s", "steps_per_s", "time_per_epoch_s",
+    for key in ("parameters", "time_per_step_s", "median_step_s", "steps_per_s", "time_per_epoch_s", "median_epoch_s",
                 "time_per_epoch_after_first_s", "peak_rss_mib", "cuda_peak_mib", "train_s"):
         out[key] = ratio(up.get(key), ga.get(key))
     tests = {}
@@ -110,12 +110,20 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
     row("parameters", "parameters")
     row("epochs trained", "epochs", show_ratio=False)
     row("optimisation steps", "steps", show_ratio=False)
-    row("time per epoch (s, training pass)", "time_per_epoch_s")
+    row("time per epoch (s, training pass, mean)", "time_per_epoch_s")
+    row("time per epoch (s, median)", "median_epoch_s")
     row("time per step (ms, mean)", "time_per_step_s", scale=1e3)
     row("time per step (ms, median)", "median_step_s", scale=1e3)
     row("steps per second", "steps_per_s")
     row("training time (s)", "train_s")
     row("peak memory (RSS, MiB)", "peak_rss_mib")
+    if any(variants[n].get("load_avg_start") is not None for n in names):
+        def load_cell(v):
+            a, b = v.get("load_avg_start"), v.get("load_avg_end")
+            return "—" if a is None else f"{a:.1f} → {b:.1f}" if b is not None else f"{a:.1f}"
+
+        lines.append(f"| machine load (1-min average, start → end; {report.get('host', {}).get('cpus', '?')} cores) | "
+                     + " | ".join(load_cell(variants[n]) for n in names) + (" | |" if len(names) == 2 else " |"))
     if any(variants[n].get("cuda_peak_mib") for n in names):
         row("peak GPU memory (MiB)", "cuda_peak_mib")
     tests = []
@@ -145,7 +153,9 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
     if budget.get("max_minutes") is not None:
         budget_note = (" Wall-clock budget: counted from the start of the training loop; an epoch starts only if "
                        "it is expected to end within the budget.")
-    lines.append(f"Time per epoch: wall time of the training pass (validation excluded); time per step: {step_note}; "
+    lines.append("Timings are wall-clock: other jobs on the machine (its load is in the table) slow the variants "
+                 "unevenly, and the medians are the robust numbers. "
+                 f"Time per epoch: wall time of the training pass (validation excluded); time per step: {step_note}; "
                  "peak memory: the maximum resident set size of the training process (on a GPU also the peak "
                  f"allocated CUDA memory). Test errors: {model_note} on each test set (energies per configuration, "
                  f"forces per Cartesian component).{budget_note}")

@@ -106,7 +106,7 @@ def test_markdown_and_ratios():
     report["ratios"] = ratios(report["variants"])
     md = markdown(report)
     assert "| status | ok | failed (exit code 1) | |" in md
-    assert "| parameters | 1,000 | — | — |" in md
+    assert "| parameters | 1,000 | — | — |" in md and "machine load" not in md
     assert "| time per step (ms, mean) | 200 | — | — |" in md
     assert "| t: F MAE / RMSE (meV/Å) | 50.0 / 70.0 | — | — |" in md
     assert "**ga: failed (exit code 1).** ValueError: boom" in md
