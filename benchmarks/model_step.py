@@ -35,7 +35,7 @@ recorded with its error and the others are still timed.
     python benchmarks/model_step.py                    # every device present, the full size grid
     python benchmarks/model_step.py --device cuda --models mace --lmax 1 2 3 --channels 128 256
 
-Table on stdout; JSON in benchmarks/results/model_step_<device>.json.
+Table on stdout; JSON in benchmarks/results/model_step_<cpu|cuda>[_quick].json.
 """
 from __future__ import annotations
 
@@ -451,7 +451,7 @@ def main(argv=None) -> int:
             "host": platform.platform(), "cpus": os.cpu_count(), "seconds": time.time() - started,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "results": rows,
         }
-        out = args.out_dir / f"model_step_{device.type}.json"
+        out = args.out_dir / f"model_step_{device.type}{'_quick' if args.quick else ''}.json"
         out.write_text(json.dumps(result, indent=1))
         print(f"wrote {out}")
     return 0
