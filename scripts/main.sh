@@ -12,7 +12,10 @@ bash scripts/setup_env.sh
 export PYTHONUNBUFFERED=1
 .venv/bin/python examples/compare/prepare_acac.py
 OUT=examples/compare/results/mace_acac
+status=0
 .venv/bin/gaunt-compare examples/compare/mace_acac.yaml --max-minutes "${GAUNT_MAIN_MINUTES:-3}" \
-  --test 'examples/compare/data/test_*.xyz' --out "$OUT" "$@"
+  --test 'examples/compare/data/test_*.xyz' --out "$OUT" "$@" || status=$?
 echo
-cat "$OUT/report.md"
+# the report is written for a failed (exit 1) or interrupted (exit 130) variant too
+[ -f "$OUT/report.md" ] && cat "$OUT/report.md"
+exit "$status"
