@@ -10,7 +10,7 @@ from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
 from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
 from ..math.gaunt import gaunt_path_allowed
-from ._layout import dense_to_flat, flat_to_dense
+from ._layout import dense_to_flat, flat_offsets, flat_to_dense
 from ._tables import product_grid_buffers, resolve_method
 
 __all__ = ["GauntConvolution"]
@@ -141,13 +141,12 @@ def _conv_plan(layer: GauntConvolution, dtype: torch.dtype):
         idx1 = layer.index_in1.view(c, width1).clone()
         idx1[idx1 == dim1] = -1
         width_out = layer.from_grid.shape[1]
-        idxo = torch.full((c * width_out,), -1, dtype=torch.long)
-        idxo[layer.index_out] = torch.arange(layer.dim_out)
+        idxo = flat_offsets(layer.index_out, c, width_out)
         a, b, p = (t.to(dtype).contiguous() for t in (layer.to_grid1, layer.to_grid2, layer.from_grid))
         tables = (a.t().contiguous(), b.t().contiguous(), p.t().contiguous(), a, b, p)
         cache.clear()
         deg2 = layer.deg_mask2.argmax(0).to(torch.long)  # the degree slot of each harmonic coefficient
         cache[key] = ConvPlan(c, layer.k1, layer.k2, layer.k3, layer.dim_out, idx1.contiguous(),
-                              idxo.view(c, width_out).contiguous(), layer.deg1.contiguous(), deg2.contiguous(),
+                              idxo, layer.deg1.contiguous(), deg2.contiguous(),
                               layer.deg3.contiguous(), tables, layer._composed)
     return cache[key]

@@ -9,7 +9,7 @@ import torch
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
 from ..irreps import ChannelIrreps, channel_irreps, dense_to_flat_index
-from ._layout import dense_to_flat
+from ._layout import dense_to_flat, flat_offsets
 from ._tables import power_grid_buffers, resolve_method
 
 __all__ = ["GauntManyBody"]
@@ -143,13 +143,12 @@ def _plan(layer: GauntManyBody, dtype: torch.dtype):
         idx_in = layer.index_in.clone()
         idx_in[idx_in == layer.compact_in] = -1
         width_out = layer.from_grids.shape[2]
-        idxo = torch.full((c * width_out,), -1, dtype=torch.long)
-        idxo[layer.index_out] = torch.arange(layer.dim_out)
+        idxo = flat_offsets(layer.index_out, c, width_out)
         t = layer.to_grid.to(dtype).contiguous()
         pj = layer.from_grids.to(dtype).contiguous()
         tables = (t.t().contiguous(), pj.transpose(1, 2).contiguous(), t, pj)
         cache.clear()
         cache[key] = ManyBodyPlan(c, layer.width_in, layer.k_in, layer.k_out, layer.correlation, layer.dim_out,
-                                  idx_in.contiguous(), idxo.view(c, width_out).contiguous(),
+                                  idx_in.contiguous(), idxo,
                                   layer.deg_in.contiguous(), layer.deg_out.contiguous(), tables, layer._composed)
     return cache[key]
