@@ -96,14 +96,6 @@ class GauntTransBlockV2(TransBlockV2):
         return out
 
 
-def _gaunt_kwargs(owner: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], GauntOptions, int]:
-    if args:
-        raise TypeError(f"{owner} takes keyword arguments only (as fairchem passes its YAML model section)")
-    stock_kwargs, opts = split_gaunt_kwargs(kwargs)
-    lmax = check_gaunt_supported(stock_kwargs.get("lmax_list"), stock_kwargs.get("mmax_list"))
-    return stock_kwargs, opts, lmax
-
-
 def _install_selfmix(model: torch.nn.Module, lmax: int, opts: GauntOptions) -> None:
     """Turn every ``model.blocks[i]`` into a :class:`GauntTransBlockV2` with a fresh self-mix."""
     for i, block in enumerate(model.blocks):
@@ -121,18 +113,39 @@ def _install_selfmix(model: torch.nn.Module, lmax: int, opts: GauntOptions) -> N
         model.blocks[i] = GauntTransBlockV2.from_block(block, mix)
 
 
-def _selfmix_no_weight_decay(model: torch.nn.Module, names: set) -> set:
-    """Add the self-mix's biases and per-degree input weights to a no-weight-decay set
-    (its norm is one of fairchem's norm classes and is already listed by the stock method)."""
-    extra = {
-        name
-        for name, _ in model.named_parameters()
-        if ".gaunt_mix." in name and name.rsplit(".", 1)[-1] in ("bias", "input_weight1", "input_weight2")
-    }
-    return set(names) | extra
+class _GauntSelfMixModel:
+    """What both Gaunt models add to their stock EquiformerV2 base (listed after this class).
+
+    ``__init__`` splits off the ``tensor_product``/``gaunt_*`` keys, builds the stock model from
+    the rest (same random draws as the stock class), then installs the self-mix in every block;
+    ``no_weight_decay`` adds the self-mix's biases and per-degree input weights to the stock set
+    (its norm is one of fairchem's norm classes, already listed by the stock method).
+    """
+
+    tensor_product = GAUNT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args:
+            raise TypeError(
+                f"{type(self).__name__} takes keyword arguments only (as fairchem passes its YAML model section)"
+            )
+        stock_kwargs, opts = split_gaunt_kwargs(kwargs)
+        lmax = check_gaunt_supported(stock_kwargs.get("lmax_list"), stock_kwargs.get("mmax_list"))
+        super().__init__(**stock_kwargs)
+        self.gaunt_options = opts
+        _install_selfmix(self, lmax, opts)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        selfmix = {
+            name
+            for name, _ in self.named_parameters()
+            if ".gaunt_mix." in name and name.rsplit(".", 1)[-1] in ("bias", "input_weight1", "input_weight2")
+        }
+        return set(super().no_weight_decay()) | selfmix
 
 
-class GauntEquiformerV2Backbone(EquiformerV2Backbone):
+class GauntEquiformerV2Backbone(_GauntSelfMixModel, EquiformerV2Backbone):
     """EquiformerV2 hydra backbone with the Gaunt self-mix in every block.
 
     Keyword arguments: those of fairchem's ``EquiformerV2Backbone`` plus ``tensor_product``
@@ -140,36 +153,12 @@ class GauntEquiformerV2Backbone(EquiformerV2Backbone):
     ``gaunt_zero_init`` (bool). Output: the stock ``{"node_embedding", "graph"}`` dict.
     """
 
-    tensor_product = GAUNT
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        stock_kwargs, opts, lmax = _gaunt_kwargs(type(self).__name__, args, kwargs)
-        super().__init__(**stock_kwargs)
-        self.gaunt_options = opts
-        _install_selfmix(self, lmax, opts)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return _selfmix_no_weight_decay(self, super().no_weight_decay())
-
-
-class GauntEquiformerV2(EquiformerV2):
+class GauntEquiformerV2(_GauntSelfMixModel, EquiformerV2):
     """The flat (deprecated) EquiformerV2 with the Gaunt self-mix in every block.
 
     Keyword arguments as :class:`GauntEquiformerV2Backbone`. Output: ``{"energy", "forces"}``.
     """
-
-    tensor_product = GAUNT
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        stock_kwargs, opts, lmax = _gaunt_kwargs(type(self).__name__, args, kwargs)
-        super().__init__(**stock_kwargs)
-        self.gaunt_options = opts
-        _install_selfmix(self, lmax, opts)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return _selfmix_no_weight_decay(self, super().no_weight_decay())
 
 
 def _select(stock_cls: type, gaunt_cls: type, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
