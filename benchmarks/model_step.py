@@ -256,18 +256,7 @@ def slabs(n: int, seed: int = 0):
     return out
 
 
-def eqv2_batch(atoms_list, device, max_neighbors=30, radius=6.0):
-    from fairchem.core.common.data_parallel import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
-
-    a2g = AtomsToGraphs(max_neigh=max_neighbors, radius=radius, r_edges=False, r_pbc=True)
-    data = []
-    for atoms in atoms_list:
-        d = a2g.convert(atoms)
-        d.tags = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
-        d.fixed = torch.zeros(len(atoms), dtype=torch.long)
-        data.append(d)
-    return data_list_collater(data, otf_graph=True).to(device)
+from gaunt_plugins.adapters.equiformer_v2_data import batch_from_atoms as eqv2_batch  # noqa: E402
 
 
 def eqv2_config(backbone: str, lmax: int, channels: int, layers: int) -> dict:

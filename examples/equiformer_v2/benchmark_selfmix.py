@@ -30,18 +30,7 @@ def structures(n: int):
     return out
 
 
-def batch_of(atoms_list, device):
-    from fairchem.core.datasets import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
-
-    a2g = AtomsToGraphs(max_neigh=50, radius=6.0, r_edges=False, r_pbc=True)
-    data = []
-    for atoms in atoms_list:
-        d = a2g.convert(atoms)
-        d.tags = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
-        d.fixed = torch.zeros(len(atoms), dtype=torch.long)
-        data.append(d)
-    return data_list_collater(data, otf_graph=True).to(device)
+from gaunt_plugins.adapters.equiformer_v2_data import batch_from_atoms as batch_of  # noqa: E402
 
 
 def model_config(args, backbone: str, **extra):

@@ -221,16 +221,14 @@ def _probe_batch(max_num_elements: int):
     """A small periodic Cu/O structure as a fairchem batch (no data files needed)."""
     import numpy as np
     from ase import Atoms
-    from fairchem.core.datasets import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
+
+    from .equiformer_v2_data import batch_from_atoms
 
     rng = np.random.default_rng(0)
     numbers = [29] * 6 + [8] * 2 if max_num_elements > 29 else [1] * 8
-    atoms = Atoms(numbers=numbers, positions=rng.uniform(0, 6.0, (8, 3)), cell=np.eye(3) * 6.0, pbc=True)
-    data = AtomsToGraphs(max_neigh=200, radius=6.0, r_edges=False, r_pbc=True).convert(atoms)
-    data.tags = torch.ones(len(atoms), dtype=torch.long)
-    data.fixed = torch.zeros(len(atoms), dtype=torch.long)
-    return data_list_collater([data], otf_graph=True)
+    atoms = Atoms(numbers=numbers, positions=rng.uniform(0, 6.0, (8, 3)), cell=np.eye(3) * 6.0, pbc=True,
+                  tags=[1] * len(numbers))
+    return batch_from_atoms([atoms])
 
 
 def verify_conversion(src_checkpoint: Dict[str, Any], new_checkpoint: Dict[str, Any]) -> float:
