@@ -16,9 +16,10 @@ def batch_from_atoms(atoms_list: Iterable, device: Optional[Union[str, torch.dev
     """One fairchem batch (a torch_geometric ``Batch``) of the given ``ase.Atoms``, collated as the
     OCP trainer collates them.
 
-    Per structure: ``pos [n, 3]``, ``cell [1, 3, 3]``, ``atomic_numbers [n]``, ``natoms``,
-    ``pbc [3]``, ``tags [n]`` (``atoms.get_tags()``, long) and ``fixed [n]`` (all zero, long: every atom
-    free). No edges: the model computes them from its own ``max_radius``/``max_neighbors``.
+    For ``S`` structures of ``N`` atoms in all: ``pos [N, 3]`` (wrapped into the cell), ``cell [S, 3, 3]``,
+    ``atomic_numbers [N]``, ``natoms [S]``, ``pbc [3 S]``, ``batch [N]``, ``tags [N]``
+    (``atoms.get_tags()``, long) and ``fixed [N]`` (all zero, long: every atom free). No edges: the
+    model computes them from its own ``max_radius``/``max_neighbors``.
     ``device``: where the batch is moved (``None``: left on the CPU).
     """
     from fairchem.core.datasets import data_list_collater

@@ -1,4 +1,5 @@
-"""Helpers for the EquiformerV2 adapter tests: exact Wigner matrices, EMT data, tiny configs."""
+"""Helpers for the EquiformerV2 adapter tests: exact Wigner matrices, EMT data, tiny configs, tiny
+models' predictions, fairchem's entry point. Fixtures are in this directory's conftest.py."""
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,10 @@ import numpy as np
 import torch
 import yaml
 
+from gaunt_plugins import testing
+from gaunt_plugins.adapters.equiformer_v2_config import GAUNT_BACKBONE_PATH, GAUNT_FLAT_PATH  # noqa: F401
+from gaunt_plugins.adapters.equiformer_v2_data import batch_from_atoms  # noqa: F401
 from gaunt_plugins.math import real_sph_harm
-
-GAUNT_BACKBONE_PATH = "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone"
-GAUNT_FLAT_PATH = "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2"
 
 
 def random_rotation(seed: int = 0) -> np.ndarray:
@@ -30,16 +31,18 @@ def random_rotation(seed: int = 0) -> np.ndarray:
 
 
 def wigner_d(lmax: int, rot: np.ndarray) -> np.ndarray:
-    """``D [(lmax+1)^2, (lmax+1)^2]`` with ``Y(R r) = D Y(r)``, fitted in float64 (exact to ~1e-13).
+    """``D [(lmax+1)^2, (lmax+1)^2]`` (float64) with ``Y(R r) = D Y(r)`` for every degree up to ``lmax``:
+    :func:`gaunt_plugins.testing.wigner_d` (exact to ~1e-15, unlike e3nn's ``D_from_matrix``)."""
+    one_of_each = "+".join(f"1x{l}e" for l in range(lmax + 1))
+    return testing.wigner_d(one_of_each, torch.from_numpy(np.asarray(rot, dtype=np.float64))).numpy()
 
-    Independent of e3nn's ``D_from_matrix`` (which carries float32 constants, ~1e-6).
-    """
-    rng = np.random.default_rng(1)
-    pts = rng.standard_normal((4 * (lmax + 1) ** 2 + 20, 3))
-    y = real_sph_harm(lmax, pts)  # [P, K]
-    y_rot = real_sph_harm(lmax, pts @ rot.T)  # [P, K]
-    d_t, *_ = np.linalg.lstsq(y, y_rot, rcond=None)
-    return d_t.T
+
+def rotated_atoms(atoms, rot: np.ndarray):
+    """A copy of ``atoms`` with its positions and cell rotated by ``rot [3, 3]`` (no calculator)."""
+    out = atoms.copy()
+    out.set_cell(atoms.get_cell()[:] @ rot.T, scale_atoms=False)
+    out.set_positions(atoms.get_positions() @ rot.T, apply_constraint=False)
+    return out
 
 
 def brute_force_product(a: np.ndarray, b: np.ndarray, lmax_out: int, n: int = 48) -> np.ndarray:
@@ -108,63 +111,34 @@ def write_ase_db(path: Path, structures) -> Path:
     return path
 
 
-def batch_from_atoms(atoms_list, max_neighbors: int = 200, radius: float = 6.0):
-    """A fairchem batch (torch_geometric) from ASE atoms, as the OCP trainer builds it."""
-    from fairchem.core.common.data_parallel import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
-
-    a2g = AtomsToGraphs(max_neigh=max_neighbors, radius=radius, r_edges=False, r_pbc=True)
-    data = []
-    for atoms in atoms_list:
-        d = a2g.convert(atoms)
-        d.tags = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
-        d.fixed = torch.zeros(len(atoms), dtype=torch.long)
-        data.append(d)
-    return data_list_collater(data, otf_graph=True)
-
-
 # -------------------------------------------------------------------------------------- configs
 TINY_BACKBONE: Dict[str, Any] = dict(
-    use_pbc=True,
-    regress_forces=True,
-    otf_graph=True,
-    max_neighbors=200,
-    max_radius=5.0,
-    max_num_elements=90,
-    num_layers=2,
-    sphere_channels=8,
-    attn_hidden_channels=8,
-    num_heads=2,
-    attn_alpha_channels=4,
-    attn_value_channels=4,
-    ffn_hidden_channels=16,
-    norm_type="layer_norm_sh",
-    lmax_list=[3],
-    mmax_list=[2],
-    grid_resolution=16,
-    num_sphere_samples=32,
-    edge_channels=16,
-    use_atom_edge_embedding=True,
-    distance_function="gaussian",
-    num_distance_basis=16,
-    attn_activation="silu",
-    use_s2_act_attn=False,
-    ffn_activation="silu",
-    use_gate_act=False,
-    use_grid_mlp=True,
-    use_sep_s2_act=True,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-    proj_drop=0.0,
-    weight_init="uniform",
-    avg_num_nodes=10.0,
-    avg_degree=20.0,
+    # the graph: periodic, built by the model, forces from the direct force head
+    use_pbc=True, regress_forces=True, otf_graph=True, max_neighbors=200, max_radius=5.0, max_num_elements=90,
+    # two blocks of 8 channels up to degree 3, orders up to 2 in the edge frames
+    num_layers=2, sphere_channels=8, lmax_list=[3], mmax_list=[2], grid_resolution=16, num_sphere_samples=32,
+    # attention and feed-forward sub-layers
+    attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=16,
+    norm_type="layer_norm_sh", attn_activation="silu", use_s2_act_attn=False, ffn_activation="silu",
+    use_gate_act=False, use_grid_mlp=True, use_sep_s2_act=True,
+    # edge features
+    edge_channels=16, use_atom_edge_embedding=True, distance_function="gaussian", num_distance_basis=16,
+    # no dropout; initialisation and the normalisation constants
+    alpha_drop=0.0, drop_path_rate=0.0, proj_drop=0.0, weight_init="uniform", avg_num_nodes=10.0, avg_degree=20.0,
 )
 
 
 def backbone_config(**overrides) -> Dict[str, Any]:
+    """:data:`TINY_BACKBONE` with ``overrides``: the keyword arguments of an EquiformerV2 model."""
     cfg = copy.deepcopy(TINY_BACKBONE)
     cfg.update(overrides)
+    return cfg
+
+
+def flat_model_config(name: str = GAUNT_FLAT_PATH, **overrides) -> Dict[str, Any]:
+    """A fairchem ``model:`` section for the flat (deprecated) EquiformerV2 model ``name``."""
+    cfg = backbone_config(**overrides)
+    cfg["name"] = name
     return cfg
 
 
@@ -191,6 +165,7 @@ def build_model(model_config: Dict[str, Any]):
 
 
 def energy_forces(model, batch):
+    """``(energy [structures], forces [atoms, 3])`` of a hydra or flat model's output."""
     out = model(batch)
     energy = out["energy"]
     forces = out["forces"]
@@ -199,6 +174,23 @@ def energy_forces(model, batch):
     if isinstance(forces, dict):
         forces = forces["forces"]
     return energy.reshape(-1), forces.reshape(-1, 3)
+
+
+def predict(model, batch):
+    """:func:`energy_forces` in eval mode without gradients, the random per-edge draws of the forward
+    seeded alike (``torch.manual_seed(0)``), so two models with the same weights give the same output."""
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        return energy_forces(model, batch)
+
+
+def zero_selfmix(model) -> None:
+    """Zero every self-mix output linear and bias in place: each block's self-mix branch then adds zero."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gaunt_mix.weight") or name.endswith("gaunt_mix.bias"):
+                p.zero_()
 
 
 # ------------------------------------------------------------------------ fairchem entry point

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,14 +10,17 @@ pytest.importorskip("fairchem.core")
 
 from eqv2_testing import (  # noqa: E402
     GAUNT_BACKBONE_PATH,
-    GAUNT_FLAT_PATH,
     backbone_config,
     batch_from_atoms,
     build_model,
     emt_structures,
     energy_forces,
+    flat_model_config,
     hydra_model_config,
+    predict,
     random_rotation,
+    rotated_atoms,
+    zero_selfmix,
 )
 from gaunt_plugins.adapters.equiformer_v2 import (  # noqa: E402
     GauntEquiformerV2,
@@ -34,47 +36,12 @@ def structures():
     return emt_structures(2, seed=3)
 
 
-@pytest.fixture
-def patched():
-    patch = FairchemPatch()
-    was = patch.applied
-    if not was:
-        patch.apply()
-    yield patch
-    if not was and patch.applied:
-        patch.revert()
-
-
-@pytest.fixture
-def unpatched():
-    patch = FairchemPatch()
-    was = patch.applied
-    if was:
-        patch.revert()
-    yield patch
-    if was and not patch.applied:
-        patch.apply()
-
-
-def _rotated(atoms, rot):
-    out = atoms.copy()
-    out.set_cell(atoms.get_cell()[:] @ rot.T, scale_atoms=False)
-    out.set_positions(atoms.get_positions() @ rot.T, apply_constraint=False)
-    return out
-
-
-def _flat_config(name=GAUNT_FLAT_PATH, **overrides):
-    cfg = backbone_config(**overrides)
-    cfg["name"] = name
-    return cfg
-
-
 def _check_rotation(model, structures, rot_seed=0, e_tol=2e-4, f_tol=2e-4):
     model.eval()
     rot = random_rotation(rot_seed)
     with torch.no_grad():
         e0, f0 = energy_forces(model, batch_from_atoms(structures))
-        e1, f1 = energy_forces(model, batch_from_atoms([_rotated(a, rot) for a in structures]))
+        e1, f1 = energy_forces(model, batch_from_atoms([rotated_atoms(a, rot) for a in structures]))
     r = torch.as_tensor(rot, dtype=f0.dtype)
     scale_e = e0.abs().max().clamp_min(1e-3)
     scale_f = f0.abs().max().clamp_min(1e-3)
@@ -85,13 +52,6 @@ def _check_rotation(model, structures, rot_seed=0, e_tol=2e-4, f_tol=2e-4):
     return e0, f0
 
 
-def _zero_selfmix(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gaunt_mix.weight") or name.endswith("gaunt_mix.bias"):
-                p.zero_()
-
-
 def test_gaunt_backbone_energy_invariant_forces_equivariant(structures):
     torch.manual_seed(1)
     model = build_model(hydra_model_config(GAUNT_BACKBONE_PATH))
@@ -100,7 +60,7 @@ def test_gaunt_backbone_energy_invariant_forces_equivariant(structures):
     e0, f0 = _check_rotation(model, structures)
     # the self-mix really contributes (so the test exercises it)
     zeroed = copy.deepcopy(model)
-    _zero_selfmix(zeroed)
+    zero_selfmix(zeroed)
     with torch.no_grad():
         e_z, f_z = energy_forces(zeroed, batch_from_atoms(structures))
     assert (e_z - e0).abs().max() > 1e-4 * e0.abs().max()
@@ -108,7 +68,7 @@ def test_gaunt_backbone_energy_invariant_forces_equivariant(structures):
 
 def test_flat_gaunt_model_rotation(structures):
     torch.manual_seed(2)
-    model = build_model(_flat_config(lmax_list=[2], mmax_list=[1]))
+    model = build_model(flat_model_config(lmax_list=[2], mmax_list=[1]))
     assert isinstance(model, GauntEquiformerV2)
     _check_rotation(model, structures, rot_seed=5)
 
@@ -144,11 +104,8 @@ def test_stock_model_without_key_is_unchanged(structures, unpatched):
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     batch = batch_from_atoms(structures)
-    with torch.no_grad():  # the forward draws a random roll per edge: same seed, same draws
-        torch.manual_seed(0)
-        e0, f0 = energy_forces(stock, batch)
-        torch.manual_seed(0)
-        e1, f1 = energy_forces(again, batch)
+    e0, f0 = predict(stock, batch)  # the forward draws a random roll per edge: same seed, same draws
+    e1, f1 = predict(again, batch)
     assert torch.equal(e0, e1) and torch.equal(f0, f1)
 
 
@@ -156,7 +113,7 @@ def test_flat_stock_model_without_key_is_unchanged(patched):
     from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2
 
     torch.manual_seed(3)
-    model = build_model(_flat_config(name="equiformer_v2"))
+    model = build_model(flat_model_config(name="equiformer_v2"))
     assert type(model) is EquiformerV2
     assert not any("gaunt" in k for k in model.state_dict())
 
@@ -165,11 +122,11 @@ def test_key_on_stock_names_selects_gaunt(patched):
     model = build_model(hydra_model_config("equiformer_v2_backbone", tensor_product="gaunt", gaunt_method="grid"))
     assert type(model.backbone) is GauntEquiformerV2Backbone
     assert model.backbone.gaunt_options.method == "grid"
-    flat = build_model(_flat_config(name="equiformer_v2", tensor_product="gaunt"))
+    flat = build_model(flat_model_config(name="equiformer_v2", tensor_product="gaunt"))
     assert type(flat) is GauntEquiformerV2
     by_name = build_model(hydra_model_config("equiformer_v2_gaunt_backbone"))
     assert type(by_name.backbone) is GauntEquiformerV2Backbone
-    by_flat_name = build_model(_flat_config(name="equiformer_v2_gaunt"))
+    by_flat_name = build_model(flat_model_config(name="equiformer_v2_gaunt"))
     assert type(by_flat_name) is GauntEquiformerV2
 
 
@@ -185,11 +142,8 @@ def test_zero_init_gaunt_equals_stock_with_same_seed(structures):
     new = sorted(set(sg) - set(stock.state_dict()))
     assert new and all(".gaunt_mix." in k for k in new)
     batch = batch_from_atoms(structures)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        e0, f0 = energy_forces(stock, batch)
-        torch.manual_seed(0)
-        e1, f1 = energy_forces(gaunt, batch)
+    e0, f0 = predict(stock, batch)
+    e1, f1 = predict(gaunt, batch)
     assert (e0 - e1).abs().max() <= 1e-6 and (f0 - f1).abs().max() <= 1e-6
 
 

@@ -14,28 +14,6 @@ from gaunt_plugins.patches import base as patch_base  # noqa: E402
 from gaunt_plugins.patches.fairchem import FairchemPatch, require_equiformer_v2  # noqa: E402
 
 
-@pytest.fixture
-def patched():
-    patch = FairchemPatch()
-    was_applied = patch.applied
-    if not was_applied:
-        patch.apply()
-    yield patch
-    if not was_applied and patch.applied:
-        patch.revert()
-
-
-@pytest.fixture
-def unpatched():
-    patch = FairchemPatch()
-    was_applied = patch.applied
-    if was_applied:
-        patch.revert()
-    yield patch
-    if was_applied and not patch.applied:
-        patch.apply()
-
-
 def _registry():
     from fairchem.core.common.registry import Registry, registry
 

@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("fairchem.core")
 
-from eqv2_testing import batch_from_atoms, energy_forces  # noqa: E402
+from eqv2_testing import batch_from_atoms, predict, zero_selfmix  # noqa: E402
 from gaunt_plugins.adapters.equiformer_v2 import (  # noqa: E402
     GauntEquiformerV2,
     GauntEquiformerV2Backbone,
@@ -45,12 +45,6 @@ def batch(pickled):
     return batch_from_atoms(atoms)
 
 
-def _predict(model, batch):
-    with torch.no_grad():
-        torch.manual_seed(0)
-        return energy_forces(model.eval(), batch)
-
-
 @pytest.mark.parametrize("name, cls", [("hydra", GauntEquiformerV2Backbone), ("flat", GauntEquiformerV2)])
 def test_pickled_model_loads_and_predicts_as_when_saved(pickled, batch, name, cls):
     model = copy.deepcopy(pickled["models"][name])
@@ -58,15 +52,12 @@ def test_pickled_model_loads_and_predicts_as_when_saved(pickled, batch, name, cl
     assert type(gaunt) is cls
     assert all(isinstance(block, GauntTransBlockV2) for block in gaunt.blocks)
     assert any(".gaunt_mix." in key for key in gaunt.no_weight_decay())
-    energy, forces = _predict(model, batch)
+    energy, forces = predict(model, batch)
     want_e, want_f = pickled["energy"][name], pickled["forces"][name]
     torch.testing.assert_close(energy, want_e, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(forces, want_f, rtol=1e-4, atol=1e-6)
 
     # the self-mix is part of what is compared: without it the model predicts something else
-    with torch.no_grad():
-        for block in gaunt.blocks:
-            block.gaunt_mix.weight.zero_()
-            block.gaunt_mix.bias.zero_()
-    energy_without, _ = _predict(model, batch)
+    zero_selfmix(model)
+    energy_without, _ = predict(model, batch)
     assert (energy_without - want_e).abs().max() > 100 * (1e-6 + 1e-4 * want_e.abs().max())

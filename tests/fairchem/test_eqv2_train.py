@@ -20,6 +20,7 @@ from eqv2_testing import (  # noqa: E402
     hydra_model_config,
     load_checkpoint,
     random_rotation,
+    rotated_atoms,
     run_fairchem,
     train_config,
     write_ase_db,
@@ -72,9 +73,7 @@ def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
     e0 = atoms.get_potential_energy()
     f0 = atoms.get_forces().copy()
     rot = random_rotation(9)
-    rotated = atoms.copy()
-    rotated.set_cell(atoms.get_cell()[:] @ rot.T)
-    rotated.set_positions(atoms.get_positions() @ rot.T, apply_constraint=False)
+    rotated = rotated_atoms(atoms, rot)
     rotated.calc = calc
     e1 = rotated.get_potential_energy()
     f1 = rotated.get_forces()
