@@ -80,7 +80,11 @@ def _setup_gaunt_conv(block: torch.nn.Module, residual: bool) -> None:
     _refuse_accelerated_backends(block)
     for name in ("node_feats_irreps", "edge_irreps", "target_irreps"):
         check_irreps(getattr(block, name), what=f"{type(block).__name__}.{name}")
-    block.gaunt_method = current_build_options().method
+    options = current_build_options()
+    block.gaunt_method = options.method
+    # with scalar node features every path has l1 = 0 and one product per channel is exact
+    scalar_nodes = all(ir.l == 0 for _, ir in o3.Irreps(str(block.edge_irreps)))
+    block.gaunt_conv_products = 1 if scalar_nodes else options.conv_products
 
     block.linear_up = Linear(
         block.node_feats_irreps,
@@ -90,7 +94,8 @@ def _setup_gaunt_conv(block: torch.nn.Module, residual: bool) -> None:
         cueq_config=block.cueq_config,
     )
     block.conv_tp = GauntConvolution(
-        block.edge_irreps, block.edge_attrs_irreps, block.target_irreps, method=block.gaunt_method
+        block.edge_irreps, block.edge_attrs_irreps, block.target_irreps, method=block.gaunt_method,
+        products=block.gaunt_conv_products,
     )
     input_dim = block.edge_feats_irreps.num_irreps
     block.conv_tp_weights = e3nn_nn.FullyConnectedNet(

@@ -11,8 +11,13 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      convolution), ``product`` (the symmetric contraction); default both.
                      YAML ``[conv, product]``, command line ``--gaunt_targets conv product`` or
                      ``conv,product``.
-``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default), ``grid``,
-                     ``fourier``; see :func:`gaunt_plugins.ops.gaunt_product`.
+``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default) or ``grid``.
+``gaunt_conv_products``
+                     the number ``K`` of independent Gaunt products per channel in the convolution
+                     (``K`` output copies per degree feeding MACE's ``linear``); ``K = 3`` reproduces
+                     arbitrary per-path radial weights of MACE's ``uvu`` convolution, ``K = 1`` is the
+                     paper's one product per channel. Interactions whose node features are scalars (the
+                     first) are exact with one product and use one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ __all__ = [
     "GauntOptions",
     "gaunt_methods",
     "parse_targets",
+    "parse_conv_products",
+    "DEFAULT_CONV_PRODUCTS",
     "options_from_args",
     "check_irreps",
     "check_backends",
@@ -38,6 +45,7 @@ __all__ = [
 
 TENSOR_PRODUCTS = ("e3nn", "gaunt")
 GAUNT_TARGETS = ("conv", "product")
+DEFAULT_CONV_PRODUCTS = 1
 
 
 def gaunt_methods() -> Sequence[str]:
@@ -60,6 +68,7 @@ class GauntOptions:
 
     targets: FrozenSet[str] = frozenset(GAUNT_TARGETS)
     method: str = "auto"
+    conv_products: int = DEFAULT_CONV_PRODUCTS
 
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
@@ -75,6 +84,7 @@ class GauntOptions:
         methods = gaunt_methods()
         if self.method not in methods:
             raise ValueError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
+        object.__setattr__(self, "conv_products", parse_conv_products(self.conv_products))
 
     @property
     def conv(self) -> bool:
@@ -86,7 +96,21 @@ class GauntOptions:
 
     def describe(self) -> str:
         parts = [t for t in GAUNT_TARGETS if t in self.targets]
-        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method})"
+        products = f", {self.conv_products} product(s) per channel in the convolution" if self.conv else ""
+        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}{products})"
+
+
+def parse_conv_products(value: Any) -> int:
+    """``gaunt_conv_products``: a whole number >= 1 (``"3"`` from a command line is accepted).
+
+    >>> parse_conv_products("3")
+    3
+    """
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"gaunt_conv_products: expected a whole number >= 1 (products per channel in the "
+                         f"Gaunt convolution), got {value!r}")
+    return int(text)
 
 
 def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
@@ -125,9 +149,11 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
         raise ValueError(f"tensor_product: unknown value {tp!r}; choose one of {list(TENSOR_PRODUCTS)}")
     if tp == "e3nn":
         return None
+    products = getattr(args, "gaunt_conv_products", None)
     return GauntOptions(
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
         method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
+        conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
     )
 
 
@@ -173,7 +199,8 @@ def check_backends(enable_cueq: bool = False, enable_oeq: bool = False, only_cue
 
 
 def add_arguments(parser: Any) -> Any:
-    """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method`` to MACE's parser."""
+    """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products`` to MACE's
+    parser."""
 
     def _tensor_product(value: str) -> str:
         return str(value).strip().lower()
@@ -199,6 +226,13 @@ def add_arguments(parser: Any) -> Any:
         type=lambda v: str(v).strip().lower(),
         default="auto",
         choices=list(gaunt_methods()),
+    )
+    parser.add_argument(
+        "--gaunt_conv_products",
+        help="with --tensor_product gaunt: independent Gaunt products per channel in the convolution "
+        f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS})",
+        type=parse_conv_products,
+        default=DEFAULT_CONV_PRODUCTS,
     )
     return parser
 

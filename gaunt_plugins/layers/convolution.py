@@ -1,6 +1,7 @@
 """GauntConvolution: node features times edge spherical harmonics, per-edge weights (MACE's conv_tp)."""
 from __future__ import annotations
 
+import numbers
 import weakref
 from typing import Dict
 
@@ -23,22 +24,32 @@ class GauntConvolution(torch.nn.Module):
     ``forward(x1 [E, irreps_in1.dim], x2 [E, irreps_in2.dim], weight [E, weight_numel]) -> [E, irreps_out.dim]``:
     ``x1`` are the sender's node features ``C x (degrees)`` (e3nn ``mul_ir``), ``x2`` the edge's spherical
     harmonics ``1x0e + 1x1o + ...``, ``weight`` the per-edge output of a radial MLP, viewed as
-    ``[E, K1 + K2 + Ko, C]`` (degree-major: one weight per channel for each node-feature degree, each
-    harmonic degree and each output degree). Per channel ``c``:
+    ``[E, K1 + K2 + Ko, P C]`` (degree-major: one weight per product and channel for each node-feature
+    degree, each harmonic degree and each output degree; product-major within a degree). With ``P =
+    products`` independent products per channel, for product ``k`` and channel ``c``:
 
-        out[c] = w_out[c, lo] * proj_lo( sum_l1 w1[c, l1] x1[c, l1] (*) sum_l2 w2[c, l2] Y_l2(r_ij) )
+        out[k, c] = w_out[lo] * proj_lo( sum_l1 (b + w1[l1]) x1[c, l1] (*) sum_l2 (b + w2[l2]) Y_l2(r_ij) )
 
-    The harmonic side goes to the grid once per degree and edge, not per channel.
+    (weights indexed ``[k, c]``; ``b = weight_offset``). The output is ``P C x (degrees of irreps_out)``,
+    product-major within each degree (copy ``k`` of channel ``c`` is channel ``k C + c``).
+
+    ``weight_offset = 1`` makes a path weight ``(1 + w1) (1 + w2) w_out`` linear in the radial MLP's output
+    at initialisation (MACE's ``uvu`` path weight is the MLP output itself), so the convolution starts at
+    MACE's scale; it still vanishes wherever ``w_out`` does (at the cutoff). ``weight_offset = 0`` is the plain
+    product ``w1 w2 w_out``. The harmonic side goes to the grid once per degree and edge, not per channel.
 
     Compared with MACE's ``uvu`` Clebsch-Gordan convolution: the paths with ``l1 + l2 + l3`` odd are
-    missing (with natural-parity hidden irreps MACE keeps none of them anyway), the per-path weight
-    factorises as ``w1[l1] w2[l2] w_out[l3]`` (``weight_numel = C (K1 + K2 + Ko)`` instead of one
-    weight per path and channel), and the output carries one copy per degree instead of one per path.
-    ``irreps_out`` defaults to every reachable degree up to ``L1 + L2``.
+    missing (with natural-parity hidden irreps MACE keeps none of them anyway), and each product's path
+    weight factorises over the degrees. The sum of ``P`` such products is a rank-``P`` decomposition of the
+    per-path weights: ``P = 3`` reproduces arbitrary ``uvu`` path weights for node degrees and harmonic
+    degrees up to 3, ``P = 1`` does not (``weight_numel = P C (K1 + K2 + Ko)`` instead of one weight per
+    path and channel). ``irreps_out`` (``C x ...``) defaults to every reachable degree up to ``L1 + L2``.
     """
 
-    def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto"):
+    def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto",
+                 products: int = 1, weight_offset: float = 1.0):
         super().__init__()
+        products = _positive_int(products, "products")
         f1 = channel_irreps(irreps_in1, "irreps_in1 (node features)")
         f2 = channel_irreps(irreps_in2, "irreps_in2 (edge spherical harmonics)", mul=1)
         twist = f1.twist * f2.twist
@@ -48,26 +59,37 @@ class GauntConvolution(torch.nn.Module):
             irreps_out = output_irreps(f1.mul, degrees, twist)
         fo = channel_irreps(irreps_out, "irreps_out", mul=f1.mul)
         self.method = resolve_method(method, "GauntConvolution")
+        self.products = products
+        self.weight_offset = float(weight_offset)
+        fo = channel_irreps(output_irreps(products * f1.mul, fo.degrees, fo.twist), "irreps_out")
         self.irreps_in1, self.irreps_in2, self.irreps_out = f1.irreps, f2.irreps, fo.irreps
         self.channels = f1.mul
         self.k1, self.k2, self.k3 = f1.num_degrees, f2.num_degrees, fo.num_degrees
         self.width1, self.width2 = (f1.lmax + 1) ** 2, (f2.lmax + 1) ** 2
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
-        self.weight_numel = (self.k1 + self.k2 + self.k3) * self.channels
+        self.weight_numel = (self.k1 + self.k2 + self.k3) * products * self.channels
         y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntConvolution irreps_out")
         dtype = torch.get_default_dtype()
         self.register_buffer("to_grid1", y1.to(dtype))
         self.register_buffer("to_grid2", y2.to(dtype))
         self.register_buffer("from_grid", proj.to(dtype))
         self.register_buffer("deg_mask2", f2.degree_mask().to(dtype))
-        self.register_buffer("index_in1", flat_to_dense_index(f1))
+        # every product reads the same node features: the gather repeats the channels
+        self.register_buffer("index_in1", flat_to_dense_index(f1).view(f1.mul, -1).repeat(products, 1).reshape(-1))
         self.register_buffer("index_in2", flat_to_dense_index(f2))
         self.register_buffer("index_out", dense_to_flat_index(fo))
         self.register_buffer("deg1", f1.degree_slots())
         self.register_buffer("deg3", fo.degree_slots())
 
+    def __setstate__(self, state) -> None:
+        # models pickled before products / weight_offset existed computed one plain product per channel
+        state.setdefault("products", 1)
+        state.setdefault("weight_offset", 0.0)
+        super().__setstate__(state)
+
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | "
+                f"{self.products} product(s) per channel, weight offset {self.weight_offset:g}, "
                 f"{self.weight_numel} weights per edge, method={self.method})")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -81,6 +103,9 @@ class GauntConvolution(torch.nn.Module):
         dtype = x1.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         e = x1.shape[0]
+        if self.weight_offset != 0.0:
+            n_in = (self.k1 + self.k2) * self.products * self.channels
+            weight = torch.cat([weight[:, :n_in] + self.weight_offset, weight[:, n_in:]], dim=1)
         sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
         if not torch.jit.is_scripting():
             if _fused_conv_serves(self, x1):
@@ -91,8 +116,9 @@ class GauntConvolution(torch.nn.Module):
         """The convolution from differentiable tensor ops: ``x1 [E, D1]``, dense ``sh [E, I2]``."""
         compute = x1.dtype
         e = x1.shape[0]
-        a = flat_to_dense(x1, self.index_in1, self.channels, self.width1)
-        w = weight.view(e, self.k1 + self.k2 + self.k3, self.channels)
+        lanes = self.products * self.channels
+        a = flat_to_dense(x1, self.index_in1, lanes, self.width1)
+        w = weight.view(e, self.k1 + self.k2 + self.k3, lanes)
         args = (a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3, self.to_grid1.to(compute),
                 self.to_grid2.to(compute), self.from_grid.to(compute))
         if torch.jit.is_scripting():
@@ -106,6 +132,12 @@ class GauntConvolution(torch.nn.Module):
         from ..backends.cpu.conv import conv_fused
 
         return conv_fused(_conv_plan(self, x1.dtype), x1, sh, weight)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"GauntConvolution: {name} must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 _PLANS: "weakref.WeakKeyDictionary[GauntConvolution, Dict]" = weakref.WeakKeyDictionary()
@@ -136,7 +168,7 @@ def _conv_plan(layer: GauntConvolution, dtype: torch.dtype):
     key = (dtype, layer.to_grid1.data_ptr(), layer.from_grid.data_ptr())
     cache = _PLANS.setdefault(layer, {})
     if key not in cache:
-        c, width1 = layer.channels, layer.width1
+        c, width1 = layer.products * layer.channels, layer.width1
         dim1 = layer.dim_in1
         idx1 = layer.index_in1.view(c, width1).clone()
         idx1[idx1 == dim1] = -1

@@ -73,8 +73,12 @@ class GauntManyBody(torch.nn.Module):
         self.register_buffer("deg_in", fi.degree_slots())
         self.register_buffer("deg_out", fo.degree_slots())
         self.weights_in = torch.nn.Parameter(torch.ones(num_elements, self.correlation, self.k_in, self.channels))
+        # the linear term starts at unit scale, the higher powers smaller (as in MACE's symmetric
+        # contraction, whose linear coupling has one basis function and the higher ones many)
+        scale = torch.full((self.correlation, 1, 1), self.correlation ** -0.5)
+        scale[0] = 1.0
         self.weights_out = torch.nn.Parameter(
-            torch.randn(num_elements, self.correlation, self.k_out, self.channels) / self.correlation ** 0.5)
+            torch.randn(num_elements, self.correlation, self.k_out, self.channels) * scale)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | correlation={self.correlation}, "

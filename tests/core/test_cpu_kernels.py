@@ -96,19 +96,21 @@ def test_kernels_can_be_disabled_and_the_layers_then_use_the_reference():
     ("9x1o+9x2e", "0e+2e", "9x1o+9x3o"),  # missing degrees on every side, 9 = one tile + 1
     ("3x0o+3x1e", "0e+1o", "3x0o+3x1e"),  # twisted features
 ])
-def test_fused_convolution_equals_the_pure_pytorch_reference(irreps, dtype, tol):
+@pytest.mark.parametrize("products", [1, 3])
+def test_fused_convolution_equals_the_pure_pytorch_reference(irreps, dtype, tol, products):
     from gaunt_plugins import GauntConvolution
     from gaunt_plugins.layers._layout import dense_to_flat, flat_to_dense
 
-    conv = GauntConvolution(*irreps).to(dtype)
+    conv = GauntConvolution(*irreps, products=products, weight_offset=0.0).to(dtype)
     e = 17
     x = torch.randn(e, conv.dim_in1, dtype=dtype, requires_grad=True)
     sh = torch.randn(e, conv.dim_in2, dtype=dtype, requires_grad=True)
     w = torch.randn(e, conv.weight_numel, dtype=dtype, requires_grad=True)
     out = conv(x, sh, w)
-    a = flat_to_dense(x, conv.index_in1, conv.channels, conv.width1)
+    lanes = products * conv.channels
+    a = flat_to_dense(x, conv.index_in1, lanes, conv.width1)
     shd = flat_to_dense(sh, conv.index_in2, 1, conv.width2).view(e, -1)
-    ref = dense_to_flat(torch_ops.conv_product(a, shd, w.view(e, -1, conv.channels), conv.k1, conv.deg1,
+    ref = dense_to_flat(torch_ops.conv_product(a, shd, w.view(e, -1, lanes), conv.k1, conv.deg1,
                                                conv.deg_mask2, conv.deg3, conv.to_grid1, conv.to_grid2,
                                                conv.from_grid), conv.index_out)
     assert ((out - ref).abs().max() / ref.abs().max()) < tol

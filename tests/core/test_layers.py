@@ -181,7 +181,10 @@ def test_outputs_start_near_unit_variance():
     conv = GauntConvolution(natural(16, 2), sh_irreps(3), natural(16, 3))
     n = 3000
     sh = o3.spherical_harmonics(conv.irreps_in2, torch.randn(n, 3), True, normalization="component")
-    out = conv(torch.randn(n, conv.irreps_in1.dim), sh, torch.ones(n, conv.weight_numel))
+    # unit path weights: input-side weights at zero (the offset makes them one), output weights one
+    w = torch.zeros(n, conv.k1 + conv.k2 + conv.k3, conv.channels)
+    w[:, conv.k1 + conv.k2:] = 1.0
+    out = conv(torch.randn(n, conv.irreps_in1.dim), sh, w.view(n, -1))
     assert 0.7 < out.std().item() < 1.4
 
 

@@ -8,7 +8,8 @@
  * x [E, D1] and out [E, Do] are flat rows; w [E, K1+K2+K3, C] is degree-major; idx1 [C, I1] holds
  * offsets into a row of x (-1: coefficient absent, zero), idxo [C, Io] offsets into a row of out
  * (-1: not emitted). Tables: t1t [P, I1], t2t [P, I2], t3t [Io, P]; the backward also reads
- * t1 [I1, P], t2 [I2, P], t3 [P, Io]. The backward writes dx [E, D1] (every offset of idx1 once),
+ * t1 [I1, P], t2 [I2, P], t3 [P, Io]. The backward adds into dx [E, D1] (zeroed by the caller; lanes
+ * whose idx1 offsets coincide, as for several products of one channel, accumulate) and writes
  * dsh [E, I2] (summed over channels) and dw [E, K1+K2+K3, C].
  */
 #include <stddef.h>
@@ -46,6 +47,13 @@ static inline void cscatter_##SUF(T *row, const long *idx, ptrdiff_t stride, ptr
     for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
         const long o = idx[l * stride];                                                            \
         if (o >= 0) row[o] = v[l];                                                                 \
+    }                                                                                              \
+}                                                                                                  \
+static inline void cscatter_add_##SUF(T *row, const long *idx, ptrdiff_t stride, ptrdiff_t n,     \
+                                      vec_##SUF v) {                                              \
+    for (ptrdiff_t l = 0; l < n; ++l) {                                                            \
+        const long o = idx[l * stride];                                                            \
+        if (o >= 0) row[o] += v[l];                                                                \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
@@ -138,7 +146,7 @@ int conv_backward_##SUF(ptrdiff_t e0, ptrdiff_t e1, ptrdiff_t C, ptrdiff_t I1, p
             for (ptrdiff_t p = 0; p < P; ++p) B[p] *= H[p];                                        \
             apply_##SUF(t1, I1, P, B, D);                                                         \
             for (ptrdiff_t i = 0; i < I1; ++i) {                                                   \
-                if (dxe) cscatter_##SUF(dxe, idx1 + c0 * I1 + i, I1, n,                             \
+                if (dxe) cscatter_add_##SUF(dxe, idx1 + c0 * I1 + i, I1, n,                         \
                                         D[i] * cload_##SUF(we + deg1[i] * C + c0, n));             \
                 DW[deg1[i]] += D[i] * X1[i];                                                       \
             }                                                                                      \
