@@ -31,14 +31,12 @@ import logging
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from ._budget import StatsFile, TrainingBudget
-
-PREFIX = "gaunt-compare:"
+from ._child import PREFIX, RunRecorder, export_hook
+from ._metrics import error_metrics
 
 
 class _BudgetStop(Exception):
@@ -55,10 +53,10 @@ class _Rows:
                 handle.write(json.dumps(row) + "\n")
 
 
-def _instrument(budget: TrainingBudget, stats: StatsFile, rows: _Rows, state: dict) -> None:
-    import torch
+def _instrument(recorder: RunRecorder, rows: _Rows, state: dict) -> None:
     from fairchem.core.trainers.ocp_trainer import OCPTrainer
 
+    budget = recorder.budget
     original_train = OCPTrainer.train
     original_forward = OCPTrainer._forward
     original_backward = OCPTrainer._backward
@@ -67,30 +65,18 @@ def _instrument(budget: TrainingBudget, stats: StatsFile, rows: _Rows, state: di
     def train(self, *args, **kwargs):
         state["trainer"] = self
         model = self._unwrapped_model
-        n_params = sum(p.numel() for p in model.parameters())
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        backbone = getattr(model, "backbone", model)
-        logging.info(f"{PREFIX} model {type(backbone).__name__} has {n_params} parameters ({n_trainable} trainable)")
-        budget.max_epochs = int(self.config["optim"]["max_epochs"])
-        budget.start()
         state["steps_per_epoch"] = len(self.train_loader)
         state["start_step"] = self.step
-        stats.update(parameters=n_params, trainable_parameters=n_trainable, model_class=type(backbone).__name__,
-                     train_start=budget.started, max_seconds=budget.max_seconds, max_epochs=budget.max_epochs,
-                     steps_per_epoch=state["steps_per_epoch"])
+        recorder.training_starts(model, int(self.config["optim"]["max_epochs"]),
+                                 model_class=type(getattr(model, "backbone", model)).__name__,
+                                 steps_per_epoch=state["steps_per_epoch"])
         try:
             return original_train(self, *args, **kwargs)
         except _BudgetStop:
-            logging.info(f"{PREFIX} stopped after {len(budget.epoch_starts)} epochs ({budget.stop_reason}, "
-                         f"{budget.elapsed():.1f} s of training)")
             return None
         finally:
-            budget.finished = True
-            end = time.time()
-            _close_epoch(state, stats)
-            cuda_peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-            stats.update(train_end=end, train_s=end - budget.started, stop_reason=budget.stop_reason,
-                         cuda_peak_bytes=cuda_peak)
+            _close_epoch(state, recorder)
+            recorder.training_ends()
 
     def _forward(self, batch):
         if self.model.training and state.get("trainer") is self:
@@ -100,7 +86,7 @@ def _instrument(budget: TrainingBudget, stats: StatsFile, rows: _Rows, state: di
                 epoch = index // steps
                 if not budget.allows(epoch):
                     raise _BudgetStop()
-                _close_epoch(state, stats)
+                _close_epoch(state, recorder)
                 budget.epoch_started()
                 state.update(epoch_index=epoch, epoch_start=time.time(), epoch_steps=0)
             state["step_start"] = time.time()
@@ -115,7 +101,7 @@ def _instrument(budget: TrainingBudget, stats: StatsFile, rows: _Rows, state: di
             state["epoch_steps"] = state.get("epoch_steps", 0) + 1
             state["step_start"] = None
             if self.step % state["steps_per_epoch"] == 0:  # the epoch's last step: before validation
-                _close_epoch(state, stats)
+                _close_epoch(state, recorder)
         return result
 
     def validate(self, split="val", disable_tqdm=False):
@@ -152,16 +138,12 @@ def _forgiving_imports() -> None:
     utils._import_local_file = _import_local_file
 
 
-def _close_epoch(state: dict, stats: StatsFile) -> None:
+def _close_epoch(state: dict, recorder: RunRecorder) -> None:
     """Record the epoch in progress (called when the next one starts and when training ends)."""
     if state.get("epoch_start") is None:
         return
-    seconds = time.time() - state["epoch_start"]
-    epoch = state["epoch_index"]
-    logging.info(f"{PREFIX} epoch {epoch} trained in {seconds:.3f} s ({state.get('epoch_steps')} steps)")
-    stats.data["epochs"].append({"epoch": epoch, "start": state["epoch_start"], "train_s": seconds,
-                                 "steps": state.get("epoch_steps")})
-    stats.flush()
+    recorder.epoch_trained(state["epoch_index"], state["epoch_start"], time.time() - state["epoch_start"],
+                           state.get("epoch_steps"))
     state["epoch_start"] = None
 
 
@@ -198,7 +180,7 @@ def evaluate_trainer(trainer, tests: dict) -> dict:
             cfg.update(src=str(path), format=_dataset_format(path))
             dataset = create_dataset(cfg, "test")
             loader = trainer.get_dataloader(dataset, trainer.get_sampler(dataset, batch_size, shuffle=False))
-            e_pred, e_ref, n_atoms, f_err, f_ref = [], [], [], [], []
+            e_pred, e_ref, n_atoms, f_pred, f_ref = [], [], [], [], []
             start = time.time()
             for batch in loader:
                 batch = batch.to(trainer.device)
@@ -214,22 +196,11 @@ def evaluate_trainer(trainer, tests: dict) -> dict:
                     if free_only and hasattr(batch, "fixed"):
                         mask = batch.fixed.reshape(-1) == 0
                         forces, ref = forces[mask], ref[mask]
-                    f_err.append((forces - ref).double().cpu().numpy().ravel())
-                    f_ref.append(ref.double().cpu().numpy().ravel())
-            de = np.concatenate(e_pred) - np.concatenate(e_ref)
-            na = np.concatenate(n_atoms).astype(float)
-            result = {
-                "n_configs": int(de.size), "n_atoms": int(na.sum()), "path": str(path),
-                "e_mae_meV": 1e3 * float(np.mean(np.abs(de))), "e_rmse_meV": 1e3 * float(np.sqrt(np.mean(de**2))),
-                "e_mae_meV_per_atom": 1e3 * float(np.mean(np.abs(de / na))),
-                "e_rmse_meV_per_atom": 1e3 * float(np.sqrt(np.mean((de / na) ** 2))),
-                "forces_on": "free atoms" if free_only else "all atoms",
-            }
-            if f_err:
-                df, rf = np.concatenate(f_err), np.concatenate(f_ref)
-                result.update(f_mae_meV_per_A=1e3 * float(np.mean(np.abs(df))),
-                              f_rmse_meV_per_A=1e3 * float(np.sqrt(np.mean(df**2))),
-                              f_rel_rmse_percent=100.0 * float(np.sqrt(np.mean(df**2)) / np.sqrt(np.mean(rf**2))))
+                    f_pred.append(forces.double().cpu().numpy())
+                    f_ref.append(ref.double().cpu().numpy())
+            result = error_metrics(np.concatenate(e_pred), np.concatenate(e_ref), np.concatenate(n_atoms),
+                                   f_pred, f_ref)
+            result.update(path=str(path), forces_on="free atoms" if free_only else "all atoms")
             result["eval_s"] = time.time() - start
             out[name] = result
             logging.info(f"{PREFIX} test set {name}: {json.dumps(result)}")
@@ -239,39 +210,18 @@ def evaluate_trainer(trainer, tests: dict) -> dict:
     return out
 
 
-def _evaluate(state: dict, args) -> None:
-    start = time.time()
-    result: dict = {}
-    try:
-        trainer = state.get("trainer")
-        if trainer is None:
-            raise RuntimeError("training did not start: no model to evaluate")
-        ckpt_dir = Path(trainer.config["cmd"]["checkpoint_dir"])
-        chosen = None
-        for name in ("best_checkpoint.pt", "checkpoint.pt"):
-            if (ckpt_dir / name).exists():
-                chosen = ckpt_dir / name
-                break
-        if chosen is not None:
-            trainer.load_checkpoint(str(chosen), inference_only=True)
-        result["checkpoint"] = str(chosen) if chosen else "(in memory)"
-        result["parameters"] = int(sum(p.numel() for p in trainer._unwrapped_model.parameters()))
-        result["tests"] = evaluate_trainer(trainer, dict(spec.partition("=")[::2] for spec in args.test))
-    except Exception as exc:  # reported; the training results are kept
-        result.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        logging.error(f"{PREFIX} evaluation failed: {exc!r}")
-    result["eval_wall_s"] = time.time() - start
-    Path(args.eval_out).write_text(json.dumps(result, indent=1))
-
-
-def _export_hook(name: str) -> None:
-    """As ``gaunt-run`` does: any Python process the framework starts patches itself too."""
-    try:
-        from gaunt_plugins.patches.launcher import hook_environment
-    except ImportError as exc:  # an older launcher: the patch in this process is what matters
-        logging.warning(f"{PREFIX} subprocess hook not exported ({exc})")
-        return
-    os.environ.update(hook_environment(os.environ, [name]))
+def _evaluate(state: dict, tests: dict) -> dict:
+    """The best checkpoint (else the last, else the model in memory) on every test set."""
+    trainer = state.get("trainer")
+    if trainer is None:
+        raise RuntimeError("training did not start: no model to evaluate")
+    ckpt_dir = Path(trainer.config["cmd"]["checkpoint_dir"])
+    chosen = next((ckpt_dir / n for n in ("best_checkpoint.pt", "checkpoint.pt") if (ckpt_dir / n).exists()), None)
+    if chosen is not None:
+        trainer.load_checkpoint(str(chosen), inference_only=True)
+    return {"checkpoint": str(chosen) if chosen else "(in memory)",
+            "parameters": int(sum(p.numel() for p in trainer._unwrapped_model.parameters())),
+            "tests": evaluate_trainer(trainer, tests)}
 
 
 def main(argv=None) -> int:
@@ -286,27 +236,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     fc_args = args.fairchem_args[1:] if args.fairchem_args[:1] == ["--"] else args.fairchem_args
 
-    stats = StatsFile(args.stats)
-    budget = TrainingBudget(max_seconds=args.max_seconds)
-    budget.install_sigterm()
-    stats.update(process_start=time.time(), argv=fc_args, gaunt=args.gaunt)
+    recorder = RunRecorder(args.stats, max_seconds=args.max_seconds, argv=fc_args, gaunt=args.gaunt)
     if args.gaunt:
         import gaunt_plugins
 
         gaunt_plugins.patch("fairchem")
-        _export_hook("fairchem")
+        export_hook("fairchem")
     state: dict = {}
     _forgiving_imports()
-    _instrument(budget, stats, _Rows(args.results), state)
+    _instrument(recorder, _Rows(args.results), state)
 
     from fairchem.core._cli import main as fairchem_main
 
     sys.argv = ["fairchem"] + fc_args
     fairchem_main()
-    stats.update(train_process_end=time.time())
-    if args.eval_out and args.test:
-        _evaluate(state, args)
-    stats.update(process_end=time.time())
+    tests = dict(spec.partition("=")[::2] for spec in args.test)
+    recorder.finish(args.eval_out if tests else None, lambda: _evaluate(state, tests))
     return 0
 
 

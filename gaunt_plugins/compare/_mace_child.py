@@ -23,19 +23,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
 import sys
 import time
 
-from ._budget import StatsFile, TrainingBudget
-
-PREFIX = "gaunt-compare:"
+from ._child import RunRecorder, export_hook
 
 
-def _instrument(budget: TrainingBudget, stats: StatsFile) -> None:
+def _instrument(recorder: RunRecorder) -> None:
     import mace.tools
-    import torch
 
     train_module = importlib.import_module("mace.tools.train")
     original_train = train_module.train
@@ -43,64 +38,29 @@ def _instrument(budget: TrainingBudget, stats: StatsFile) -> None:
 
     def train(*args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
-        n_params = sum(p.numel() for p in model.parameters()) if model is not None else None
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model is not None else None
-        logging.info(f"{PREFIX} model {type(model).__name__} has {n_params} parameters ({n_trainable} trainable)")
-        budget.eval_interval = max(1, int(kwargs.get("eval_interval", 1) or 1))
-        if budget.max_epochs is None:
-            budget.max_epochs = int(kwargs["max_num_epochs"])
-        else:
-            budget.max_epochs = min(budget.max_epochs, int(kwargs["max_num_epochs"]))
-        kwargs["max_num_epochs"] = budget
-        budget.start()
-        stats.update(parameters=n_params, trainable_parameters=n_trainable, model_class=type(model).__name__,
-                     train_start=budget.started, max_seconds=budget.max_seconds, max_epochs=budget.max_epochs,
-                     start_epoch=kwargs.get("start_epoch", 0))
-        logging.info(f"{PREFIX} training budget: {budget.max_epochs} epochs"
-                     + (f", {budget.max_seconds:.0f} s" if budget.max_seconds is not None else ""))
+        recorder.budget.eval_interval = max(1, int(kwargs.get("eval_interval", 1) or 1))
+        recorder.training_starts(model, int(kwargs["max_num_epochs"]), start_epoch=kwargs.get("start_epoch", 0))
+        kwargs["max_num_epochs"] = recorder.budget
         try:
             return original_train(*args, **kwargs)
         finally:
-            budget.finished = True
-            end = time.time()
-            if budget.stop_reason in ("time budget", "signal"):
-                logging.info(f"{PREFIX} stopped after {len(budget.epoch_starts)} epochs ({budget.stop_reason}, "
-                             f"{budget.elapsed():.1f} s of training)")
-            cuda_peak = None
-            if torch.cuda.is_available():
-                cuda_peak = int(torch.cuda.max_memory_allocated())
-            stats.update(train_end=end, train_s=end - budget.started, stop_reason=budget.stop_reason,
-                         cuda_peak_bytes=cuda_peak)
+            recorder.training_ends()
 
     def train_one_epoch(*args, **kwargs):
-        epoch = kwargs.get("epoch")
         loader = kwargs.get("data_loader")
-        budget.epoch_started()
+        recorder.budget.epoch_started()
         start = time.time()
         result = original_epoch(*args, **kwargs)
-        seconds = time.time() - start
         try:
             steps = len(loader)
         except TypeError:
             steps = None
-        logging.info(f"{PREFIX} epoch {epoch} trained in {seconds:.3f} s ({steps} steps)")
-        stats.data["epochs"].append({"epoch": epoch, "start": start, "train_s": seconds, "steps": steps})
-        stats.flush()
+        recorder.epoch_trained(kwargs.get("epoch"), start, time.time() - start, steps)
         return result
 
     train_module.train = train
     train_module.train_one_epoch = train_one_epoch
     mace.tools.train = train  # ``tools.train(...)`` as run_train calls it
-
-
-def _export_hook(name: str) -> None:
-    """As ``gaunt-run`` does: any Python process the framework starts patches itself too."""
-    try:
-        from gaunt_plugins.patches.launcher import hook_environment
-    except ImportError as exc:  # an older launcher: the patch in this process is what matters
-        logging.warning(f"{PREFIX} subprocess hook not exported ({exc})")
-        return
-    os.environ.update(hook_environment(os.environ, [name]))
 
 
 def main(argv=None) -> int:
@@ -115,12 +75,10 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("mace_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    mace_args = [a for a in args.mace_args if a != "--"] if args.mace_args[:1] == ["--"] else args.mace_args
+    mace_args = args.mace_args[1:] if args.mace_args[:1] == ["--"] else args.mace_args
 
-    stats = StatsFile(args.stats)
-    budget = TrainingBudget(max_epochs=args.max_epochs, max_seconds=args.max_seconds)
-    budget.install_sigterm()
-    stats.update(process_start=time.time(), argv=mace_args, gaunt=args.gaunt)
+    recorder = RunRecorder(args.stats, max_seconds=args.max_seconds, max_epochs=args.max_epochs, argv=mace_args,
+                           gaunt=args.gaunt)
 
     import mace  # noqa: F401  (before e3nn)
 
@@ -128,50 +86,32 @@ def main(argv=None) -> int:
         import gaunt_plugins
 
         gaunt_plugins.patch("mace")
-        _export_hook("mace")
-    _instrument(budget, stats)
+        export_hook("mace")
+    _instrument(recorder)
 
     from mace.cli import run_train
 
     sys.argv = ["mace_run_train"] + mace_args
     run_train.main()
-    stats.update(train_process_end=time.time())
-    if args.eval_out and args.test:
-        _evaluate(run_train, mace_args, args)
-    stats.update(process_end=time.time())
+    recorder.finish(args.eval_out if args.test else None, lambda: _evaluate(mace_args, args))
     return 0
 
 
-def _evaluate(run_train, mace_args, args) -> None:
-    """Evaluate the model MACE just saved, in this process (saves a second start of torch and MACE).
-    A failure is recorded in the JSON and does not fail the training run."""
-    import json
-    import traceback
+def _evaluate(mace_args, args) -> dict:
+    """Evaluate the model MACE just saved, in this process (saves a second start of torch and MACE)."""
     from pathlib import Path
 
-    from ._mace_eval import evaluate_model
+    from mace import tools
 
-    start = time.time()
-    try:
-        from mace import tools
+    from ._mace_eval import evaluate_model, saved_model
 
-        margs = tools.build_default_arg_parser().parse_args(mace_args)
-        model_path = None
-        for candidate in (Path(margs.model_dir) / f"{margs.name}_stagetwo.model",
-                          Path(margs.model_dir) / f"{margs.name}.model"):
-            if candidate.exists():
-                model_path = candidate
-                break
-        if model_path is None:
-            raise FileNotFoundError(f"no {margs.name}.model in {margs.model_dir}")
-        tests = dict(spec.partition("=")[::2] for spec in args.test)
-        result = evaluate_model(str(model_path), tests, energy_key=margs.energy_key, forces_key=margs.forces_key,
-                                dtype=margs.default_dtype, device=margs.device, batch_size=args.eval_batch_size)
-    except Exception as exc:  # reported, training results kept
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        logging.error(f"{PREFIX} evaluation failed: {exc!r}")
-    result["eval_wall_s"] = time.time() - start
-    Path(args.eval_out).write_text(json.dumps(result, indent=1))
+    margs = tools.build_default_arg_parser().parse_args(mace_args)
+    model_path = saved_model(Path(margs.model_dir), margs.name)
+    if model_path is None:
+        raise FileNotFoundError(f"no {margs.name}.model in {margs.model_dir}")
+    tests = dict(spec.partition("=")[::2] for spec in args.test)
+    return evaluate_model(str(model_path), tests, energy_key=margs.energy_key, forces_key=margs.forces_key,
+                          dtype=margs.default_dtype, device=margs.device, batch_size=args.eval_batch_size)
 
 
 if __name__ == "__main__":

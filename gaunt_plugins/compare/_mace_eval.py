@@ -19,8 +19,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from ._metrics import error_metrics
 
 
 def _reference(atoms, energy_key: str, forces_key: str):
@@ -32,31 +35,6 @@ def _reference(atoms, energy_key: str, forces_key: str):
     if forces is None and forces_key in ("forces", "REF_forces"):
         forces = results.get("forces")
     return (None if energy is None else float(energy)), (None if forces is None else np.asarray(forces, float))
-
-
-def metrics(pred_e, ref_e, n_atoms, pred_f, ref_f) -> dict:
-    """MACE's error definitions, in meV and meV/A."""
-    out = {"n_configs": int(len(pred_e)), "n_atoms": int(np.sum(n_atoms))}
-    pe, re, na = np.asarray(pred_e), np.asarray(ref_e, dtype=float), np.asarray(n_atoms, dtype=float)
-    ok = np.isfinite(re)
-    if ok.any():
-        de = pe[ok] - re[ok]
-        dea = de / na[ok]
-        out.update(
-            e_mae_meV=1e3 * float(np.mean(np.abs(de))),
-            e_rmse_meV=1e3 * float(np.sqrt(np.mean(de**2))),
-            e_mae_meV_per_atom=1e3 * float(np.mean(np.abs(dea))),
-            e_rmse_meV_per_atom=1e3 * float(np.sqrt(np.mean(dea**2))),
-        )
-    if pred_f:
-        df = np.concatenate([(p - r).ravel() for p, r in zip(pred_f, ref_f)])
-        rf = np.concatenate([r.ravel() for r in ref_f])
-        out.update(
-            f_mae_meV_per_A=1e3 * float(np.mean(np.abs(df))),
-            f_rmse_meV_per_A=1e3 * float(np.sqrt(np.mean(df**2))),
-            f_rel_rmse_percent=100.0 * float(np.sqrt(np.mean(df**2)) / np.sqrt(np.mean(rf**2))),
-        )
-    return out
 
 
 def evaluate_file(model, path, energy_key, forces_key, batch_size, device, head=None) -> dict:
@@ -88,11 +66,19 @@ def evaluate_file(model, path, energy_key, forces_key, batch_size, device, head=
     pred_e = np.concatenate(energies)
     ref_e = [np.nan if e is None else e for e, _ in refs]
     with_f = [i for i, (_, f) in enumerate(refs) if f is not None]
-    result = metrics(pred_e, ref_e, [len(a) for a in atoms_list],
-                     [forces[i] for i in with_f], [refs[i][1] for i in with_f])
+    result = error_metrics(pred_e, ref_e, [len(a) for a in atoms_list],
+                           [forces[i] for i in with_f], [refs[i][1] for i in with_f])
     result["eval_s"] = seconds
     result["path"] = str(path)
     return result
+
+
+def saved_model(model_dir: Path, name: str) -> Optional[Path]:
+    """The model ``mace_run_train`` saved last: ``<name>_stagetwo.model`` (SWA), else ``<name>.model``."""
+    for candidate in (Path(model_dir) / f"{name}_stagetwo.model", Path(model_dir) / f"{name}.model"):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def main(argv=None) -> int:

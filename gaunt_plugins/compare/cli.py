@@ -5,6 +5,7 @@ Usage::
 
     gaunt-compare mace_config.yaml --epochs 5 --out compare_report
     gaunt-compare mace_config.yaml --max-minutes 15 --test test_300K.xyz --test hot=test_600K.xyz
+    gaunt-compare mace_config.yaml --epochs 20 --seeds 3 --jobs 2 --out report3
     gaunt-compare fairchem_config.yml --epochs 3 --framework fairchem
 
 The config is the one you already train with (``mace_run_train --config`` YAML, or a fairchem
@@ -41,6 +42,24 @@ def _key_values(items: Optional[List[str]], flag: str) -> Dict[str, Any]:
     return out
 
 
+def _seeds(text: str):
+    """``"3"`` -> 3 (a count), ``"1,5,9"`` -> [1, 5, 9]."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma-separated list of integer seeds, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected a count or a list of seeds")
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {values[0]}")
+        return values[0]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--seeds lists a seed twice: {text!r}")
+    return values
+
+
 def detect_framework(config_path: Path) -> str:
     """``fairchem`` for a fairchem trainer config (``trainer:`` / ``model:`` mapping), else ``mace``."""
     import yaml
@@ -68,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--timeout-minutes", type=float, default=None,
                         help="hard limit per process; a variant past it is stopped and marked interrupted "
                              "(default: 3x --max-minutes + 10, else none)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for both (default: the config's)")
+    parser.add_argument("--seed", type=int, default=None, help="first seed (default: the config's)")
+    parser.add_argument("--seeds", type=_seeds, default=1, metavar="N|S1,S2,...",
+                        help="runs per variant: N seeds (the first seed, +1, +2, ...) or a comma-separated list; "
+                             "the report gives mean ± std and one row per seed (default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (default 1); with 2, upstream and gaunt of a seed train side by side, "
+                             "each with half the cores, and the report says the timings were taken concurrently")
     parser.add_argument("--device", default=None, help="device for both (default: the config's)")
     parser.add_argument("--test", action="append", default=[], metavar="[NAME=]PATH",
                         help="a test set to evaluate both trained models on (repeatable); the config's own "
@@ -79,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set-gaunt", action="append", metavar="KEY=VALUE",
                         help="override for the gaunt variant only (e.g. gaunt_targets=[conv])")
     parser.add_argument("--only", choices=["upstream", "gaunt"], default=None,
-                        help="run one variant only (the other's results, if --out already has them, are kept "
-                             "in the report and marked as from the earlier run)")
+                        help="run one variant only; into a folder holding an earlier report, that variant's "
+                             "results are replaced and the other's are kept, marked as from the earlier run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out may hold an earlier gaunt-compare report: it is removed first (without this, "
+                             "a non-empty --out is refused)")
     parser.add_argument("--order", choices=["upstream-first", "gaunt-first"], default="upstream-first")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -95,12 +123,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--epochs must be >= 1")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error("--max-minutes must be > 0")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     framework_name = detect_framework(args.config) if args.framework == "auto" else args.framework
     timeout = args.timeout_minutes
     if timeout is None and args.max_minutes is not None:
         timeout = 3.0 * args.max_minutes + 10.0
-    common = dict(
-        epochs=args.epochs, max_minutes=args.max_minutes, seed=args.seed, tests=args.test,
+    from .framework import CompareOptions
+
+    options = CompareOptions(
+        epochs=args.epochs, max_minutes=args.max_minutes, seed=args.seed, tests=list(args.test),
         set_both=_key_values(args.set_both, "--set"),
         set_variant={"upstream": _key_values(args.set_upstream, "--set-upstream"),
                      "gaunt": _key_values(args.set_gaunt, "--set-gaunt")},
@@ -108,13 +140,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     try:
         if framework_name == "mace":
-            from .mace import MaceFramework
-
-            framework = MaceFramework(args.config, **common)
+            from .mace import MaceFramework as framework_class
         else:
-            from .fairchem import FairchemFramework
-
-            framework = FairchemFramework(args.config, **common)
+            from .fairchem import FairchemFramework as framework_class
+        framework = framework_class(args.config, options)
+        seeds = framework.seeds(args.seeds)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gaunt-compare: {exc}", file=sys.stderr)
         return 2
@@ -122,13 +152,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.only:
         variants = [args.only]
     from .harness import run_comparison
+    from .outdir import OutDirError
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    report = run_comparison(framework, args.out, variants, command=["gaunt-compare"] + list(
-        sys.argv[1:] if argv is None else argv), say=say)
-    statuses = [report["variants"][v]["status"] for v in report["variants"]]
+    try:
+        report = run_comparison(framework, args.out, variants, seeds=seeds, jobs=args.jobs, overwrite=args.overwrite,
+                                say=say, command=["gaunt-compare"] + list(sys.argv[1:] if argv is None else argv))
+    except OutDirError as exc:
+        print(f"gaunt-compare: {exc}", file=sys.stderr)
+        return 2
     if report.get("interrupted"):
         return 130
+    statuses = [entry["status"] for name, entry in report["variants"].items() if name in variants]
     return 0 if all(s == "ok" for s in statuses) else 1
 
 

@@ -1,26 +1,37 @@
-"""Run the two variants one after the other, evaluate them, and write the report.
+"""Run every (variant, seed) of a comparison, evaluate the trained models, and write the report.
 
-The variants run sequentially (never side by side: they would compete for the same cores and
-memory bandwidth and the timings would mean nothing), each in its own process, so a crash of one is
-reported as such and the other's results are kept. The report is rewritten after every variant,
-so it exists even if ``gaunt-compare`` itself is stopped.
+Each run trains in its own process, so a crash of one is reported as such and the others' results
+are kept. Runs go one after the other (``jobs=1``), or ``jobs`` at a time; the runs of one seed
+are next to each other in the order, so with ``jobs=2`` upstream and gaunt of the same seed train
+side by side under the same load. Each run writes into its own folder of the report
+(``<variant>/``, or ``<variant>/seed-<S>/`` for several seeds), which is new for this run (see
+:mod:`.outdir`). The report is rewritten after every run, so it exists even if ``gaunt-compare``
+itself is stopped.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import os
 import platform
 import shlex
 import sys
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .process import Interrupts, ProcessResult, error_summary, run_job, tail
+from .aggregate import aggregate
+from .framework import Framework
+from .outdir import prepare_out_dir
+from .process import Interrupts, JobProcess, ProcessResult, error_summary, tail
 from .report import write_report
 
-__all__ = ["run_comparison", "host_info"]
+__all__ = ["run_comparison", "host_info", "plan_runs", "RunSpec", "VARIANTS"]
+
+VARIANTS = ("upstream", "gaunt")
 
 
 def _version(dist: str) -> Optional[str]:
@@ -40,11 +51,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def host_info(framework_dist: str, device: Optional[str]) -> Dict[str, Any]:
+def host_info(framework_dist: str, device: str, threads: str) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "cpus": os.cpu_count(),
         "cpu": _cpu_name(),
-        "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+        "threads": threads,
         "python": platform.python_version(),
         "torch": _version("torch"),
         "e3nn": _version("e3nn"),
@@ -52,7 +63,7 @@ def host_info(framework_dist: str, device: Optional[str]) -> Dict[str, Any]:
         "gaunt_plugins": _version("gaunt-plugins"),
         "platform": platform.platform(),
     }
-    if device and device.startswith("cuda"):
+    if device.startswith("cuda"):
         try:
             import torch
 
@@ -65,19 +76,10 @@ def host_info(framework_dist: str, device: Optional[str]) -> Dict[str, Any]:
 
 
 def _load() -> Optional[float]:
-    """The machine's 1-minute load average (other jobs slow both variants unevenly: it is reported)."""
+    """The machine's 1-minute load average (other jobs slow the runs unevenly: it is reported)."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
-        return None
-
-
-def _previous_report(out_dir: Path) -> Optional[Dict[str, Any]]:
-    import json
-
-    try:
-        return json.loads((out_dir / "report.json").read_text())
-    except (OSError, ValueError):
         return None
 
 
@@ -93,79 +95,171 @@ def _status(result: ProcessResult) -> str:
     return f"failed (exit code {result.returncode})"
 
 
-def run_comparison(framework, out_dir: Path, variants: Sequence[str] = ("upstream", "gaunt"),
-                   command: Optional[List[str]] = None, say: Callable[[str], None] = print,
-                   grace_s: float = 120.0) -> Dict[str, Any]:
-    """Train, evaluate and report every variant; returns the report dict (also in ``report.json``)."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a variant, a seed, and the folder it writes into."""
+
+    variant: str
+    seed: int
+    folder: Path
+    label: str  # how progress lines name it
+
+
+def plan_runs(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]) -> List[RunSpec]:
+    """Every (variant, seed), the variants of one seed next to each other."""
+    several = len(seeds) > 1
+    return [RunSpec(v, int(s), out_dir / v / f"seed-{s}" if several else out_dir / v,
+                    f"{v} seed {s}" if several else v) for s in seeds for v in variants]
+
+
+class _Run:
+    """One run from start to report entry: training, an evaluation if the training process did
+    not evaluate its model, then reading back what the run logged."""
+
+    def __init__(self, framework: Framework, spec: RunSpec, threads: Optional[int], grace_s: float,
+                 say: Callable[[str], None]):
+        self.framework, self.spec, self.say, self.threads = framework, spec, say, threads
+        job = framework.job(spec.variant, spec.folder, spec.seed)
+        if threads is not None:
+            job.env = dict(job.env, OMP_NUM_THREADS=str(threads))
+        self.load_start = _load()
+        self.process = JobProcess(job, grace_s=grace_s)
+        self.training = True
+        self.entry: Dict[str, Any] = {}
+
+    def elapsed(self) -> float:
+        return self.process.elapsed()
+
+    def interrupt(self, times: int) -> None:
+        self.process.interrupt(times)
+
+    def step(self) -> bool:
+        """Advance; ``True`` once :attr:`entry` is complete."""
+        if not self.process.poll():
+            return False
+        result, spec = self.process.result, self.spec
+        if self.training:
+            self.training = False
+            job = self.process.job
+            self.entry = {"status": _status(result), "seed": spec.seed, "folder": str(spec.folder),
+                          "returncode": result.returncode, "wall_s": result.wall_s, "peak_rss_mib": result.peak_rss_mib,
+                          "cpu_user_s": result.user_cpu_s, "cpu_system_s": result.system_cpu_s,
+                          "threads": self.threads, "load_avg_start": self.load_start, "load_avg_end": _load()}
+            if result.notes:
+                self.entry["notes"] = list(result.notes)
+            if result.returncode != 0 and not (result.interrupted or result.timed_out):
+                self.entry["error"] = error_summary(job.log)
+                self.entry["error_tail"] = tail(job.log, 15)
+            elif result.returncode != 0:
+                self.entry["error"] = "; ".join(result.notes) or ("killed" if result.killed else "stopped")
+            self.say(f"[gaunt-compare] {spec.label}: {self.entry['status']} after {result.wall_s / 60:.1f} min"
+                     + (f": {self.entry['error']}" if self.entry.get("error") else ""))
+            stopped = result.killed or result.interrupted or result.timed_out
+            eval_job = None if stopped else self.framework.eval_job(spec.variant, spec.folder)
+            if eval_job is not None:
+                self.say(f"[gaunt-compare] {spec.label}: evaluating the saved model on "
+                         f"{len(self.framework.tests)} test set(s)")
+                self.process = JobProcess(eval_job, grace_s=10.0)
+                return False
+        elif not result.ok:
+            self.entry["eval_status"] = _status(result)
+            self.entry["eval_error"] = error_summary(self.process.job.log)
+        try:
+            self.entry.update(self.framework.collect(spec.folder))
+        except Exception as exc:  # a report with a hole beats no report
+            self.entry["collect_error"] = repr(exc)
+        if self.entry.get("eval_error"):
+            self.say(f"[gaunt-compare] {spec.label}: evaluation failed: {self.entry['eval_error']}")
+        return True
+
+
+def _progress(framework: Framework, run: _Run, say: Callable[[str], None]) -> None:
+    try:
+        for line in framework.progress(run.spec.folder, run.elapsed()):
+            say(f"[gaunt-compare] {run.spec.label}: {line}")
+    except Exception as exc:  # progress must never break the run
+        say(f"[gaunt-compare] progress reader failed: {exc!r}")
+
+
+def _kept(entry: Dict[str, Any], previous: Dict[str, Any]) -> Dict[str, Any]:
+    """A variant's entry of the earlier report, marked with the run it comes from."""
+    if "runs" not in entry:  # a report with one seed per variant, from before seeds were counted
+        entry = aggregate({str(previous.get("seed")): entry})
+    origin = {k: previous.get(k) for k in ("started", "command", "budget", "seeds")}
+    return dict(entry, kept_from=origin)
+
+
+def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] = VARIANTS,
+                   seeds: Optional[Sequence[int]] = None, jobs: int = 1, command: Optional[List[str]] = None,
+                   say: Callable[[str], None] = print, grace_s: float = 120.0, overwrite: bool = False,
+                   poll_s: float = 0.5) -> Dict[str, Any]:
+    """Train, evaluate and report every (variant, seed); returns the report (also in ``report.json``).
+
+    ``variants`` other than all of :data:`VARIANTS` run only those again (``--only``) and keep the
+    others' results from the report already in ``out_dir``; see :func:`.outdir.prepare_out_dir`.
+    """
     out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg0 = framework.variant_config("upstream", out_dir / "upstream")
+    rerun_only = set(variants) != set(VARIANTS)
+    previous = prepare_out_dir(out_dir, variants, VARIANTS, overwrite=overwrite, rerun_only=rerun_only)
+    seeds = list(seeds) if seeds else framework.seeds(1)
+    jobs = max(1, int(jobs))
+    threads: Optional[int] = None
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    thread_text = str(threads) if threads is not None else os.environ.get("OMP_NUM_THREADS", "torch default")
+    runs: Dict[str, Dict[str, Dict[str, Any]]] = {v: {str(s): {"status": "not run", "seed": s} for s in seeds}
+                                                  for v in variants}
     report: Dict[str, Any] = {
         "framework": framework.name,
         "config": str(framework.config_path),
         "config_name": framework.config_path.name,
         "command": " ".join(shlex.quote(c) for c in (command or sys.argv)),
         "budget": framework.budget(),
-        "seed": framework.seed_of(cfg0) if hasattr(framework, "seed_of") else cfg0.get("seed"),
+        "seeds": seeds,
+        "jobs": jobs,
         "labels": dict(framework.labels),
-        "tests": dict(getattr(framework, "tests", {})),
+        "tests": dict(framework.tests),
         "config_differences": framework.config_differences(),
-        "host": host_info(framework.distribution if hasattr(framework, "distribution") else framework.name,
-                          framework.device_of(cfg0) if hasattr(framework, "device_of") else cfg0.get("device")),
+        "host": host_info(framework.distribution, framework.device(), thread_text),
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
-        "variants": {v: {"status": "not run"} for v in variants},
+        "variants": {v: aggregate(runs[v]) for v in variants},
     }
-    previous = _previous_report(out_dir)
     for name, entry in (previous or {}).get("variants", {}).items():
-        if name not in variants and entry.get("status") != "not run":  # e.g. `--only gaunt` after a full run
-            report["variants"][name] = dict(entry, kept_from=previous.get("started"))
+        if name not in variants and entry.get("status") != "not run":
+            report["variants"][name] = _kept(entry, previous)
             say(f"[gaunt-compare] {name}: kept from the run of {previous.get('started')} in {out_dir}")
+    write_report(report, out_dir)  # the folder now holds this run's report (see .outdir)
+    pending = collections.deque(plan_runs(out_dir, variants, seeds))
+    active: List[_Run] = []
     with Interrupts() as interrupts:
-        for variant in variants:
-            vdir = out_dir / variant
-            if interrupts.count:
-                say(f"[gaunt-compare] {variant}: not run (interrupted)")
-                continue
-            job = framework.prepare(variant, vdir)
-            say(f"[gaunt-compare] {variant}: training ({framework.labels.get(variant, variant)}); "
-                f"output in {vdir}/stdout.log")
-
-            def poll(elapsed, variant=variant, vdir=vdir):
-                for line in framework.progress(variant, vdir, elapsed):
-                    say(f"[gaunt-compare] {variant}: {line}")
-
-            load_start = _load()
-            result = run_job(job, interrupts, on_poll=poll, grace_s=grace_s)
-            entry: Dict[str, Any] = {"status": _status(result), "returncode": result.returncode,
-                                     "wall_s": result.wall_s, "peak_rss_mib": result.peak_rss_mib,
-                                     "cpu_user_s": result.user_cpu_s, "cpu_system_s": result.system_cpu_s,
-                                     "load_avg_start": load_start, "load_avg_end": _load()}
-            if result.notes:
-                entry["notes"] = list(result.notes)
-            if result.returncode != 0 and not (result.interrupted or result.timed_out):
-                entry["error"] = error_summary(job.log)
-                entry["error_tail"] = tail(job.log, 15)
-            elif result.returncode != 0:
-                entry["error"] = "; ".join(result.notes) or ("killed" if result.killed else "stopped")
-            say(f"[gaunt-compare] {variant}: {entry['status']} after {result.wall_s / 60:.1f} min"
-                + (f": {entry['error']}" if entry.get("error") else ""))
-            stopped = result.killed or result.interrupted or result.timed_out
-            eval_job = None if stopped else framework.eval_job(variant, vdir)
-            if eval_job is not None:
-                say(f"[gaunt-compare] {variant}: evaluating the saved model on {len(framework.tests)} test set(s)")
-                ev = run_job(eval_job, interrupts, grace_s=10.0)
-                if not ev.ok:
-                    entry["eval_status"] = _status(ev)
-                    entry["eval_error"] = error_summary(eval_job.log)
-                    say(f"[gaunt-compare] {variant}: evaluation {entry['eval_status']}: {entry['eval_error']}")
-            try:
-                entry.update(framework.collect(variant, vdir))
-            except Exception as exc:  # a report with a hole beats no report
-                entry["collect_error"] = repr(exc)
-            if entry.get("eval_error") and not entry.get("eval_status"):
-                say(f"[gaunt-compare] {variant}: evaluation failed: {entry['eval_error']}")
-            report["variants"][variant] = entry
-            write_report(report, out_dir)
+        seen, last_progress = 0, time.time()
+        while pending or active:
+            if interrupts.count > seen:
+                for run in active:
+                    run.interrupt(interrupts.count - seen)
+                seen = interrupts.count
+            while pending and len(active) < jobs and not interrupts.count:
+                spec = pending.popleft()
+                say(f"[gaunt-compare] {spec.label}: training ({framework.labels.get(spec.variant, spec.variant)}); "
+                    f"output in {spec.folder}/stdout.log")
+                active.append(_Run(framework, spec, threads, grace_s, say))
+            finished = [run for run in active if run.step()]
+            polling = time.time() - last_progress >= 2.0
+            for run in active if polling else finished:
+                _progress(framework, run, say)
+            if polling:
+                last_progress = time.time()
+            for run in finished:
+                active.remove(run)
+                runs[run.spec.variant][str(run.spec.seed)] = run.entry
+                report["variants"][run.spec.variant] = aggregate(runs[run.spec.variant])
+                write_report(report, out_dir)
+            if interrupts.count and not active:
+                break
+            if active:
+                time.sleep(poll_s)
+        for spec in pending:
+            say(f"[gaunt-compare] {spec.label}: not run (interrupted)")
     report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     if interrupts.count:
         report["interrupted"] = True

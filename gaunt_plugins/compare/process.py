@@ -1,4 +1,4 @@
-"""Run one child process under ``gaunt-compare``'s control: progress, timeout, Ctrl-C, peak memory.
+"""Child processes under ``gaunt-compare``'s control: timeout, Ctrl-C, peak memory.
 
 Children are started in their own session, so the terminal's Ctrl-C reaches only
 ``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child to stop after its
@@ -19,9 +19,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["Job", "ProcessResult", "Interrupts", "run_job"]
+__all__ = ["Job", "ProcessResult", "Interrupts", "JobProcess", "child_env", "python_cmd", "tail",
+           "error_summary"]
 
 
 @dataclass
@@ -92,69 +93,75 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def run_job(job: Job, interrupts: Optional[Interrupts] = None, on_poll: Optional[Callable[[float], None]] = None,
-            poll_s: float = 0.5, progress_every_s: float = 2.0, grace_s: float = 120.0) -> ProcessResult:
-    """Run ``job`` to the end, calling ``on_poll(elapsed_s)`` every ``progress_every_s`` seconds."""
-    job.log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    seen_interrupts = interrupts.count if interrupts is not None else 0
-    with open(job.log, "ab") as log:
-        log.write(f"$ {' '.join(job.cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    result = ProcessResult(returncode=None, wall_s=0.0, peak_rss_mib=None)
-    termed_at: Optional[float] = None
-    last_progress = start
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
+class JobProcess:
+    """One started :class:`Job`: :meth:`poll` until it returns ``True``; then :attr:`result` is final.
+
+    A hard timeout (``job.timeout_s``) and :meth:`interrupt` send SIGTERM (the child stops after
+    its current epoch); a second :meth:`interrupt`, or ``grace_s`` after the SIGTERM, SIGKILL.
+    """
+
+    def __init__(self, job: Job, grace_s: float = 120.0):
+        self.job = job
+        self.grace_s = grace_s
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+        with open(job.log, "wb") as log:
+            log.write(f"$ {' '.join(job.cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.result = ProcessResult(returncode=None, wall_s=0.0, peak_rss_mib=None)
+        self._termed_at: Optional[float] = None
+        self.done = False
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def interrupt(self, times: int = 1) -> None:
+        """The user's Ctrl-C, ``times`` of them: stop after the current epoch, then kill."""
+        if self.done or times <= 0:
+            return
+        self.result.interrupted = True
+        if self._termed_at is None:
+            _signal(self.proc.pid, signal.SIGTERM)
+            self._termed_at = time.time()
+            times -= 1
+        if times > 0 and not self.result.killed:
+            _signal(self.proc.pid, signal.SIGKILL)
+            self.result.killed = True
+
+    def poll(self) -> bool:
+        """Whether the process has ended (timeouts and the SIGKILL grace are applied here)."""
+        if self.done:
+            return True
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
         now = time.time()
-        if interrupts is not None and interrupts.count > seen_interrupts:
-            new = interrupts.count - seen_interrupts
-            seen_interrupts = interrupts.count
-            result.interrupted = True
-            if termed_at is None:
-                _signal(proc.pid, signal.SIGTERM)
-                termed_at = now
-                new -= 1
-            if new > 0:
-                _signal(proc.pid, signal.SIGKILL)
-                result.killed = True
-        if job.timeout_s is not None and now - start > job.timeout_s and not result.timed_out:
-            result.timed_out = True
-            result.notes.append(f"hard timeout after {job.timeout_s:.0f} s")
-            if termed_at is None:
-                _signal(proc.pid, signal.SIGTERM)
-                termed_at = now
-        if termed_at is not None and now - termed_at > grace_s and not result.killed:
-            _signal(proc.pid, signal.SIGKILL)
-            result.killed = True
-            result.notes.append(f"killed {grace_s:.0f} s after SIGTERM")
-        if on_poll is not None and now - last_progress >= progress_every_s:
-            last_progress = now
-            try:
-                on_poll(now - start)
-            except Exception as exc:  # progress must never break the run
-                print(f"[gaunt-compare] progress reader failed: {exc!r}", file=sys.stderr)
-        time.sleep(poll_s)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    result.returncode = proc.returncode
-    if result.returncode is not None and result.returncode < 0:
-        result.signal = -result.returncode
-    result.wall_s = time.time() - start
-    # ru_maxrss: kilobytes on Linux, bytes on macOS
-    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
-    result.peak_rss_mib = usage.ru_maxrss / scale
-    result.user_cpu_s = usage.ru_utime
-    result.system_cpu_s = usage.ru_stime
-    if on_poll is not None:
-        try:
-            on_poll(result.wall_s)
-        except Exception:  # pragma: no cover
-            pass
-    return result
+        if pid != self.proc.pid:
+            timeout = self.job.timeout_s
+            if timeout is not None and now - self.start > timeout and not self.result.timed_out:
+                self.result.timed_out = True
+                self.result.notes.append(f"hard timeout after {timeout:.0f} s")
+                if self._termed_at is None:
+                    _signal(self.proc.pid, signal.SIGTERM)
+                    self._termed_at = now
+            if self._termed_at is not None and now - self._termed_at > self.grace_s and not self.result.killed:
+                _signal(self.proc.pid, signal.SIGKILL)
+                self.result.killed = True
+                self.result.notes.append(f"killed {self.grace_s:.0f} s after SIGTERM")
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        result = self.result
+        result.returncode = self.proc.returncode
+        if result.returncode is not None and result.returncode < 0:
+            result.signal = -result.returncode
+        result.wall_s = now - self.start
+        # ru_maxrss: kilobytes on Linux, bytes on macOS
+        scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+        result.peak_rss_mib = usage.ru_maxrss / scale
+        result.user_cpu_s = usage.ru_utime
+        result.system_cpu_s = usage.ru_stime
+        self.done = True
+        return True
 
 
 def tail(path: Path, lines: int = 20) -> str:

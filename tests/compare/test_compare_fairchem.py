@@ -64,8 +64,10 @@ def test_equiformer_v2_both_variants(tmp_path):
     assert report["config_differences"] == {"model.backbone.tensor_product": {"upstream": None, "gaunt": "gaunt"}}
     from gaunt_plugins.compare.fairchem import parse_val_lines
 
+    assert report["seeds"] == [0]
     for name, model_class in (("upstream", "EquiformerV2Backbone"), ("gaunt", "GauntEquiformerV2Backbone")):
-        v = report["variants"][name]
+        assert report["variants"][name]["status"] == "ok" and report["variants"][name]["n_seeds"] == 1
+        v = report["variants"][name]["runs"]["0"]
         assert v["status"] == "ok", v
         assert v["model_class"] == model_class
         assert v["epochs"] == 1 and v["steps"] == 2
@@ -83,5 +85,7 @@ def test_equiformer_v2_both_variants(tmp_path):
         assert v["time_per_step_s"] == pytest.approx(statistics.fmean(r["time"] for r in opt), rel=1e-12)
     gaunt = report["variants"]["gaunt"]
     assert gaunt["parameters"] > report["variants"]["upstream"]["parameters"]  # the self-mix weights
+    assert report["variants"]["gaunt"]["tests"]["emt"]["f_mae_meV_per_A"] == gaunt["runs"]["0"]["tests"]["emt"][
+        "f_mae_meV_per_A"]
     assert (tmp_path / "report" / "learning_curves.png").exists()
     assert "EquiformerV2 + Gaunt self-mix" in (tmp_path / "report" / "report.md").read_text()

@@ -8,10 +8,14 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 
 from gaunt_plugins.compare._budget import TrainingBudget
+from gaunt_plugins.compare.aggregate import aggregate
+from gaunt_plugins.compare.framework import CompareOptions, Framework, RunRecord
 from gaunt_plugins.compare.harness import run_comparison
-from gaunt_plugins.compare.mace import parse_compare_lines, parse_error_tables
+from gaunt_plugins.compare.mace import parse_compare_lines, parse_error_tables, this_run_log, this_run_rows
+from gaunt_plugins.compare.outdir import OutDirError
 from gaunt_plugins.compare.process import Job, child_env
 from gaunt_plugins.compare.report import markdown, ratios
 
@@ -93,15 +97,13 @@ def test_parse_mace_log():
 
 
 def test_markdown_and_ratios():
+    up = {"status": "ok", "parameters": 1000, "time_per_step_s": 0.2,
+          "tests": {"t": {"e_mae_meV": 10.0, "e_rmse_meV": 12.0, "f_mae_meV_per_A": 50.0, "f_rmse_meV_per_A": 70.0}}}
+    ga = {"status": "failed (exit code 1)", "error": "ValueError: boom", "error_tail": "Traceback\nboom"}
     report = {
-        "framework": "mace", "config": "cfg.yaml", "budget": {"epochs": 2, "max_minutes": None}, "seed": 1,
+        "framework": "mace", "config": "cfg.yaml", "budget": {"epochs": 2, "max_minutes": None}, "seeds": [1],
         "labels": {"upstream": "up", "gaunt": "ga"}, "config_differences": {},
-        "variants": {
-            "upstream": {"status": "ok", "parameters": 1000, "time_per_step_s": 0.2,
-                         "tests": {"t": {"e_mae_meV": 10.0, "e_rmse_meV": 12.0, "f_mae_meV_per_A": 50.0,
-                                         "f_rmse_meV_per_A": 70.0}}},
-            "gaunt": {"status": "failed (exit code 1)", "error": "ValueError: boom", "error_tail": "Traceback\nboom"},
-        },
+        "variants": {"upstream": aggregate({"1": up}), "gaunt": aggregate({"1": ga})},
     }
     report["ratios"] = ratios(report["variants"])
     md = markdown(report)
@@ -110,68 +112,127 @@ def test_markdown_and_ratios():
     assert "| time per step (ms, mean) | 200 | — | — |" in md
     assert "| t: F MAE / RMSE (meV/Å) | 50.0 / 70.0 | — | — |" in md
     assert "**ga: failed (exit code 1).** ValueError: boom" in md
+    assert "- seed: 1: one run per variant, so no spread is known" in md
+
+
+def test_seed_statistics_in_the_table():
+    """Mean ± sample std over the seeds that finished; a failed seed is not averaged in, its count shows."""
+    def run(seed, f_mae, status="ok"):
+        return {"status": status, "seed": seed, "parameters": 1000, "median_step_s": 0.1 * seed,
+                "tests": {"t": {"f_mae_meV_per_A": f_mae, "f_rmse_meV_per_A": 2 * f_mae}}}
+
+    up = aggregate({"1": run(1, 40.0), "2": run(2, 60.0), "3": run(3, 50.0)})
+    ga = aggregate({"1": run(1, 30.0), "2": run(2, 999.0, "failed (exit code 1)"), "3": run(3, 50.0)})
+    assert up["tests"]["t"]["f_mae_meV_per_A"] == pytest.approx(50.0)
+    assert up["tests_std"]["t"]["f_mae_meV_per_A"] == pytest.approx(10.0)  # sample std of 40, 60, 50
+    assert ga["tests"]["t"]["f_mae_meV_per_A"] == pytest.approx(40.0) and ga["n_ok"] == 2
+    assert ga["status"] == "2 of 3 seeds ok (seed 2: failed (exit code 1))"
+    assert up["parameters"] == 1000 and up["median_step_s"] == pytest.approx(0.2)
+    report = {"framework": "mace", "config": "cfg.yaml", "budget": {"epochs": 2, "max_minutes": None},
+              "seeds": [1, 2, 3], "labels": {"upstream": "up", "gaunt": "ga"}, "config_differences": {}, "jobs": 2,
+              "variants": {"upstream": up, "gaunt": ga}}
+    report["ratios"] = ratios(report["variants"])
+    md = markdown(report)
+    assert "- seeds: 1, 2, 3: 3 runs per variant" in md
+    assert "| t: F MAE / RMSE (meV/Å) | 50.0 ± 10 / 100 ± 20 | 40.0 ± 14 (n=2) / 80.0 ± 28 (n=2) | 0.80x / 0.80x |" in md
+    assert "| seeds (finished / run) | 3 / 3 | 2 / 3 | |" in md
+    assert "| parameters | 1,000 | 1,000 (n=2) | 1.00x |" in md
+    assert "| ga | 2 | failed (exit code 1) |" in md  # the per-seed table
+    assert "every timing was taken while another run shared the machine" in md
+
+
+def test_mace_rows_and_log_of_the_last_run_only():
+    """MACE appends to its results file and its log: a second run's report must not count the first's."""
+    def one_run(losses):
+        rows = [{"mode": "eval", "epoch": None, "loss": 9.0, "head": "Default"}]
+        for epoch, loss in enumerate(losses):
+            rows += [{"mode": "opt", "epoch": epoch, "loss": loss, "time": 0.1} for _ in range(5)]
+            rows.append({"mode": "eval", "epoch": epoch, "loss": loss, "head": "Default"})
+        return rows
+
+    first, second = one_run([3.0, 2.0]), one_run([5.0])
+    assert this_run_rows(first + second) == second
+    assert this_run_rows(first) == first
+    log = MACE_LOG.replace("00:09:00.100 INFO: gaunt", "00:09:00.050 INFO: ===========VERIFYING SETTINGS===========\n"
+                           "2026-11-23 00:09:00.100 INFO: gaunt")
+    appended = log + log.replace("4256 parameters (4256 trainable)", "99 parameters (99 trainable)")
+    assert parse_compare_lines(this_run_log(appended))["parameters"] == 99
+    assert this_run_log(log) == log[log.index("2026-11-23 00:09:00.050"):]
 
 
 # --------------------------------------------------------------------------- fake framework
 CHILD = r"""
 import json, os, signal, sys, time
-out = sys.argv[1]; mode = sys.argv[2]
+out = sys.argv[1]; mode = sys.argv[2]; seed = int(sys.argv[3])
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 rows = []
-for epoch in range(40):
+epochs, epoch_s = (40, 0.1) if mode == "slow" else (10, 0.01)
+for epoch in range(epochs):
     if stop:
         break
     if mode == "crash" and epoch == 1:
         raise RuntimeError("simulated crash in epoch 1")
-    time.sleep(0.1)
-    rows.append({"epoch": epoch, "loss": 1.0 / (epoch + 1)})
-    open(out, "w").write(json.dumps(rows))
+    time.sleep(epoch_s)
+    rows.append({"epoch": epoch, "loss": 1.0 / (epoch + 1), "time": 0.1})
+    json.dump({"rows": rows, "threads": os.environ.get("OMP_NUM_THREADS")}, open(out + ".tmp", "w"))
+    os.replace(out + ".tmp", out)
+json.dump({"tests": {"t": {"f_mae_meV_per_A": 10.0 * seed}}}, open(os.path.join(os.path.dirname(out), "eval.json"), "w"))
 print("stopped" if stop else "finished", flush=True)
 """
 
 
-class FakeFramework:
-    name = "fake"
-    labels = {"upstream": "up", "gaunt": "ga"}
-    tests = {}
+class FakeFramework(Framework):
+    """A framework whose "training" is a short Python loop writing one row per epoch."""
 
-    def __init__(self, config_path, modes, interrupt_after=None):
+    name = "fake"
+    distribution = "fake"
+    labels = {"upstream": "up", "gaunt": "ga"}
+
+    def __init__(self, config_path, modes, interrupt_after=None):  # no YAML to read
         self.config_path = Path(config_path)
+        self.options = CompareOptions()
+        self.tests = {}
         self.modes = modes
         self.interrupt_after = interrupt_after
         self.polls = 0
+        self._progress = {}
 
-    def budget(self):
-        return {"epochs": 40, "max_minutes": None}
+    def _prepare_base(self, raw):
+        return raw
 
-    def variant_config(self, variant, vdir):
-        return {"seed": 7}
+    def _config_tests(self):
+        return []
 
-    def config_differences(self):
-        return {"tensor_product": {"upstream": None, "gaunt": "gaunt"}}
+    def configured_epochs(self):
+        return 40
 
-    def prepare(self, variant, vdir):
-        vdir.mkdir(parents=True, exist_ok=True)
-        return Job(cmd=[sys.executable, "-c", CHILD, str(vdir / "rows.json"), self.modes[variant]], cwd=vdir,
-                   env=child_env(), log=vdir / "stdout.log", label=variant)
+    def default_seed(self):
+        return 7
 
-    def progress(self, variant, vdir, elapsed):
+    def device(self):
+        return "cpu"
+
+    def variant_config(self, variant, folder, seed):
+        return {"seed": seed, "tensor_product": "gaunt" if variant == "gaunt" else None}
+
+    def job(self, variant, folder, seed):
+        folder.mkdir(parents=True, exist_ok=True)
+        return Job(cmd=[sys.executable, "-c", CHILD, str(folder / "rows.json"), self.modes[variant], str(seed)],
+                   cwd=folder, env=child_env(), log=folder / "stdout.log", label=variant)
+
+    def progress(self, folder, elapsed):
         self.polls += 1
         if self.interrupt_after is not None and self.polls == self.interrupt_after:
             os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
         return []
 
-    def eval_job(self, variant, vdir):
-        return None
-
-    def collect(self, variant, vdir):
-        try:
-            rows = json.loads((vdir / "rows.json").read_text())
-        except OSError:
-            rows = []
-        return {"epochs": len(rows), "curves": {"epoch": [r["epoch"] for r in rows],
-                                                "train_loss": [r["loss"] for r in rows]}}
+    def read_run(self, folder):
+        data = json.loads((folder / "rows.json").read_text()) if (folder / "rows.json").exists() else {"rows": []}
+        opt = [dict(r, mode="opt") for r in data["rows"]]
+        evals = [{"epoch": r["epoch"], "loss": r["loss"]} for r in data["rows"]]
+        return RunRecord(opt=opt, evals=evals, stats={}, files={"rows": str(folder / "rows.json")},
+                         extra={"threads_seen": data.get("threads")})
 
 
 def test_crash_of_one_variant_keeps_the_other(tmp_path):
@@ -179,17 +240,17 @@ def test_crash_of_one_variant_keeps_the_other(tmp_path):
     report = run_comparison(fw, tmp_path / "out", say=lambda s: None)
     up, ga = report["variants"]["upstream"], report["variants"]["gaunt"]
     assert up["status"] == "failed (exit code 1)"
-    assert up["error"] == "RuntimeError: simulated crash in epoch 1"
+    assert up["runs"]["7"]["error"] == "RuntimeError: simulated crash in epoch 1"
     assert up["epochs"] == 1
-    assert ga["status"] == "ok" and ga["epochs"] == 40
+    assert ga["status"] == "ok" and ga["epochs"] == 10
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert saved["variants"]["gaunt"]["epochs"] == 40 and saved["seed"] == 7
+    assert saved["variants"]["gaunt"]["epochs"] == 10 and saved["seeds"] == [7]
     assert (tmp_path / "out" / "learning_curves.png").exists()
     assert "failed (exit code 1)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_ctrl_c_stops_the_running_variant_and_skips_the_rest(tmp_path):
-    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "ok"}, interrupt_after=1)
+    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "slow", "gaunt": "slow"}, interrupt_after=1)
     previous = signal.getsignal(signal.SIGINT)
     report = run_comparison(fw, tmp_path / "out", say=lambda s: None)
     assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
@@ -201,14 +262,67 @@ def test_ctrl_c_stops_the_running_variant_and_skips_the_rest(tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["variants"]["upstream"]["epochs"] == up["epochs"]
 
 
+def test_a_second_run_never_shows_the_first_runs_numbers(tmp_path):
+    """A used --out is refused; with --overwrite the earlier run's files and numbers are gone, so a
+    variant that fails this time reports its failure, not the last run's results."""
+    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "ok"})
+    first = run_comparison(fw, tmp_path / "out", say=lambda s: None)
+    assert first["variants"]["gaunt"]["epochs"] == 10 and first["variants"]["gaunt"]["tests"]
+    with pytest.raises(OutDirError, match="already holds the report of an earlier run.*--overwrite"):
+        run_comparison(fw, tmp_path / "out", say=lambda s: None)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["started"] == first["started"]  # untouched
+    fw.modes["gaunt"] = "crash"
+    second = run_comparison(fw, tmp_path / "out", overwrite=True, say=lambda s: None)
+    gaunt = second["variants"]["gaunt"]
+    assert gaunt["status"] == "failed (exit code 1)"
+    assert gaunt["epochs"] == 1 and "tests" not in gaunt  # this run's one epoch, no earlier eval.json
+    assert not (tmp_path / "out" / "gaunt" / "eval.json").exists()
+    assert "kept_from" not in gaunt and "kept_from" not in second["variants"]["upstream"]
+
+
+def test_out_dir_with_other_files_is_never_touched(tmp_path):
+    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "ok"})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutDirError, match="did not write \\(thesis.tex\\)"):
+            run_comparison(fw, tmp_path / "out", overwrite=overwrite, say=lambda s: None)
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "mine"
+
+
 def test_rerunning_one_variant_keeps_the_other(tmp_path):
-    """`--only gaunt` after a run where gaunt crashed: upstream's entry is kept (and marked so)."""
+    """`--only gaunt` after a run where gaunt crashed: gaunt's folder is new, upstream's entry is kept
+    (and marked so)."""
     fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "crash"})
     first = run_comparison(fw, tmp_path / "out", say=lambda s: None)
     assert first["variants"]["gaunt"]["status"].startswith("failed")
     fw.modes["gaunt"] = "ok"
     second = run_comparison(fw, tmp_path / "out", variants=["gaunt"], say=lambda s: None)
     assert second["variants"]["gaunt"]["status"] == "ok"
-    assert second["variants"]["upstream"]["epochs"] == 40
-    assert second["variants"]["upstream"]["kept_from"] == first["started"]
-    assert "ok (earlier run, " in (tmp_path / "out" / "report.md").read_text()
+    assert second["variants"]["upstream"]["epochs"] == 10
+    assert second["variants"]["upstream"]["kept_from"]["started"] == first["started"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| status | ok (earlier run) | ok |" in md and "kept by `--only`" in md
+
+
+def test_seeds_and_two_runs_at_a_time(tmp_path):
+    """--seeds 2 --jobs 2: every (variant, seed) in its own folder with the seed passed on, one thread
+    each, the variants of a seed side by side; per-seed values in the JSON, mean in the entry."""
+    fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "ok"})
+    lines = []
+    report = run_comparison(fw, tmp_path / "out", seeds=fw.seeds(2), jobs=2, say=lines.append)
+    assert report["seeds"] == [7, 8] and report["jobs"] == 2
+    for variant in ("upstream", "gaunt"):
+        entry = report["variants"][variant]
+        assert set(entry["runs"]) == {"7", "8"} and entry["n_ok"] == 2
+        for seed in (7, 8):
+            run = entry["runs"][str(seed)]
+            assert run["folder"] == str((tmp_path / "out" / variant / f"seed-{seed}").resolve())
+            assert run["tests"]["t"]["f_mae_meV_per_A"] == 10.0 * seed  # each run reads its own files
+            assert run["threads_seen"] == str(max(1, (os.cpu_count() or 1) // 2))
+        assert entry["tests"]["t"]["f_mae_meV_per_A"] == pytest.approx(75.0)
+        assert entry["tests_n"]["t"]["f_mae_meV_per_A"] == 2
+    starts = [line for line in lines if ": training (" in line]
+    assert [s.split(":")[0] for s in starts] == ["[gaunt-compare] upstream seed 7", "[gaunt-compare] gaunt seed 7",
+                                                 "[gaunt-compare] upstream seed 8", "[gaunt-compare] gaunt seed 8"]
+    assert "Per seed:" in (tmp_path / "out" / "report.md").read_text()

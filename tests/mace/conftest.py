@@ -32,11 +32,12 @@ def acac_frames(name: str = "train_300K.xyz"):
     return [lines[i:i + 17] for i in range(0, len(lines), 17)]
 
 
-def write_frames(path: Path, frames) -> Path:
-    """Write frames with MACE's default keys: ``energy`` -> ``REF_energy``, ``forces`` -> ``REF_forces``."""
+def write_frames(path: Path, frames, rekey: bool = True) -> Path:
+    """Write frames with MACE's default keys (``energy`` -> ``REF_energy``, ``forces`` -> ``REF_forces``),
+    or with the dataset's own keys (``rekey=False``)."""
     out = []
     for fr in frames:
-        header = fr[1].replace(" energy=", " REF_energy=").replace(":forces:R:3", ":REF_forces:R:3")
+        header = fr[1].replace(" energy=", " REF_energy=").replace(":forces:R:3", ":REF_forces:R:3") if rekey else fr[1]
         out += [fr[0], header] + fr[2:]
     path.write_text("\n".join(out) + "\n")
     return path
@@ -54,7 +55,8 @@ def acac_subset(tmp_path_factory):
 
 
 def tiny_config(data_dir: Path, name: str, **overrides) -> str:
-    """A ``mace_run_train`` YAML for a tiny model trained 2 epochs on :func:`acac_subset`."""
+    """A ``mace_run_train`` YAML for a tiny model trained 2 epochs on :func:`acac_subset` (an override
+    of ``None`` leaves the key out)."""
     cfg = {
         "name": name,
         "model": "MACE",
@@ -83,6 +85,8 @@ def tiny_config(data_dir: Path, name: str, **overrides) -> str:
     cfg.update(overrides)
     lines = []
     for key, value in cfg.items():
+        if value is None:
+            continue
         if isinstance(value, (list, tuple)):
             lines.append(f"{key}: [{', '.join(map(str, value))}]")
         elif isinstance(value, str) and any(c in value for c in ":{}[]#"):
