@@ -8,6 +8,10 @@ MACE's own choice, the best-validation checkpoint, taken
 - at equal wall-clock: among the epochs whose training passes (MACE's per-step timer, summed) end
   within one budget shared by all variants (default: the shortest mean training time of any variant).
 
+Every run executes a snapshot of gaunt-plugins taken when the benchmark starts (first on the runs'
+``PYTHONPATH``), so editing the working tree while it runs changes nothing; a run is reused only when
+its settings and, for the Gaunt variants, the snapshot's content hash match.
+
 Each is evaluated on the MD test sets (energy MAE per atom, force MAE per component); the table gives
 mean +- std over the seeds, the JSON every run.
 
@@ -146,15 +150,61 @@ def _yaml(cfg: Dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_hash(cfg: Dict[str, object], files: Dict[str, Path]) -> str:
+def config_hash(cfg: Dict[str, object], files: Dict[str, Path], code: str) -> str:
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     for key in ("train", "valid"):
         h.update(files[key].read_bytes())
+    if cfg.get("tensor_product") == "gaunt":
+        h.update(code.encode())
     return h.hexdigest()[:16]
 
 
+# Where each installed subpackage's source lives in the repository (pyproject's package-dir).
+_PACKAGE_DIRS = {"gaunt_plugins": "gaunt_plugins", "gaunt_plugins/patches": "patches",
+                 "gaunt_plugins/triton_kernels": "triton_kernels"}
+
+
+def snapshot_code(dest_root: Path) -> tuple:
+    """Copy the package as installed (``patches/`` and ``triton_kernels/`` under ``gaunt_plugins/``) into
+    ``dest_root/<hash>``; returns ``(path to put on PYTHONPATH, content hash)``."""
+    h = hashlib.sha256()
+    files = []
+    for target, source in _PACKAGE_DIRS.items():
+        for path in sorted((ROOT / source).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".c", ".h"):
+                rel = Path(target) / path.relative_to(ROOT / source)
+                files.append((rel, path))
+                h.update(str(rel).encode())
+                h.update(path.read_bytes())
+    digest = h.hexdigest()[:16]
+    dest = dest_root / digest
+    if not (dest / "gaunt_plugins" / "__init__.py").exists():
+        tmp = dest_root / f".{digest}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, path in files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, tmp / rel)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return dest, digest
+
+
+def child_env(code_dir: Path) -> Dict[str, str]:
+    """One thread, unbuffered, the code snapshot first on ``PYTHONPATH`` (checked: a child imports it)."""
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(code_dir) + (os.pathsep + path if path else ""))
+    probe = "import gaunt_plugins.patches.mace as m, gaunt_plugins.layers as l; print(m.__file__); print(l.__file__)"
+    # cwd outside the repository: `python -c` puts the working directory first on sys.path
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True,
+                         cwd=code_dir)
+    if not all(line.startswith(str(code_dir)) for line in out.stdout.split()):
+        raise SystemExit(f"the code snapshot {code_dir} is not what child processes import: {out.stdout}")
+    return env
+
+
 # ------------------------------------------------------------------------------------------ train
-def train(run_dir: Path, cfg: Dict[str, object], digest: str) -> Dict:
+def train(run_dir: Path, cfg: Dict[str, object], digest: str, env: Dict[str, str]) -> Dict:
     """Train one run (or reuse a finished one with the same settings) and return its epoch record."""
     record_path = run_dir / "epochs.json"
     if record_path.exists():
@@ -165,7 +215,6 @@ def train(run_dir: Path, cfg: Dict[str, object], digest: str) -> Dict:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(_yaml(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     gaunt_run = Path(sys.executable).parent / "gaunt-run"
     cmd = [str(gaunt_run), "mace_run_train", "--config", "config.yaml"]
     start = time.time()
@@ -210,7 +259,8 @@ def best_epoch(epochs: List[Dict], budget_s: Optional[float] = None) -> Optional
 
 
 # --------------------------------------------------------------------------------------- evaluate
-def evaluate(run_dir: Path, name: str, checkpoint: str, files: Dict[str, Path]) -> Dict[str, Dict[str, float]]:
+def evaluate(run_dir: Path, name: str, checkpoint: str, files: Dict[str, Path],
+             env: Dict[str, str]) -> Dict[str, Dict[str, float]]:
     """Energy MAE (meV/atom) and force MAE (meV/A) of a checkpoint on each test set (cached per checkpoint)."""
     cache = run_dir / f"eval_{Path(checkpoint).stem}.json"
     if cache.exists():
@@ -244,8 +294,8 @@ for name, path in json.loads(sys.argv[1]).items():
 print(json.dumps(out))
 """
     tests = {k: str(files[k]) for k in TESTS}
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(tests)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(tests)], capture_output=True, text=True, env=env,
+                          cwd=run_dir)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run_dir.name}/{checkpoint} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -302,12 +352,12 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def count_parameters(run_dir: Path, name: str) -> int:
+def count_parameters(run_dir: Path, name: str, env: Dict[str, str]) -> int:
     code = ("import sys, torch, gaunt_plugins.adapters.mace_blocks\n"
             "m = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
             "print(sum(p.numel() for p in m.parameters()))")
     out = subprocess.run([sys.executable, "-c", code, str(run_dir / f"{name}.model")], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env, cwd=run_dir)
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -315,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=None,
                         help="equal wall-clock budget in seconds of training (default: shortest mean training time)")
     parser.add_argument("--n-train", type=int, default=450)
@@ -335,6 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     model = dict(MODEL, num_channels=args.channels, max_L=args.max_L)
     work = args.work / ("quick" if args.quick else "full")
     files = prepare_data(find_acac(), work / "data", args.n_train, args.n_valid, args.n_test)
+    code_dir, code = snapshot_code(work / "code")
+    env = child_env(code_dir)
 
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     cfgs = {(v, s): run_config(v, s, args.epochs, files, model) for v, s in jobs}
@@ -342,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     def do(job):
         cfg = cfgs[job]
         run_dir = work / "runs" / cfg["name"]
-        record = train(run_dir, cfg, config_hash(cfg, files))
+        record = train(run_dir, cfg, config_hash(cfg, files, code), env)
         print(f"[accuracy] trained {cfg['name']}: {len(record['epochs'])} epochs, "
               f"{record['epochs'][-1]['elapsed_s']:.0f} s of training", flush=True)
         return job, record
@@ -358,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                            "n_train": args.n_train, "n_valid": args.n_valid, "n_test": args.n_test, "model": model,
                            "E0s": "average (least squares on the training set)"},
               "device": f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, one thread per run",
-              "date": time.strftime("%Y-%m-%d"), "budget_s": budget, "variants": {}, "runs": []}
+              "date": time.strftime("%Y-%m-%d"), "code": code, "budget_s": budget, "variants": {}, "runs": []}
     for v in args.variants:
         runs = []
         for s in args.seeds:
@@ -370,12 +422,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 entry[key] = None if ep is None else {
                     "epoch": ep["epoch"], "epochs_done": sum(1 for e in record["epochs"] if limit is None
                                                              or e["elapsed_s"] <= limit),
-                    "errors": evaluate(run_dir, cfg["name"], ep["checkpoint"], files)}
+                    "errors": evaluate(run_dir, cfg["name"], ep["checkpoint"], files, env)}
             runs.append(entry)
             result["runs"].append(entry)
         timed = [r for r in runs if r["equal_time"]]
         result["variants"][v] = {
-            "parameters": count_parameters(work / "runs" / cfgs[(v, args.seeds[0])]["name"], cfgs[(v, args.seeds[0])]["name"]),
+            "parameters": count_parameters(work / "runs" / cfgs[(v, args.seeds[0])]["name"],
+                                           cfgs[(v, args.seeds[0])]["name"], env),
             "epoch_s": _mean_std([statistics.fmean(e["train_s"] for e in r["epochs"]) for r in runs]),
             "equal_epochs": summarise(v, runs, "equal_epochs"),
             "equal_time": summarise(v, timed, "equal_time") if len(timed) == len(runs) else None,
