@@ -4,7 +4,10 @@ The converted model has a Gaunt self-mix sub-layer in every block whose output l
 it predicts exactly what the original predicted (the residual branch adds zero) until it is
 fine-tuned. Console script::
 
-    gaunt-convert-equiformer-v2 stock.pt gaunt.pt [--method auto|grid|fourier] [--keep-name] [--verify]
+    gaunt-convert-equiformer-v2 stock.pt gaunt.pt [--method auto|grid|fourier] [--keep-name] [--verify] [--force]
+
+``gaunt.pt`` is written through a temporary file in its folder; an existing file (the input
+included) is replaced only with ``--force``.
 
 What changes in the checkpoint:
 
@@ -207,13 +210,13 @@ def convert_file(
     keep_name: bool = False,
     overwrite: bool = False,
 ) -> Dict[str, Any]:
-    """Read ``src``, convert, write ``dst``; returns the report."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists (pass --force to overwrite)")
-    new, report = convert_checkpoint(_load(src), method=method, keep_name=keep_name)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(new, str(dst))
+    """Read ``src``, convert, write ``dst`` (through a temporary file beside it); an existing ``dst``,
+    ``src`` included, is replaced only with ``overwrite``. Returns the report."""
+    from ._files import check_output, save_atomically
+
+    check_output(src, dst, overwrite)
+    new, report = convert_checkpoint(_load(Path(src)), method=method, keep_name=keep_name)
+    save_atomically(new, dst)
     return report
 
 
@@ -272,15 +275,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         "dotted path, which loads with no patch",
     )
     parser.add_argument("--verify", action="store_true", help="check both models predict the same on a probe structure")
-    parser.add_argument("--force", action="store_true", help="overwrite dst")
+    parser.add_argument("--force", action="store_true", help="replace dst if it exists (even the input)")
     args = parser.parse_args(argv)
+    from ._files import check_output, save_atomically
+
     try:
+        check_output(args.src, args.dst, args.force)
         src = _load(args.src)
-        if args.dst.exists() and not args.force:
-            raise FileExistsError(f"{args.dst} exists (pass --force to overwrite)")
         new, report = convert_checkpoint(src, method=args.method, keep_name=args.keep_name)
-        args.dst.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(new, str(args.dst))
+        save_atomically(new, args.dst)
     except (GauntConfigError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
         print(f"gaunt-convert-equiformer-v2: error: {exc}", file=sys.stderr)
         return 2

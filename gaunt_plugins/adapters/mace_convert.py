@@ -10,15 +10,19 @@ restart), not a drop-in replacement of the original's predictions.
 
 Usage::
 
-    gaunt-convert-mace in.model out.model [--targets conv,product] [--method auto] [--seed 0]
+    gaunt-convert-mace in.model out.model [--targets conv,product] [--method auto] [--seed 0] [--force]
 
-Prints what was copied and what was freshly initialised.
+Prints what was copied and what was freshly initialised. ``out.model`` is written through a
+temporary file in its folder; an existing file (the input included) is replaced only with
+``--force``. The input is the pickled ``<name>.model``: the ``<name>_compiled.model`` MACE writes
+beside it is a TorchScript export, which holds compiled code rather than the modules to convert.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -43,6 +47,17 @@ def convert(model: torch.nn.Module, targets=("conv", "product"), method: str = "
     return gaunt, report, unchanged
 
 
+def _torchscript_message(path: str) -> str:
+    name = Path(path).name
+    stem = name[: -len("_compiled.model")] if name.endswith("_compiled.model") else None
+    sibling = Path(path).with_name(f"{stem}.model") if stem else None
+    where = (f" ({sibling} is beside it)" if sibling is not None and sibling.exists() else
+             f" (mace_run_train saved it as {stem}.model next to this file)" if stem else "")
+    return (f"{path} is a TorchScript export (the <name>_compiled.model mace_run_train writes for LAMMPS and "
+            "plain-PyTorch use): it holds compiled code, not the MACE modules a conversion rebuilds. Convert "
+            f"the pickled model instead{where}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gaunt-convert-mace",
@@ -55,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="auto", help="Gaunt method of the layers (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
     parser.add_argument("--device", default="cpu", help="map_location for loading (default cpu)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists (even the input)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     return parser
 
@@ -63,16 +79,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     import mace.modules  # noqa: F401  (before e3nn: see gaunt_plugins._e3nn)
 
-    model = torch.load(args.input, map_location=args.device, weights_only=False)
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "interactions"):
-        print(f"gaunt-convert-mace: {args.input} is not a MACE model (torch.save of the module)", file=sys.stderr)
-        return 2
+    from ._files import check_output, is_torchscript_archive, save_atomically
+
     try:
+        check_output(args.input, args.output, args.force)
+        if is_torchscript_archive(args.input):
+            raise ValueError(_torchscript_message(args.input))
+        model = torch.load(args.input, map_location=args.device, weights_only=False)
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "interactions"):
+            raise ValueError(f"{args.input} is not a MACE model (torch.save of the module)")
         gaunt, report, unchanged = convert(model, args.targets, args.method, args.seed)
-    except ValueError as exc:
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"gaunt-convert-mace: {exc}", file=sys.stderr)
         return 2
-    torch.save(gaunt, args.output)
+    save_atomically(gaunt, args.output)
     if not args.quiet:
         for line in report.converted_blocks:
             print(f"converted {line}")

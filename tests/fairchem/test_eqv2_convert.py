@@ -173,3 +173,31 @@ def test_cli_writes_and_verifies(tmp_path, capsys):
     assert main([str(src), str(dst)]) == 2  # exists, no --force
     assert "exists" in capsys.readouterr().err
     assert main([str(dst), str(tmp_path / "again.pt")]) == 2  # already Gaunt
+
+
+def test_cli_never_writes_over_the_input_and_writes_through_a_temporary_file(tmp_path, capsys, monkeypatch):
+    config = hydra_model_config("equiformer_v2_backbone")
+    src = tmp_path / "stock.pt"
+    torch.save(_fake_checkpoint(config, build_model(config), with_ema=False), src)
+    original = src.read_bytes()
+    assert main([str(src), str(src)]) == 2
+    assert "is the input" in capsys.readouterr().err and src.read_bytes() == original
+    # --force replaces an existing output, through a temporary file beside it: a failed write keeps it
+    dst = tmp_path / "gaunt.pt"
+    dst.write_bytes(b"earlier conversion")
+    real_save, written = torch.save, []
+
+    def save_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        written.append(str(f))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        main([str(src), str(dst), "--force"])
+    monkeypatch.undo()
+    assert len(written) == 1 and written[0] != str(dst) and written[0].startswith(str(tmp_path))
+    assert dst.read_bytes() == b"earlier conversion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaunt.pt", "stock.pt"]
+    assert main([str(src), str(dst), "--force"]) == 0
+    assert torch.load(dst, weights_only=False)["gaunt_conversion"]

@@ -1,6 +1,8 @@
 """``gaunt-convert-mace``: every transferable weight bit-identical, the rest reported."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import mace  # noqa: F401
@@ -65,3 +67,53 @@ def test_convert_targets_and_errors(tmp_path, float64, capsys):
     assert "unknown target" in capsys.readouterr().err
     torch.save(torch.nn.Linear(2, 2), tmp_path / "not_mace.model")
     assert main([str(tmp_path / "not_mace.model"), str(tmp_path / "x.model")]) == 2
+
+
+def test_convert_never_writes_over_the_input_or_an_existing_file(tmp_path, float64, capsys):
+    model = tiny_model()
+    src, dst = tmp_path / "up.model", tmp_path / "out.model"
+    torch.save(model, src)
+    original = src.read_bytes()
+    assert main([str(src), str(src), "-q"]) == 2
+    assert "is the input" in capsys.readouterr().err and src.read_bytes() == original
+    dst.write_bytes(b"a model the user already had")
+    assert main([str(src), str(dst), "-q"]) == 2
+    assert "exists" in capsys.readouterr().err and dst.read_bytes() == b"a model the user already had"
+    assert main([str(src), str(dst), "-q", "--force"]) == 0
+    assert isinstance(torch.load(dst, weights_only=False).products[0], GauntProductBasisBlock)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model", "up.model"]  # no temporary file left
+
+
+def test_a_failed_write_leaves_the_existing_output_intact(tmp_path, float64, monkeypatch, capsys):
+    """The converted model goes to a temporary file in the output's folder, renamed when complete."""
+    torch.save(tiny_model(), tmp_path / "up.model")
+    (tmp_path / "out.model").write_bytes(b"earlier conversion")
+    real_save = torch.save
+    written = []
+
+    def save_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        written.append(str(f))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        main([str(tmp_path / "up.model"), str(tmp_path / "out.model"), "--force", "-q"])
+    (tmp,) = written
+    assert Path(tmp).parent == tmp_path and Path(tmp).name != "out.model"
+    assert (tmp_path / "out.model").read_bytes() == b"earlier conversion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model", "up.model"]
+
+
+def test_a_compiled_model_is_refused_with_what_to_convert_instead(tmp_path, float64, capsys):
+    """``<name>_compiled.model`` is MACE's TorchScript export: the error names it and the ``.model``."""
+    from e3nn.util import jit
+
+    model = tiny_model()
+    torch.save(model, tmp_path / "acac.model")
+    torch.jit.save(jit.compile(model), str(tmp_path / "acac_compiled.model"))
+    assert main([str(tmp_path / "acac_compiled.model"), str(tmp_path / "gaunt.model")]) == 2
+    err = capsys.readouterr().err
+    assert "TorchScript export" in err and "Convert the pickled model instead" in err
+    assert str(tmp_path / "acac.model") in err
+    assert not (tmp_path / "gaunt.model").exists()
