@@ -22,6 +22,7 @@ Options (command line ``--name value`` or YAML ``name: value``):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import contextvars
 from dataclasses import dataclass
@@ -227,11 +228,17 @@ def add_arguments(parser: Any) -> Any:
         default="auto",
         choices=list(gaunt_methods()),
     )
+    def _conv_products(value: str) -> int:
+        try:
+            return parse_conv_products(value)
+        except ValueError as exc:  # argparse shows the message of this type only
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
     parser.add_argument(
         "--gaunt_conv_products",
         help="with --tensor_product gaunt: independent Gaunt products per channel in the convolution "
         f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS})",
-        type=parse_conv_products,
+        type=_conv_products,
         default=DEFAULT_CONV_PRODUCTS,
     )
     return parser

@@ -57,7 +57,7 @@ def trained(acac_subset, tmp_path_factory):
     work = tmp_path_factory.mktemp("gaunt_train")
     (work / "cfg.yaml").write_text(
         tiny_config(acac_subset, "gaunt", tensor_product="gaunt", gaunt_targets=["conv", "product"],
-                    ema=True, ema_decay=0.9)
+                    gaunt_conv_products=2, ema=True, ema_decay=0.9)
     )
     proc = run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], work, hooked_env())
     return work, proc
@@ -76,6 +76,10 @@ def test_stock_cli_trains_with_the_yaml_key_and_the_loss_falls(trained):
 
     model = torch.load(work / "gaunt.model", weights_only=False, map_location="cpu")
     assert is_gaunt_model(model) and isinstance(model.products[0], GauntProductBasisBlock)
+    # gaunt_conv_products is stored in the saved model; the first interaction (scalar node features)
+    # is exact with one product
+    assert [block.conv_tp.products for block in model.interactions] == [1, 2]
+    assert "2 product(s) per channel in the convolution" in log
 
 
 def test_compiled_model_matches_the_saved_model(trained, acac_subset):
@@ -147,6 +151,70 @@ def test_restart_continues_from_the_checkpoint(trained, acac_subset):
     assert 2 in losses and 0 in losses  # the new epoch was appended to the same run
 
 
+def _snapshot(work: Path):
+    """The bytes of every checkpoint, model and results file of a run folder."""
+    files = list((work / "checkpoints").glob("*")) + list(work.glob("*.model")) + list((work / "results").glob("*"))
+    return {str(p.relative_to(work)): p.read_bytes() for p in files}
+
+
+def _restart_config(cfg: str, **settings) -> str:
+    """``cfg`` without its Gaunt keys, with ``settings`` instead, one more epoch and ``restart_latest``."""
+    lines = [line for line in cfg.splitlines() if not line.startswith(("tensor_product", "gaunt_", "max_num_epochs"))]
+    lines += [f"{k}: {v}" for k, v in settings.items()] + ["max_num_epochs: 5", "restart_latest: True"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("switch, named", [
+    ({}, ["tensor_product: e3nn"]),
+    ({"tensor_product": "gaunt", "gaunt_targets": "[product]"}, ["gaunt_targets: [product]"]),
+    ({"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_conv_products": 3},
+     ["gaunt_conv_products: 3"]),
+])
+def test_restart_across_a_switch_of_the_gaunt_settings_is_refused(trained, switch, named):
+    """A Gaunt run restarted as e3nn, or with other targets or products per channel: refused with the
+    checkpoint and both settings named, and nothing of the earlier run is overwritten."""
+    work, _ = trained
+    (work / "cfg_switch.yaml").write_text(_restart_config((work / "cfg.yaml").read_text(), **switch))
+    before = _snapshot(work)
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg_switch.yaml"], cwd=work, env=hooked_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    (message,) = [line for line in proc.stderr.splitlines() if "RestartMismatchError" in line]
+    assert "restart_latest: the checkpoint " + str(work / "checkpoints" / "gaunt_run-1_epoch-") in message
+    assert "written with tensor_product: gaunt, gaunt_targets: [conv, product]" in message
+    assert all(f"this run has {n}" in message or f", {n}" in message for n in named), message
+    assert "would train again from epoch 0" in message
+    assert _snapshot(work) == before
+
+
+def test_restart_of_an_upstream_run_as_gaunt_is_refused_and_as_e3nn_continues(acac_subset, tmp_path):
+    """An e3nn run of stock MACE (no patch, so no gaunt-plugins record in its checkpoints): restarting
+    it with tensor_product: gaunt is refused before anything is written; with the same settings the
+    restart continues from its checkpoint."""
+    cfg = tiny_config(acac_subset, "up", max_num_epochs=1)
+    (tmp_path / "cfg.yaml").write_text(cfg)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("GAUNT_PLUGINS_AUTOPATCH", None)
+    run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], tmp_path, env)
+    before = _snapshot(tmp_path)
+    (tmp_path / "cfg_gaunt.yaml").write_text(_restart_config(cfg, tensor_product="gaunt"))
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg_gaunt.yaml"], cwd=tmp_path,
+                          env=hooked_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    (message,) = [line for line in proc.stderr.splitlines() if "RestartMismatchError" in line]
+    assert str(tmp_path / "checkpoints" / "up_run-1_epoch-0.pt") in message
+    assert "written with no gaunt-plugins record (written by MACE without the patch: tensor_product: e3nn)" in message
+    assert "this run has tensor_product: gaunt, gaunt_targets: [conv, product]" in message
+    assert "of its tensors do not fit this model" in message
+    assert _snapshot(tmp_path) == before
+
+    (tmp_path / "cfg_same.yaml").write_text(_restart_config(cfg).replace("max_num_epochs: 5", "max_num_epochs: 2"))
+    run([venv_bin("mace_run_train"), "--config", "cfg_same.yaml"], tmp_path, hooked_env())
+    log = "".join(p.read_text() for p in (tmp_path / "logs").glob("up_run-*.log"))
+    assert "Loading checkpoint" in log and "epoch-0" in log
+    assert 1 in eval_losses(tmp_path, "up")  # the second epoch, trained after the restart
+
+
 def test_launcher_and_stock_without_hook(acac_subset, tmp_path):
     """``gaunt-run mace_run_train`` accepts the key; the stock command without the hook refuses it
     (MACE stays exactly upstream unless asked)."""
@@ -160,6 +228,36 @@ def test_launcher_and_stock_without_hook(acac_subset, tmp_path):
     run([venv_bin("gaunt-run"), "mace_run_train", "--config", "cfg.yaml"], tmp_path, env)
     log = next((tmp_path / "logs").glob("launch_run-*.log")).read_text()
     assert "GauntProductBasisBlock" in log
+
+
+MACE_TEST_STYLE = """
+import os, subprocess, sys
+from pathlib import Path
+import mace.cli.run_train
+
+# what MACE's own tests do before starting run_train.py
+run_env = os.environ.copy()
+sys.path.insert(0, str(Path(__file__).parent))
+run_env["PYTHONPATH"] = ":".join(sys.path)
+cmd = [sys.executable, mace.cli.run_train.__file__, "--config=cfg.yaml", "--tensor_product=gaunt"]
+sys.exit(subprocess.run(cmd, env=run_env).returncode)
+"""
+
+
+def test_launcher_hook_reaches_children_that_rebuild_pythonpath_from_sys_path(acac_subset, tmp_path):
+    """``gaunt-run script.py``, where the script starts ``run_train.py`` with ``PYTHONPATH`` set to
+    ``":".join(sys.path)`` (MACE's test suite): the child still patches MACE and trains with
+    ``--tensor_product=gaunt``."""
+    (tmp_path / "cfg.yaml").write_text(tiny_config(acac_subset, "rebuilt", max_num_epochs=1))
+    (tmp_path / "mace_style_test.py").write_text(MACE_TEST_STYLE)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("GAUNT_PLUGINS_AUTOPATCH", None)
+    run([venv_bin("gaunt-run"), "mace_style_test.py"], tmp_path, env)
+    log = next((tmp_path / "logs").glob("rebuilt_run-*.log")).read_text()
+    assert "gaunt-plugins: Gaunt tensor products for conv and product" in log
+    assert set(eval_losses(tmp_path, "rebuilt")) == {None, 0}  # trained its epoch
+    assert any("Gaunt" in type(m).__name__ for m in torch.load(tmp_path / "rebuilt.model", weights_only=False,
+                                                                   map_location="cpu").modules())
 
 
 def test_installed_pth_hook(tmp_path):
