@@ -1,5 +1,5 @@
 """Timing helpers for the GPU op benchmark: CUDA-event medians, forward / forward+backward closures,
-memory-bandwidth floors."""
+peak memory of one call, memory-bandwidth floors."""
 from __future__ import annotations
 
 import statistics
@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["median_ms", "fwd_and_fwdbwd", "copy_bandwidth_gbs", "floor_ms", "nbytes"]
+__all__ = ["median_ms", "peak_mib", "fwd_and_fwdbwd", "copy_bandwidth_gbs", "floor_ms", "nbytes"]
 
 
 def median_ms(fn: Callable[[], object], warmup: int, iters: int, cuda: bool = True) -> float:
@@ -35,10 +35,25 @@ def median_ms(fn: Callable[[], object], warmup: int, iters: int, cuda: bool = Tr
     return statistics.median(times)
 
 
+def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Device memory one call of ``fn`` allocates at its peak on top of what was allocated before it
+    (the op's workspace and outputs; its inputs are not counted), in MiB; ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def fwd_and_fwdbwd(make_out: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor], warmup: int, iters: int,
-                   cuda: bool = True) -> Dict[str, float]:
-    """``{"fwd": ms, "fwdbwd": ms}``: forward under ``no_grad``; forward plus the backward of
-    ``out.sum()`` with respect to every input that requires grad (as in ANCHORS.md)."""
+                   cuda: bool = True) -> Dict[str, Optional[float]]:
+    """``{"fwd": ms, "fwdbwd": ms, "fwd_peak_mib": MiB, "fwdbwd_peak_mib": MiB}``: forward under
+    ``no_grad``; forward plus the backward of ``out.sum()`` with respect to every input that requires
+    grad (as in ANCHORS.md). The peaks (CUDA only, else ``None``) come from one extra call of each,
+    after the timed ones."""
     wrt = [x for x in inputs if x.requires_grad]
 
     def fwd():
@@ -49,7 +64,11 @@ def fwd_and_fwdbwd(make_out: Callable[[], torch.Tensor], inputs: Sequence[torch.
         out = make_out()
         torch.autograd.grad(out.sum(), wrt)
 
-    return {"fwd": median_ms(fwd, warmup, iters, cuda), "fwdbwd": median_ms(fwdbwd, warmup, iters, cuda)}
+    out = {"fwd": median_ms(fwd, warmup, iters, cuda), "fwdbwd": median_ms(fwdbwd, warmup, iters, cuda)}
+    device = torch.device("cuda") if cuda else torch.device("cpu")
+    out["fwd_peak_mib"] = peak_mib(fwd, device)
+    out["fwdbwd_peak_mib"] = peak_mib(fwdbwd, device)
+    return out
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes_total: int = 1 << 30, iters: int = 20) -> float:

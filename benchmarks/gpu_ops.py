@@ -17,20 +17,25 @@ Operations and shapes (as in ../shared/ANCHORS.md, GPU part; float32):
           triton / torch-grid: weighted_product; e3nn: `uvu` TensorProduct with all even paths.
 
 Timing: median of --iters calls after --warmup, CUDA events. fwd+bwd = forward plus the backward of
-out.sum() with respect to every input that requires grad. "floor" = bytes every implementation must
-move at least once (the op's inputs and outputs; backward: grad_out and the inputs read, the input
-gradients written) at the copy bandwidth measured at start-up; "x floor" = time / floor.
+out.sum() with respect to every input that requires grad. "peak MiB" = device memory one call
+allocates on top of its inputs (workspace and outputs), from one extra call after the timed ones.
+"floor" = bytes every implementation must move at least once (the op's inputs and outputs; backward:
+grad_out and the inputs read, the input gradients written) at the copy bandwidth measured at start-up;
+"x floor" = time / floor. A case whose set-up fails (a kernel that does not compile, say) is recorded
+with its error and the next case runs.
 cuEquivariance is timed only when its CUDA ops package is importable (otherwise it silently falls
 back to a slow pure-PyTorch path): the table says when it is missing.
 
-    python benchmarks/gpu_ops.py                   # every op at the ANCHORS shapes
+    python benchmarks/gpu_ops.py                   # every op, L = 1..6 (self: also 8)
     python benchmarks/gpu_ops.py --ops conv --lmax 2 3
     python benchmarks/gpu_ops.py --fp32-dot tf32x3 # try tensor-core dots for float32
     python benchmarks/gpu_ops.py --cpu-smoke       # tiny shapes in Triton's CPU interpreter (checks the
                                                    # script runs; the timings mean nothing)
 
-Writes a markdown table to stdout and JSON (device name included) to
-benchmarks/results/gpu_ops_<device>.json. Exits with a message when CUDA is not available.
+Channels: 128 for L <= 3, 64 for L = 4..6, 32 above. Writes a markdown table to stdout and JSON (device
+name included) to benchmarks/results/gpu_ops_<device>.json, rewritten after every row (a run stopped
+early keeps what it measured); --time-budget skips the cases left once that many seconds have passed.
+Exits with a message when CUDA is not available.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import os
 import platform
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -47,22 +53,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_CONV = [(1, 128), (2, 128), (3, 128), (4, 64), (6, 64)]
-DEFAULT_SYMCON = [(1, 128), (2, 128), (3, 128)]
-DEFAULT_SELF = [(2, 128), (4, 64), (6, 64), (8, 32)]
+DEFAULT_LMAX = {"conv": [1, 2, 3, 4, 5, 6], "symcon": [1, 2, 3, 4, 5, 6], "self": [1, 2, 3, 4, 5, 6, 8]}
+
+
+def channels_for(lmax: int) -> int:
+    """Channels of the case at degree ``lmax`` (the ANCHORS.md sizes: 128 up to L = 3, then 64, then 32)."""
+    return 128 if lmax <= 3 else (64 if lmax <= 6 else 32)
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", nargs="*", default=["conv", "symcon", "self"], choices=["conv", "symcon", "self"])
-    ap.add_argument("--lmax", type=int, nargs="*", help="only these L (channels as in ANCHORS.md)")
+    ap.add_argument("--lmax", type=int, nargs="*", help="only these L (channels: see channels_for)")
     ap.add_argument("--edges", type=int, default=32768)
     ap.add_argument("--nodes-symcon", type=int, default=16384)
     ap.add_argument("--nodes-self", type=int, default=8192)
     ap.add_argument("--elements", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--max-e3nn-l", type=int, default=4, help="largest L at which the slow e3nn/mace baselines run")
+    ap.add_argument("--max-e3nn-l", type=int, default=4, help="largest L at which the slow e3nn baselines run")
+    ap.add_argument("--max-mace-l", type=int, default=3,
+                    help="largest input L of MACE's SymmetricContraction baseline (its build grows fast with L)")
+    ap.add_argument("--max-message-l", type=int, default=6, help="largest L of the fused message rows")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds; cases left when it is spent are recorded as skipped")
     ap.add_argument("--no-message", action="store_true", help="skip the fused message-passing rows")
     ap.add_argument("--fp32-dot", choices=["ieee", "tf32x3", "tf32"], default=None,
                     help="GAUNT_TRITON_FP32_DOT for this run (default: the kernels' default, ieee)")
@@ -129,6 +143,7 @@ class Bench:
         self.cuda = device.type == "cuda"
         self.rows = []
         self.notes = []
+        self.on_row = None
         self.bandwidth = copy_bandwidth_gbs(device, nbytes_total=(1 << 30) if self.cuda else (1 << 24))
 
     def time(self, make_out, inputs):
@@ -140,7 +155,9 @@ class Bench:
                "floor_fwdbwd_ms": floor_fwdbwd, "rel_err_vs_torch": err, "note": note}
         try:
             make_out, inputs = fn()
-            rec.update({f"{k}_ms": v for k, v in self.time(make_out, inputs).items()})
+            t = self.time(make_out, inputs)
+            rec.update(fwd_ms=t["fwd"], fwdbwd_ms=t["fwdbwd"], fwd_peak_mib=t["fwd_peak_mib"],
+                       fwdbwd_peak_mib=t["fwdbwd_peak_mib"])
         except Exception as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
             if os.environ.get("GAUNT_BENCH_TRACEBACK"):
@@ -150,24 +167,27 @@ class Bench:
                 torch.cuda.empty_cache()
         self.rows.append(rec)
         self.print_row(rec)
+        if self.on_row is not None:
+            self.on_row()
 
     @staticmethod
     def header():
-        print("| op | L | C | rows | impl | fwd ms | fwd+bwd ms | floor fwd / fwd+bwd ms | x floor (fwd+bwd) | "
-              "rel err vs torch | note |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| op | L | C | rows | impl | fwd ms | fwd+bwd ms | peak MiB fwd / fwd+bwd | floor fwd / fwd+bwd ms | "
+              "x floor (fwd+bwd) | rel err vs torch | note |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     @staticmethod
     def print_row(r):
         if "error" in r:
-            print(f"| {r['op']} | {r['L']} | {r['C']} | {r['rows']} | {r['impl']} | — | — | "
+            print(f"| {r['op']} | {r['L']} | {r['C']} | {r['rows']} | {r['impl']} | — | — | — | "
                   f"{r['floor_fwd_ms']:.3f} / {r['floor_fwdbwd_ms']:.3f} | — | — | {r['error'][:120]} |", flush=True)
             return
         x = r["fwdbwd_ms"] / r["floor_fwdbwd_ms"] if r["floor_fwdbwd_ms"] else float("nan")
         err = "" if r["rel_err_vs_torch"] is None else f"{r['rel_err_vs_torch']:.1e}"
+        peak = "—" if r.get("fwd_peak_mib") is None else f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}"
         print(f"| {r['op']} | {r['L']} | {r['C']} | {r['rows']} | {r['impl']} | {r['fwd_ms']:.3f} | "
-              f"{r['fwdbwd_ms']:.3f} | {r['floor_fwd_ms']:.3f} / {r['floor_fwdbwd_ms']:.3f} | {x:.1f} | {err} | "
-              f"{r['note']} |", flush=True)
+              f"{r['fwdbwd_ms']:.3f} | {peak} | {r['floor_fwd_ms']:.3f} / {r['floor_fwdbwd_ms']:.3f} | {x:.1f} | "
+              f"{err} | {r['note']} |", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,7 +247,7 @@ def bench_conv(b: Bench, lmax: int, c: int, edges: int, cueq):
             wf = torch.randn(edges, tp.weight_numel, device=dev, requires_grad=True)
             return (lambda: tp(xf, shf, wf)), [xf, wf]
         b.add("conv", lmax, c, edges, "cueq", cueq_case, fl_f, fl_b, note="ChannelWiseTensorProduct")
-    if not b.args.no_message:
+    if not b.args.no_message and lmax <= b.args.max_message_l:
         nodes = max(1, edges // 16)
         xn = torch.randn(nodes, c, i, device=dev, requires_grad=True)
         ei = torch.stack([torch.randint(0, nodes, (edges,), device=dev), torch.randint(0, nodes, (edges,), device=dev)])
@@ -285,7 +305,7 @@ def bench_symcon(b: Bench, lmax: int, c: int, nodes: int, elements: int, cueq):
     b.add("symcon", lmax, c, nodes, "torch-grid",
           lambda: (lambda: torch_ops.many_body_product(x, *weights(), di, do, yg, fs), [x, wi, wo]), fl_f, fl_b,
           note=note)
-    if lmax <= b.args.max_e3nn_l:
+    if lmax <= b.args.max_mace_l:
         def mace_case():
             from mace.modules.symmetric_contraction import SymmetricContraction
             sc = SymmetricContraction(natural(c, lmax), natural(c, lo), correlation=nu, num_elements=elements).to(dev)
@@ -352,16 +372,17 @@ def main(args) -> int:
         print(f"benchmarks/gpu_ops.py: the Triton kernels cannot be imported ({exc!r}); install "
               f"'gaunt-plugins[triton]'", file=sys.stderr)
         return 2
+    lmaxes = {op: (list(args.lmax) if args.lmax else DEFAULT_LMAX[op]) for op in DEFAULT_LMAX}
     if smoke:
         args.edges, args.nodes_symcon, args.nodes_self = 16, 8, 8
-        args.warmup, args.iters, args.max_e3nn_l, args.elements = 1, 1, min(args.max_e3nn_l, 1), 3
-        conv_cases, symcon_cases, self_cases = [(1, 4), (2, 3)], [(1, 4)], [(1, 4)]
+        args.warmup, args.iters, args.elements = 1, 1, 3
+        args.max_e3nn_l, args.max_mace_l = min(args.max_e3nn_l, 1), min(args.max_mace_l, 1)
+        smoke_lmax = {"conv": [1, 2], "symcon": [1], "self": [1]}
+        lmaxes = {op: (list(args.lmax) if args.lmax else smoke_lmax[op]) for op in DEFAULT_LMAX}
+        channels = {1: 4, 2: 3}
+        cases = {op: [(l, channels.get(l, 2)) for l in ls] for op, ls in lmaxes.items()}
     else:
-        conv_cases, symcon_cases, self_cases = DEFAULT_CONV, DEFAULT_SYMCON, DEFAULT_SELF
-    if args.lmax:
-        conv_cases = [(l, c) for l, c in conv_cases if l in args.lmax] or [(l, 128 if l <= 3 else 64) for l in args.lmax]
-        symcon_cases = [(l, c) for l, c in symcon_cases if l in args.lmax] or [(l, 128) for l in args.lmax if l <= 4]
-        self_cases = [(l, c) for l, c in self_cases if l in args.lmax] or [(l, 128 if l <= 3 else 64) for l in args.lmax]
+        cases = {op: [(l, channels_for(l)) for l in ls] for op, ls in lmaxes.items()}
     name = "cpu-smoke (Triton interpreter)" if smoke else torch.cuda.get_device_name(device)
     cueq, cueq_reason = (None, "not tried in --cpu-smoke") if smoke else cueq_status()
     try:
@@ -381,20 +402,64 @@ def main(args) -> int:
         print(f"# {k}: {v}")
     if cueq is None:
         print(f"# cuEquivariance rows skipped: {cueq_reason}")
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+    if args.out:
+        out = Path(args.out)
+    elif smoke:
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_ops_cpu_smoke.json"
+    else:
+        out = Path(__file__).resolve().parent / "results" / f"gpu_ops_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bench.on_row = lambda: write_json(out, info, bench.rows, [])
+    started = time.monotonic()
     bench.header()
     for op in args.ops:
-        if op == "conv":
-            for lmax, c in conv_cases:
-                bench_conv(bench, lmax, c, args.edges, cueq)
-        elif op == "symcon":
-            for lmax, c in symcon_cases:
-                bench_symcon(bench, lmax, c, args.nodes_symcon, args.elements, cueq)
-        else:
-            for lmax, c in self_cases:
-                bench_self(bench, lmax, c, args.nodes_self)
-    # ratios the issue asks about, where both sides were measured
+        for lmax, c in cases[op]:
+            if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+                bench.rows.append({"op": op, "L": lmax, "C": c, "impl": "(all)",
+                                   "error": f"skipped: the time budget of {args.time_budget:g} s was spent"})
+                continue
+            try:
+                if op == "conv":
+                    bench_conv(bench, lmax, c, args.edges, cueq)
+                elif op == "symcon":
+                    bench_symcon(bench, lmax, c, args.nodes_symcon, args.elements, cueq)
+                else:
+                    bench_self(bench, lmax, c, args.nodes_self)
+            except Exception as exc:  # the accuracy check or the inputs of the case failed
+                bench.rows.append({"op": op, "L": lmax, "C": c, "impl": "(case)", "error": f"{type(exc).__name__}: {exc}"})
+                print(f"# {op} L={lmax} C={c}: {bench.rows[-1]['error'][:300]}", flush=True)
+                if os.environ.get("GAUNT_BENCH_TRACEBACK"):
+                    traceback.print_exc()
+            finally:
+                if bench.cuda:
+                    torch.cuda.empty_cache()
+    summary = speedups(bench.rows)
+    if summary:
+        print("\n# triton speed-ups (other / triton) and distance to the memory floor")
+        for r in summary:
+            if r["vs"] == "floor":
+                print(f"#   {r['op']} L={r['L']} C={r['C']}: fwd+bwd at {r['x_floor_fwdbwd']:.1f}x the floor")
+            else:
+                print(f"#   {r['op']} L={r['L']} C={r['C']} vs {r['vs']}: fwd {r['speedup_fwd']:.2f}x, "
+                      f"fwd+bwd {r['speedup_fwdbwd']:.2f}x")
+    write_json(out, info, bench.rows, summary)
+    print(f"# wrote {out}")
+    errors = [r for r in bench.rows if "error" in r and (r["impl"].startswith("triton") or r["impl"] == "(case)")]
+    return 1 if errors else 0
+
+
+def write_json(path: Path, info: dict, rows: list, summary: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"info": info, "results": rows, "summary": summary}, indent=1))
+    tmp.replace(path)
+
+
+def speedups(rows: list) -> list:
+    """Triton's speed-up over every other implementation of the same case (other / triton), where both
+    were measured, and its distance to the memory floor."""
     summary = []
-    by = {(r["op"], r["L"], r["C"], r["impl"]): r for r in bench.rows if "error" not in r}
+    by = {(r["op"], r["L"], r["C"], r["impl"]): r for r in rows if "error" not in r}
     for (op, lmax, c, impl), r in by.items():
         if impl != "triton":
             continue
@@ -404,26 +469,7 @@ def main(args) -> int:
                 summary.append({"op": op, "L": lmax, "C": c, "vs": other,
                                 "speedup_fwd": o["fwd_ms"] / r["fwd_ms"], "speedup_fwdbwd": o["fwdbwd_ms"] / r["fwdbwd_ms"]})
         summary.append({"op": op, "L": lmax, "C": c, "vs": "floor", "x_floor_fwdbwd": r["fwdbwd_ms"] / r["floor_fwdbwd_ms"]})
-    if summary:
-        print("\n# triton speed-ups (other / triton) and distance to the memory floor")
-        for s in summary:
-            if s["vs"] == "floor":
-                print(f"#   {s['op']} L={s['L']} C={s['C']}: fwd+bwd at {s['x_floor_fwdbwd']:.1f}x the floor")
-            else:
-                print(f"#   {s['op']} L={s['L']} C={s['C']} vs {s['vs']}: fwd {s['speedup_fwd']:.2f}x, "
-                      f"fwd+bwd {s['speedup_fwdbwd']:.2f}x")
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
-    if args.out:
-        out = Path(args.out)
-    elif smoke:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_ops_cpu_smoke.json"
-    else:
-        out = Path(__file__).resolve().parent / "results" / f"gpu_ops_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"info": info, "results": bench.rows, "summary": summary}, indent=1))
-    print(f"# wrote {out}")
-    errors = [r for r in bench.rows if "error" in r and r["impl"].startswith("triton")]
-    return 1 if errors else 0
+    return summary
 
 
 if __name__ == "__main__":
