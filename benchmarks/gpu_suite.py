@@ -247,13 +247,13 @@ def plan(mode: str, work: Path, out: Path, python: str, modules: Dict[str, dict]
                       "3" if gpu else "1", "--upstream-cache", cache, "--out", str(work / "model_step_build.json")] + corr,
               "upstream MACE at high correlation built on the CPU in limited children, saved for mace-correlation",
               needs=["mace"], background=True),
-        Stage("tests-triton", 100 if gpu else 240,
+        Stage("tests-triton", 90 if gpu else 240,
               pytest + ["tests/triton", "-m", "not slow", "--ignore=tests/triton/test_benchmark_script.py",
                         "--junitxml", str(work / "tests_triton.xml")] + workers(8)
               + ([] if gpu else ["-k", "test_dispatch_matches_reference_all_ops or test_layers_run_on_the_triton"]),
               "tests/triton, compiled kernels on CUDA tensors", env=dict(backend), needs=["pytest", "triton"],
               junit=work / "tests_triton.xml"),
-        Stage("tests-layers", 70 if gpu else 240,
+        Stage("tests-layers", 60 if gpu else 240,
               pytest + ["tests/core/test_layers.py", "-p", "pytest_cuda_device", "--junitxml",
                         str(work / "tests_layers.xml")] + workers(6)
               + ([] if gpu else ["-k", "rotation_equivariant and (dtype0-1e-10-1] or dtype1-1e-05-1])"]),
@@ -262,7 +262,7 @@ def plan(mode: str, work: Path, out: Path, python: str, modules: Dict[str, dict]
               needs=["pytest", "e3nn", "triton"], junit=work / "tests_layers.xml"),
         Stage("gpu-ops", 100 if gpu else 240,
               [python, str(BENCH / "gpu_ops.py"), "--out", str(out / "gpu_ops.json")]
-              + (["--warmup", "3", "--iters", "20", "--max-message-l", "4"] if gpu else
+              + (["--warmup", "3", "--iters", "15", "--max-message-l", "4"] if gpu else
                  ["--cpu-smoke", "--ops", "conv", "--lmax", "1", "--max-e3nn-l", "0"]),
               "op benchmark: conv, message, many-body, self product vs e3nn / MACE / cuEquivariance",
               needs=["triton", "e3nn"], output="gpu_ops.json", budget_flag="--time-budget"),
@@ -281,7 +281,7 @@ def plan(mode: str, work: Path, out: Path, python: str, modules: Dict[str, dict]
               needs=["mace", "ase", "matscipy"], output="model_step_mace_correlation.json", wait_for="mace-build",
               budget_flag="--time-budget"),
     ]
-    eqv2 = Stage("eqv2-step", 30 if gpu else 300,
+    eqv2 = Stage("eqv2-step", 50 if gpu else 300,
                  step + device + ["--models", "eqv2", "--out", str(out / "model_step_eqv2.json")]
                  + (["--eqv2-lmax", "2", "4", "6", "--eqv2-layers", "4", "--eqv2-channels", "128",
                      "--eqv2-structures", "16", "--warmup", "2", "--iters", "10"] if gpu else
