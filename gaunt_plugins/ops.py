@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .backends.torch_ops import fourier_product, grid_product
+from functools import lru_cache
+
+from .backends.dispatch import executor_for, record
+from .backends.registry import backend_setting
 from .math.fourier import MAX_FOURIER_DEGREE
 from .math.s2_grid import MAX_DEGREE
-from .tables import torch_fourier_tables, torch_grid_tables
+from .plans import functional_plan
 
 __all__ = ["gaunt_product", "METHODS", "degree_of"]
 
@@ -25,7 +29,7 @@ def degree_of(width: int, name: str) -> int:
 
 
 def _compute_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
-    out = torch.result_type(a, b)
+    out = torch.promote_types(a.dtype, b.dtype)
     if not out.is_floating_point:
         raise ValueError(f"gaunt_product: inputs must be floating point, got {a.dtype} and {b.dtype}")
     return (torch.float64 if out == torch.float64 else torch.float32), out
@@ -38,7 +42,8 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         x1: ``[..., (L1+1)^2]`` coefficients of ``f1 = sum_lm x1[lm] Y_lm`` in e3nn's real-SH order
             (l-major, ``m = -l..l``), orthonormal ("integral") normalisation.
         x2: ``[..., (L2+1)^2]``; leading dimensions broadcast with ``x1``.
-        lmax_out: largest output degree ``Lo``; degrees above ``L1 + L2`` come out zero.
+        lmax_out: largest output degree ``Lo`` (a whole number, at most 64); degrees above ``L1 + L2`` come
+            out zero.
         method: ``"grid"`` (quadrature on the Gauss-Legendre x uniform grid exact for degree
             ``L1 + L2 + Lo``), ``"fourier"`` (the paper's 2D Fourier path with FFTs), or ``"auto"``
             (the grid, which is the faster on CPU and GPU for every measured L). Both are exact.
@@ -47,6 +52,8 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         ``[broadcast(...), (Lo+1)^2]`` coefficients of ``proj_{<=Lo}(f1 * f2)``. float32 and float64
         are computed in their own precision; half and bfloat16 inputs are accumulated in float32
         and the result is cast back to the inputs' type. Differentiable (autograd) in both methods.
+        Runs on the executor the backend dispatch chooses (the CPU kernels, Triton on CUDA, or the PyTorch
+        reference; the 2D Fourier path only on the reference).
 
     Example:
         >>> x = torch.zeros(4); x[0] = 1 / (4 * math.pi) ** 0.5 * (4 * math.pi) ** 0.5  # f = sqrt(4 pi) Y_00 = 1
@@ -64,11 +71,16 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         raise ValueError("gaunt_product: inputs need a last dimension of (L+1)^2 coefficients")
     l1 = degree_of(x1.shape[-1], "x1")
     l2 = degree_of(x2.shape[-1], "x2")
+    if isinstance(lmax_out, bool) or not isinstance(lmax_out, numbers.Integral):
+        raise ValueError(f"gaunt_product: lmax_out must be a whole number (a degree), got {lmax_out!r}")
     lo = int(lmax_out)
     if lo < 0:
         raise ValueError(f"gaunt_product: lmax_out must be >= 0, got {lmax_out}")
+    if lo > MAX_DEGREE:
+        raise ValueError(f"gaunt_product: lmax_out = {lo} is past the largest degree with tables ({MAX_DEGREE}); "
+                         f"degrees above L1 + L2 = {l1 + l2} are zero anyway")
     try:
-        torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+        shape = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
     except RuntimeError as exc:
         raise ValueError(f"gaunt_product: leading dimensions {tuple(x1.shape[:-1])} and {tuple(x2.shape[:-1])} "
                          f"do not broadcast") from exc
@@ -81,13 +93,20 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         raise ValueError(f"gaunt_product: degree {max(l1, l2, lo)} has no 2D Fourier table "
                          f"(largest supported {MAX_FOURIER_DEGREE})")
     compute, result = _compute_dtype(x1, x2)
+    if math.prod(shape) == 0:
+        return x1.new_zeros(tuple(shape) + ((lo + 1) ** 2,), dtype=result)
+    plan = functional_plan(l1, l2, lo, method)
     a, b = x1.to(compute), x2.to(compute)
-    lo_eff = min(lo, l1 + l2)  # the product has degree <= L1 + L2
-    if method == "grid":
-        out = grid_product(a, b, *torch_grid_tables(l1, l2, lo_eff, compute, a.device))
-    else:
-        t1, t2, proj, n = torch_fourier_tables(l1, l2, lo_eff, compute, a.device)
-        out = fourier_product(a, b, t1, t2, proj, n)
-    if lo_eff < lo:
-        out = torch.nn.functional.pad(out, (0, (lo + 1) ** 2 - (lo_eff + 1) ** 2))
+    executor = _executor(plan, a.device, compute, backend_setting())
+    if not torch.compiler.is_compiling():
+        record("functional", executor)
+    out = executor(a, b)
+    if plan.pad:
+        out = torch.nn.functional.pad(out, (0, plan.pad))
     return out.to(result)
+
+
+@lru_cache(maxsize=512)
+def _executor(plan, device: torch.device, dtype: torch.dtype, setting: str):
+    """The dispatch's choice for one (plan, device, dtype, setting), made once."""
+    return executor_for("functional", plan, device, dtype)

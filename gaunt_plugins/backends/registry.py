@@ -39,6 +39,7 @@ __all__ = [
     "use_backend",
     "select_backend",
     "last_backend",
+    "last_executor",
     "weighted_product",
     "conv_product",
     "many_body_product",
@@ -50,8 +51,9 @@ BACKEND_CHOICES = ("auto", "torch", "triton")
 
 
 class TorchBackend:
-    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype, with the fused
-    C kernels of :mod:`.cpu` for float32/float64 CPU tensors in eager mode."""
+    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype; the dense
+    ``weighted_product`` runs the fused CPU grid kernel on float32/float64 CPU tensors in eager mode. (The
+    layers reach the CPU convolution and many-body kernels through their plans: :mod:`.dispatch`.)"""
 
     name = "torch"
     capabilities = {"dtypes": "any floating", "double_backward": True, "fused_message": False,
@@ -64,16 +66,14 @@ class TorchBackend:
     def validate(self, op: str, tensors, **info) -> None:
         return None
 
-    # The CPU path (.cpu.ops): fused C kernels for float32/float64 CPU tensors in eager mode, the
-    # reference everywhere else (other devices, TorchScript, torch.compile); same results.
     def weighted_product(self, *args):
         return cpu_ops.weighted_product(*args)
 
     def conv_product(self, *args):
-        return cpu_ops.conv_product(*args)
+        return torch_ops.conv_product(*args)
 
     def many_body_product(self, x, w_in, w_out, deg_in, deg_out, to_grid, from_grids):
-        return cpu_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
+        return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
 
     def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
                      from_grid, deterministic: bool = False):
@@ -93,6 +93,7 @@ class TorchBackend:
 _BACKENDS: Dict[str, object] = {"torch": TorchBackend(), "triton": TritonBackend()}
 _SETTING: List[Optional[str]] = [None]
 _LAST: Dict[str, str] = {}
+_LAST_EXECUTOR: Dict[str, str] = {}
 _WARNED: set = set()
 
 
@@ -148,6 +149,12 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 def last_backend(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
     """The backend that ran the latest eager call of ``op`` (or all ops)."""
     return dict(_LAST) if op is None else _LAST.get(op)
+
+
+def last_executor(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
+    """What ran the latest eager layer call of ``op`` (or all ops): ``"cpu-kernels"``, ``"torch-reference"``,
+    ``"triton"``."""
+    return dict(_LAST_EXECUTOR) if op is None else _LAST_EXECUTOR.get(op)
 
 
 def _devices(tensors: Dict[str, Optional[torch.Tensor]]) -> set:

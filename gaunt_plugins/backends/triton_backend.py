@@ -152,6 +152,42 @@ class TritonBackend:
                              f"{ei.dtype} {list(ei.shape)}")
         self.kernels()
 
+    # -- plans --------------------------------------------------------------------------------
+    _OPS = {"product": "weighted_product", "conv": "conv_product", "message": "conv_message",
+            "many_body": "many_body_product", "functional": "grid_product"}
+
+    def plan_refusal(self, kind: str, plan, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        """Why the kernels cannot run ``kind`` of ``plan`` on ``device``/``dtype``, or ``None``."""
+        if kind == "functional" and plan.method != "grid":
+            return "triton backend: the 2D Fourier method has no Triton kernel (method='grid' has)"
+        widths = dict(zip(("x1", "x2", "out"), plan.widths)) if kind != "many_body" else \
+            dict(zip(("x", "out"), plan.widths))
+        try:
+            self.validate(self._OPS[kind], {"x": torch.empty(0, device=device, dtype=dtype)}, widths=widths,
+                          correlation=plan.correlation if kind == "many_body" else None)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def plan_executor(self, kind: str, plan, device: torch.device, dtype: torch.dtype,
+                      deterministic: bool = False):
+        """The Triton executor of ``kind`` (call :meth:`plan_refusal` first)."""
+        from .executors import ConvExecutor, FunctionalGrid, ManyBodyExecutor, MessageExecutor, ProductExecutor
+
+        k = self.kernels()
+        t = plan.tensors.get(dtype, device)
+        if kind == "product":
+            return ProductExecutor(plan, t, k.weighted_product, "triton", "triton")
+        if kind == "conv":
+            return ConvExecutor(plan, t, k.conv_product, "triton", "triton")
+        if kind == "message":
+            return MessageExecutor(plan, t, k.conv_message, "triton", "triton", deterministic)
+        if kind == "many_body":
+            return ManyBodyExecutor(plan, t, k.many_body_product, "triton", "triton")
+        if kind == "functional":
+            return FunctionalGrid(plan, t, rows=_triton_rows, backend="triton", name="triton")
+        raise ValueError(f"unknown Gaunt executor kind {kind!r}")
+
     # -- ops (same signatures as torch_ops) ---------------------------------------------------
     def weighted_product(self, *args):
         return self.kernels().weighted_product(*args)
@@ -164,3 +200,10 @@ class TritonBackend:
 
     def conv_message(self, *args, deterministic: bool = False):
         return self.kernels().conv_message(*args, deterministic=deterministic)
+
+
+def _triton_rows(u: torch.Tensor, v: torch.Tensor, to_grid1, to_grid2, from_grid) -> torch.Tensor:
+    """``((u @ Y1) * (v @ Y2)) @ F`` for equal rows ``u [R, I1]``, ``v [R, I2]``: the unweighted grid product op."""
+    out = torch.ops.gaunt_triton.grid_product(u.unsqueeze(1), v.unsqueeze(1), None, None, None, None, None, None,
+                                              to_grid1, to_grid2, from_grid)
+    return out.squeeze(1)

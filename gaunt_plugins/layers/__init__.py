@@ -1,5 +1,5 @@
 """Gaunt layers (``torch.nn.Module``, e3nn ``Irreps`` at the boundary, TorchScript-able)."""
-from ._tables import METHOD_CHOICES as LAYER_METHODS
+from ._planned import LAYER_METHODS
 from .convolution import GauntConvolution
 from .many_body import GauntManyBody
 from .tensor_product import GauntTensorProduct

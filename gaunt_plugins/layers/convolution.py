@@ -1,24 +1,23 @@
 """GauntConvolution: node features times edge spherical harmonics, per-edge weights (MACE's conv_tp)."""
 from __future__ import annotations
 
-import numbers
-import weakref
-from typing import Dict
+from typing import Optional
 
 import torch
 
-from .._e3nn import compile_mode
+from .._e3nn import compile_mode, o3
 from ..backends import registry, torch_ops
-from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
+from ..backends.executors import dense_to_flat, flat_to_dense
+from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
-from ._layout import dense_to_flat, flat_offsets, flat_to_dense
-from ._tables import product_grid_buffers, resolve_method
+from ..plans import conv_plan
+from ._planned import PlannedModule, check_floating, layer_method, whole_number
 
 __all__ = ["GauntConvolution"]
 
 
 @compile_mode("script")
-class GauntConvolution(torch.nn.Module):
+class GauntConvolution(PlannedModule):
     """Gaunt equivariant convolution, a drop-in for MACE's ``conv_tp``.
 
     ``forward(x1 [E, irreps_in1.dim], x2 [E, irreps_in2.dim], weight [E, weight_numel]) -> [E, irreps_out.dim]``:
@@ -33,6 +32,11 @@ class GauntConvolution(torch.nn.Module):
     (weights indexed ``[k, c]``; ``b = weight_offset``). The output is ``P C x (degrees of irreps_out)``,
     product-major within each degree (copy ``k`` of channel ``c`` is channel ``k C + c``).
 
+    ``forward(node_feats [N, irreps_in1.dim], x2, weight, edge_index [2, E]) -> [N, irreps_out.dim]`` is the
+    message step MACE calls on blocks with ``conv_fusion``: ``out[v] = sum_{e: edge_index[1, e] = v}
+    conv(node_feats[edge_index[0, e]], x2[e], weight[e])``, one fused kernel where a backend has one (the
+    ``[E, P C, (L+1)^2]`` per-edge messages are then never materialised).
+
     ``weight_offset = 1`` makes a path weight ``(1 + w1) (1 + w2) w_out`` linear in the radial MLP's output
     at initialisation (MACE's ``uvu`` path weight is the MLP output itself), so the convolution starts at
     MACE's scale; it still vanishes wherever ``w_out`` does (at the cutoff). ``weight_offset = 0`` is the plain
@@ -46,45 +50,47 @@ class GauntConvolution(torch.nn.Module):
     path and channel). ``irreps_out`` (``C x ...``) defaults to every reachable degree up to ``L1 + L2``.
     """
 
+    _TABLES = ("to_grid1", "to_grid2", "from_grid", "deg_mask2")
+
     def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto",
                  products: int = 1, weight_offset: float = 1.0):
         super().__init__()
-        products = _positive_int(products, "products")
+        products = whole_number(products, "products", "GauntConvolution")
         f1 = channel_irreps(irreps_in1, "irreps_in1 (node features)")
         f2 = channel_irreps(irreps_in2, "irreps_in2 (edge spherical harmonics)", mul=1)
-        twist = f1.twist * f2.twist
         if irreps_out is None:
             degrees = [c for c in range(f1.lmax + f2.lmax + 1)
                        if any(gaunt_path_allowed(a, b, c) for a in f1.degrees for b in f2.degrees)]
-            irreps_out = output_irreps(f1.mul, degrees, twist)
-        fo = channel_irreps(irreps_out, "irreps_out", mul=f1.mul)
-        self.method = resolve_method(method, "GauntConvolution")
+            irreps_out = output_irreps(f1.mul, degrees, f1.twist * f2.twist)
+        fc = channel_irreps(irreps_out, "irreps_out", mul=f1.mul)
+        self.method = layer_method(method, "GauntConvolution")
         self.products = products
         self.weight_offset = float(weight_offset)
-        fo = channel_irreps(output_irreps(products * f1.mul, fo.degrees, fo.twist), "irreps_out")
+        self.normalize = bool(normalize)
+        plan = conv_plan(str(f1.irreps), str(f2.irreps), str(fc.irreps), products, self.normalize)
+        self.__dict__["_plan"] = plan
+        fo = plan.out
         self.irreps_in1, self.irreps_in2, self.irreps_out = f1.irreps, f2.irreps, fo.irreps
         self.channels = f1.mul
-        self.k1, self.k2, self.k3 = f1.num_degrees, f2.num_degrees, fo.num_degrees
-        self.width1, self.width2 = (f1.lmax + 1) ** 2, (f2.lmax + 1) ** 2
+        self.k1, self.k2, self.k3 = plan.num_degrees
+        self.width1, self.width2 = plan.widths[:2]
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
-        self.weight_numel = (self.k1 + self.k2 + self.k3) * products * self.channels
-        y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntConvolution irreps_out")
-        dtype = torch.get_default_dtype()
-        self.register_buffer("to_grid1", y1.to(dtype))
-        self.register_buffer("to_grid2", y2.to(dtype))
-        self.register_buffer("from_grid", proj.to(dtype))
-        self.register_buffer("deg_mask2", f2.degree_mask().to(dtype))
-        # every product reads the same node features: the gather repeats the channels
-        self.register_buffer("index_in1", flat_to_dense_index(f1).view(f1.mul, -1).repeat(products, 1).reshape(-1))
-        self.register_buffer("index_in2", flat_to_dense_index(f2))
-        self.register_buffer("index_out", dense_to_flat_index(fo))
-        self.register_buffer("deg1", f1.degree_slots())
-        self.register_buffer("deg3", fo.degree_slots())
+        self.weight_numel = plan.weight_numel
+        t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
+        for name in ("to_grid1", "to_grid2", "from_grid", "deg_mask2", "index_in1", "index_in2", "index_out", "deg1",
+                     "deg3"):
+            self.register_buffer(name, t[name].clone())
+
+    def _build_plan(self):
+        irreps_out = o3.Irreps([(self.channels, ir) for _, ir in self.irreps_out])
+        return conv_plan(str(self.irreps_in1), str(self.irreps_in2), str(irreps_out), self.products, self.normalize)
 
     def __setstate__(self, state) -> None:
-        # models pickled before products / weight_offset existed computed one plain product per channel
+        # models pickled before products / weight_offset / normalize were attributes computed one plain,
+        # normalised product per channel
         state.setdefault("products", 1)
         state.setdefault("weight_offset", 0.0)
+        state.setdefault("normalize", _pickled_normalize(state))
         super().__setstate__(state)
 
     def __repr__(self) -> str:
@@ -92,93 +98,80 @@ class GauntConvolution(torch.nn.Module):
                 f"{self.products} product(s) per channel, weight offset {self.weight_offset:g}, "
                 f"{self.weight_numel} weights per edge, method={self.method})")
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
+                edge_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x1.dim() != 2 or x1.shape[1] != self.dim_in1:
-            raise ValueError(f"GauntConvolution: x1 must be [E, {self.dim_in1}], got {list(x1.shape)}")
-        if x2.dim() != 2 or x2.shape[1] != self.dim_in2 or x2.shape[0] != x1.shape[0]:
-            raise ValueError(f"GauntConvolution: x2 must be [E={x1.shape[0]}, {self.dim_in2}], got {list(x2.shape)}")
-        if weight.dim() != 2 or weight.shape[1] != self.weight_numel or weight.shape[0] != x1.shape[0]:
-            raise ValueError(f"GauntConvolution: weight must be [E={x1.shape[0]}, {self.weight_numel}], "
+            raise ValueError(f"GauntConvolution: x1 must be [{'N' if edge_index is not None else 'E'}, "
+                             f"{self.dim_in1}], got {list(x1.shape)}")
+        edges = x1.shape[0] if edge_index is None else x2.shape[0]
+        if x2.dim() != 2 or x2.shape[1] != self.dim_in2 or x2.shape[0] != edges:
+            raise ValueError(f"GauntConvolution: x2 must be [E={edges}, {self.dim_in2}], got {list(x2.shape)}")
+        if weight.dim() != 2 or weight.shape[1] != self.weight_numel or weight.shape[0] != edges:
+            raise ValueError(f"GauntConvolution: weight must be [E={edges}, {self.weight_numel}], "
                              f"got {list(weight.shape)}")
+        if edge_index is not None:
+            if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.shape[1] != edges \
+                    or edge_index.is_floating_point():
+                raise ValueError(f"GauntConvolution: edge_index must be an integer tensor [2, E={edges}], got "
+                                 f"{edge_index.dtype} {list(edge_index.shape)}")
+        check_floating("GauntConvolution", [x1, x2, weight])
         dtype = x1.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
-        e = x1.shape[0]
+        x1, x2, weight = x1.to(compute), x2.to(compute), weight.to(compute)
         if self.weight_offset != 0.0:
             n_in = (self.k1 + self.k2) * self.products * self.channels
             weight = torch.cat([weight[:, :n_in] + self.weight_offset, weight[:, n_in:]], dim=1)
-        sh = flat_to_dense(x2.to(compute), self.index_in2, 1, self.width2).view(e, self.width2)
-        if not torch.jit.is_scripting():
-            if _fused_conv_serves(self, x1):
-                return self._fused(x1.to(compute), sh, weight.to(compute)).to(dtype)
-        return self._composed(x1.to(compute), sh, weight.to(compute)).to(dtype)
-
-    def _composed(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The convolution from differentiable tensor ops: ``x1 [E, D1]``, dense ``sh [E, I2]``."""
-        compute = x1.dtype
-        e = x1.shape[0]
-        lanes = self.products * self.channels
-        a = flat_to_dense(x1, self.index_in1, lanes, self.width1)
-        w = weight.view(e, self.k1 + self.k2 + self.k3, lanes)
-        args = (a, sh, w, self.k1, self.deg1, self.deg_mask2.to(compute), self.deg3, self.to_grid1.to(compute),
-                self.to_grid2.to(compute), self.from_grid.to(compute))
         if torch.jit.is_scripting():
-            out = torch_ops.conv_product(*args)
+            out = self._on_buffers(x1, x2, weight, edge_index)
         else:
-            out = registry.conv_product(*args)
-        return dense_to_flat(out, self.index_out)
+            out = self._run(x1, x2, weight, edge_index)
+        return out.to(dtype)
 
     @torch.jit.unused
-    def _fused(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        from ..backends.cpu.conv import conv_fused
+    def _run(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
+             edge_index: Optional[torch.Tensor]) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._on_buffers(x1, x2, weight, edge_index)
+        if edge_index is None:
+            return self._executor("conv", x1.device, x1.dtype)(x1, x2, weight)
+        return self._executor("message", x1.device, x1.dtype)(x1, x2, weight, edge_index, x1.shape[0])
 
-        return conv_fused(_conv_plan(self, x1.dtype), x1, sh, weight)
+    def _on_buffers(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
+                    edge_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The reference on the registered tables, what TorchScript and ``torch.compile`` trace (compiled: through
+        the dense ops of :mod:`gaunt_plugins.backends`, so CUDA tensors reach the Triton kernels)."""
+        compute = x1.dtype
+        lanes = self.products * self.channels
+        sh = flat_to_dense(x2, self.index_in2, 1, self.width2).view(x2.shape[0], self.width2)
+        w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
+        a = flat_to_dense(x1, self.index_in1, lanes, self.width1)
+        mask2, y1 = self.deg_mask2.to(compute), self.to_grid1.to(compute)
+        y2, f = self.to_grid2.to(compute), self.from_grid.to(compute)
+        if edge_index is None:
+            if torch.jit.is_scripting():
+                out = torch_ops.conv_product(a, sh, w, self.k1, self.deg1, mask2, self.deg3, y1, y2, f)
+            else:
+                out = registry.conv_product(a, sh, w, self.k1, self.deg1, mask2, self.deg3, y1, y2, f)
+            return dense_to_flat(out, self.index_out)
+        if torch.jit.is_scripting():
+            msg = torch_ops.conv_product(a.index_select(0, edge_index[0]), sh, w, self.k1, self.deg1, mask2,
+                                         self.deg3, y1, y2, f)
+            dense = msg.new_zeros([x1.shape[0]] + list(msg.shape[1:])).index_add(0, edge_index[1], msg)
+        else:
+            dense = registry.conv_message(a, sh, w, edge_index, x1.shape[0], self.k1, self.deg1, mask2, self.deg3,
+                                          y1, y2, f)
+        return dense_to_flat(dense, self.index_out)
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"GauntConvolution: {name} must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-_PLANS: "weakref.WeakKeyDictionary[GauntConvolution, Dict]" = weakref.WeakKeyDictionary()
-
-
-def _fused_conv_serves(layer: GauntConvolution, x1: torch.Tensor) -> bool:
-    """Eager CPU calls with the CPU kernels built, no backend forced to Triton, and a layer within the
-    kernel's stack limits (conv.c: MAXP grid points, MAXI coefficients, MAXK2 harmonic degrees).
-
-    Derived from the layer's buffers only, so models pickled by any version of this layer keep loading.
-    """
-    if x1.device.type != "cpu" or x1.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        return False
-    widths = (layer.to_grid1.shape[0], layer.to_grid2.shape[0], layer.from_grid.shape[1])
-    if layer.to_grid1.shape[1] > 1024 or max(widths) > 512 or layer.deg_mask2.shape[0] > 16:
-        return False
-    if torch.compiler.is_compiling() or registry.backend_setting() == "triton":
-        return False
-    from ..backends.cpu import cpu_kernels_available
-
-    return cpu_kernels_available()
-
-
-def _conv_plan(layer: GauntConvolution, dtype: torch.dtype):
-    """The kernel form of ``layer`` for ``dtype``, cached per layer, rebuilt when its buffers move."""
-    from ..backends.cpu.conv import ConvPlan
-
-    key = (dtype, layer.to_grid1.data_ptr(), layer.from_grid.data_ptr())
-    cache = _PLANS.setdefault(layer, {})
-    if key not in cache:
-        c, width1 = layer.products * layer.channels, layer.width1
-        dim1 = layer.dim_in1
-        idx1 = layer.index_in1.view(c, width1).clone()
-        idx1[idx1 == dim1] = -1
-        width_out = layer.from_grid.shape[1]
-        idxo = flat_offsets(layer.index_out, c, width_out)
-        a, b, p = (t.to(dtype).contiguous() for t in (layer.to_grid1, layer.to_grid2, layer.from_grid))
-        tables = (a.t().contiguous(), b.t().contiguous(), p.t().contiguous(), a, b, p)
-        cache.clear()
-        deg2 = layer.deg_mask2.argmax(0).to(torch.long)  # the degree slot of each harmonic coefficient
-        cache[key] = ConvPlan(c, layer.k1, layer.k2, layer.k3, layer.dim_out, idx1.contiguous(),
-                              idxo, layer.deg1.contiguous(), deg2.contiguous(),
-                              layer.deg3.contiguous(), tables, layer._composed)
-    return cache[key]
+def _pickled_normalize(state) -> bool:
+    """Whether a layer pickled without a ``normalize`` attribute had its normalisation folded into its tables:
+    its projection table equals the normalised one (at the table's own precision)."""
+    buffers = state.get("_buffers", {})
+    table = buffers.get("from_grid")
+    if table is None:
+        return True
+    irreps_out = o3.Irreps([(state["channels"], ir) for _, ir in state["irreps_out"]])
+    plan = conv_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(irreps_out), state.get("products", 1),
+                     True)
+    exact = plan.tensors.get(torch.float64, torch.device("cpu"))["from_grid"]
+    return bool(torch.allclose(table.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))

@@ -7,16 +7,17 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..irreps import channel_irreps, dense_to_flat_index, flat_to_dense_index, output_irreps
+from ..backends.executors import dense_to_flat, flat_to_dense
+from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
-from ._layout import dense_to_flat, flat_to_dense
-from ._tables import product_grid_buffers, resolve_method
+from ..plans import product_plan
+from ._planned import PlannedModule, check_floating, layer_method
 
 __all__ = ["GauntTensorProduct"]
 
 
 @compile_mode("script")
-class GauntTensorProduct(torch.nn.Module):
+class GauntTensorProduct(PlannedModule):
     """``out[c] = w3[c] * proj( (w1[c] * x1[c]) (*) (w2[c] * x2[c]) )`` for each channel ``c``.
 
     ``x1 [..., irreps_in1.dim]`` and ``x2 [..., irreps_in2.dim]`` (e3nn ``mul_ir`` layout; both
@@ -32,46 +33,50 @@ class GauntTensorProduct(torch.nn.Module):
     unit variance for unit-variance inputs (``normalize=True``).
     """
 
+    _TABLES = ("to_grid1", "to_grid2", "from_grid")
+
     def __init__(self, irreps_in1, irreps_in2, irreps_out=None, internal_weights: bool = True,
                  shared_weights: Optional[bool] = None, normalize: bool = True, method: str = "auto"):
         super().__init__()
         f1 = channel_irreps(irreps_in1, "irreps_in1")
         f2 = channel_irreps(irreps_in2, "irreps_in2", mul=f1.mul)
-        twist = f1.twist * f2.twist
         if irreps_out is None:
             lo = max(f1.lmax, f2.lmax)
             degrees = [c for c in range(lo + 1)
                        if any(gaunt_path_allowed(a, b, c) for a in f1.degrees for b in f2.degrees)]
-            irreps_out = output_irreps(f1.mul, degrees, twist)
+            irreps_out = output_irreps(f1.mul, degrees, f1.twist * f2.twist)
         fo = channel_irreps(irreps_out, "irreps_out", mul=f1.mul)
         if shared_weights is None:
             shared_weights = internal_weights
         if internal_weights and not shared_weights:
             raise ValueError("GauntTensorProduct: internal_weights=True needs shared_weights=True")
-        self.method = resolve_method(method, "GauntTensorProduct")
+        self.method = layer_method(method, "GauntTensorProduct")
+        self.normalize = bool(normalize)
+        plan = product_plan(str(f1.irreps), str(f2.irreps), str(fo.irreps), self.normalize)
+        self.__dict__["_plan"] = plan
         self.irreps_in1, self.irreps_in2, self.irreps_out = f1.irreps, f2.irreps, fo.irreps
         self.channels = f1.mul
-        self.k1, self.k2, self.k3 = f1.num_degrees, f2.num_degrees, fo.num_degrees
-        self.width1, self.width2, self.width_out = (f1.lmax + 1) ** 2, (f2.lmax + 1) ** 2, (fo.lmax + 1) ** 2
+        self.k1, self.k2, self.k3 = plan.num_degrees
+        self.width1, self.width2, self.width_out = plan.widths
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
         self.weight_numel = (self.k1 + self.k2 + self.k3) * self.channels
         self.internal_weights = internal_weights
         self.shared_weights = shared_weights
-        y1, y2, proj = product_grid_buffers(f1, f2, fo, normalize, "GauntTensorProduct irreps_out")
-        dtype = torch.get_default_dtype()
-        self.register_buffer("to_grid1", y1.to(dtype))
-        self.register_buffer("to_grid2", y2.to(dtype))
-        self.register_buffer("from_grid", proj.to(dtype))
-        self.register_buffer("index_in1", flat_to_dense_index(f1))
-        self.register_buffer("index_in2", flat_to_dense_index(f2))
-        self.register_buffer("index_out", dense_to_flat_index(fo))
-        self.register_buffer("deg1", f1.degree_slots())
-        self.register_buffer("deg2", f2.degree_slots())
-        self.register_buffer("deg3", fo.degree_slots())
+        t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
+        for name in ("to_grid1", "to_grid2", "from_grid", "index_in1", "index_in2", "index_out", "deg1", "deg2",
+                     "deg3"):
+            self.register_buffer(name, t[name].clone())
         if internal_weights:
             self.weight = torch.nn.Parameter(torch.ones(self.k1 + self.k2 + self.k3, self.channels))
         else:
             self.register_buffer("weight", torch.zeros(0))
+
+    def _build_plan(self):
+        return product_plan(str(self.irreps_in1), str(self.irreps_in2), str(self.irreps_out), self.normalize)
+
+    def __setstate__(self, state) -> None:
+        state.setdefault("normalize", _pickled_normalize(state))
+        super().__setstate__(state)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | "
@@ -90,30 +95,62 @@ class GauntTensorProduct(torch.nn.Module):
             if weight is None:
                 raise ValueError("GauntTensorProduct: internal_weights=False needs a weight argument")
             w = weight
+        check_floating("GauntTensorProduct", [x1, x2])
         dtype = x1.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         n = x1.numel() // self.dim_in1
-        a = flat_to_dense(x1.reshape(n, self.dim_in1).to(compute), self.index_in1, self.channels, self.width1)
-        b = flat_to_dense(x2.reshape(n, self.dim_in2).to(compute), self.index_in2, self.channels, self.width2)
-        w = w.to(compute)
+        lead = list(x1.shape[:-1])
         kk = self.k1 + self.k2 + self.k3
         if self.shared_weights:
             if w.numel() != self.weight_numel:
-                raise ValueError(f"GauntTensorProduct: weight needs {self.weight_numel} elements, got {w.numel()}")
+                raise ValueError(f"GauntTensorProduct: shared weight needs {self.weight_numel} elements "
+                                 f"([{kk}, {self.channels}] degree-major), got {list(w.shape)}")
             w = w.reshape(kk, self.channels)
         else:
-            if w.shape[-1] != self.weight_numel:
-                raise ValueError(f"GauntTensorProduct: weight needs [..., {self.weight_numel}], got {list(w.shape)}")
+            if w.shape[-1] != self.weight_numel or list(w.shape[:-1]) != lead:
+                raise ValueError(f"GauntTensorProduct: per-sample weight must be {lead + [self.weight_numel]} "
+                                 f"(the leading dimensions of x1, then weight_numel), got {list(w.shape)}")
             w = w.reshape(n, kk, self.channels)
+        w = w.to(compute)
+        a = x1.reshape(n, self.dim_in1).to(compute)
+        b = x2.reshape(n, self.dim_in2).to(compute)
         w1 = w[..., : self.k1, :]
         w2 = w[..., self.k1 : self.k1 + self.k2, :]
         w3 = w[..., self.k1 + self.k2 :, :]
-        args = (a, b, w1, w2, w3, self.deg1, self.deg2, self.deg3, self.to_grid1.to(compute),
-                self.to_grid2.to(compute), self.from_grid.to(compute))
-        if torch.jit.is_scripting():
-            out = torch_ops.weighted_product(*args)
+        if n == 0:
+            out = a.new_zeros(0, self.dim_out)
+        elif torch.jit.is_scripting():
+            out = self._on_buffers(a, b, w1, w2, w3)
         else:
-            out = registry.weighted_product(*args)
-        shape = list(x1.shape[:-1])
-        shape.append(self.dim_out)
-        return dense_to_flat(out, self.index_out).reshape(shape).to(dtype)
+            out = self._run(a, b, w1, w2, w3)
+        lead.append(self.dim_out)
+        return out.reshape(lead).to(dtype)
+
+    @torch.jit.unused
+    def _run(self, a, b, w1, w2, w3) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._on_buffers(a, b, w1, w2, w3)
+        return self._executor("product", a.device, a.dtype)(a, b, w1, w2, w3)
+
+    def _on_buffers(self, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                    w3: torch.Tensor) -> torch.Tensor:
+        """The reference on the registered tables (TorchScript; ``torch.compile`` through the dense ops)."""
+        compute = a.dtype
+        ad = flat_to_dense(a, self.index_in1, self.channels, self.width1)
+        bd = flat_to_dense(b, self.index_in2, self.channels, self.width2)
+        y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
+        if torch.jit.is_scripting():
+            out = torch_ops.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
+        else:
+            out = registry.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
+        return dense_to_flat(out, self.index_out)
+
+
+def _pickled_normalize(state) -> bool:
+    """Whether a layer pickled without a ``normalize`` attribute had its normalisation folded into its tables."""
+    table = state.get("_buffers", {}).get("from_grid")
+    if table is None:
+        return True
+    plan = product_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(state["irreps_out"]), True)
+    exact = plan.tensors.get(torch.float64, torch.device("cpu"))["from_grid"]
+    return bool(torch.allclose(table.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))

@@ -133,4 +133,6 @@ def fourier_to_sh_dense(lu: int, lo: int) -> np.ndarray:
     ``out[lm] = Re sum_{u,v} F[u, v] I[u, v, lm]`` for a real function with coefficients ``F``
     (frequencies ``|u| <= lu``; only ``|v| <= lo`` can reach degree ``<= lo``).
     """
-    return _dense_from(_check_degree(lu) if lu <= 2 * MAX_FOURIER_DEGREE else lu, _check_degree(lo)).copy()
+    if not 0 <= lu <= 2 * MAX_FOURIER_DEGREE:  # the product of two tabulated degrees
+        raise ValueError(f"no 2D Fourier projection for frequencies up to {lu}: supported 0..{2 * MAX_FOURIER_DEGREE}")
+    return _dense_from(int(lu), _check_degree(lo)).copy()

@@ -243,3 +243,58 @@ def test_weighted_product_reference_matches_the_functional_op_per_channel():
     deg = lambda l: torch.tensor([d for d in range(l + 1) for _ in range(2 * d + 1)])
     out = weighted_product(x1, x2, ones(3), ones(2), ones(3), deg(2), deg(1), deg(2), y1, y2, proj)
     assert torch.allclose(out, gaunt_product(x1, x2, 2), atol=1e-13)
+
+
+def test_layers_that_ran_are_freed_when_dropped():
+    """Nothing outside a layer (no global cache of plans or executors) keeps it alive."""
+    import gc
+    import weakref
+
+    refs = []
+    for _ in range(100):
+        conv = GauntConvolution(natural(2, 1), sh_irreps(1), natural(2, 1))
+        mb = GauntManyBody(natural(2, 1), natural(2, 1), 2, 2)
+        conv(torch.randn(3, conv.dim_in1), torch.randn(3, conv.dim_in2), torch.randn(3, conv.weight_numel))
+        mb(torch.randn(3, 2, 4), torch.eye(2)[[0, 1, 1]])
+        refs += [weakref.ref(conv), weakref.ref(mb)]
+        del conv, mb
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+
+
+def test_a_float32_layer_moved_to_float64_computes_with_float64_tables():
+    """Built under the float32 default, then ``.double()``: equivariant to float64 accuracy."""
+    torch.set_default_dtype(torch.float32)
+    layer = GauntTensorProduct(natural(3, 3), natural(3, 3)).double()
+    x1, x2 = (torch.randn(4, layer.dim_in1, dtype=torch.float64) for _ in range(2))
+    rot = random_rotation(torch.float64, generator=torch.Generator().manual_seed(3))
+    err = equivariance_error(layer, (x1, x2), [layer.irreps_in1, layer.irreps_in2], layer.irreps_out, rot)
+    assert err < 1e-12
+    assert torch.equal(layer.to_grid1, layer.plan.tensors.get(torch.float64, torch.device("cpu"))["to_grid1"])
+
+
+@pytest.mark.parametrize("make, args", [
+    (lambda: GauntConvolution(natural(2, 1), sh_irreps(1), natural(2, 1)),
+     lambda l: (torch.ones(3, l.dim_in1, dtype=torch.int64), torch.ones(3, l.dim_in2), torch.ones(3, l.weight_numel))),
+    (lambda: GauntTensorProduct(natural(2, 1), natural(2, 1)),
+     lambda l: (torch.ones(3, l.dim_in1, dtype=torch.int32), torch.ones(3, l.dim_in2, dtype=torch.int32))),
+    (lambda: GauntManyBody(natural(2, 1), natural(2, 1), 2, 2),
+     lambda l: (torch.ones(3, 2, 4, dtype=torch.int64), torch.eye(2)[[0, 1, 1]])),
+])
+def test_integer_inputs_are_refused_like_gaunt_product(make, args):
+    layer = make()
+    with pytest.raises(ValueError, match="inputs must be floating point"):
+        layer(*args(layer))
+    with pytest.raises(ValueError, match="inputs must be floating point"):
+        gaunt_product(torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64), 1)
+
+
+def test_many_body_past_the_kernels_correlation_runs_on_the_reference():
+    """Correlation 7 is past the CPU kernel's limit: the layer runs (on the reference) instead of failing."""
+    from gaunt_plugins.backends import last_executor
+
+    mb = GauntManyBody(natural(2, 1), natural(2, 0), 7, 2).double()
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    out = mb(x, torch.eye(2, dtype=torch.float64)[[0, 1, 1]])
+    assert torch.isfinite(out).all() and out.shape == (3, 2)
+    assert last_executor("many_body_product") == "torch-reference"

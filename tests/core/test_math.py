@@ -101,3 +101,10 @@ def test_degree_without_a_table_is_rejected():
         grid_shape(1000)
     with pytest.raises(ValueError, match="no 2D Fourier table"):
         sh_to_fourier_dense(100)
+
+
+def test_fourier_projection_serves_every_product_of_tabulated_degrees_and_nothing_past_them():
+    """Products of two degree-32 features reach frequency 64: served; past that: refused."""
+    assert fourier_to_sh_dense(40, 2).shape == (81, 5, 9)
+    with pytest.raises(ValueError, match="supported 0..64"):
+        fourier_to_sh_dense(65, 2)

@@ -1,12 +1,13 @@
-"""Fused CPU kernels for the Gaunt grid product (C, compiled on first use, called through ctypes).
+"""Fused CPU kernels (C, compiled on first use, called through ctypes): the grid product, the convolution on
+flat e3nn features and the many-body power product, each with a one-pass backward.
 
-The whole chain ``((u @ T1) * (v @ T2)) @ T3`` runs row by row with the grid values in a stack
-buffer, so no ``[rows, P]`` intermediate is written to memory (the plain PyTorch chain writes
-several). See :mod:`.fused` for the autograd wrapper and :mod:`.build` for compilation.
+The whole chain of a row runs with its grid values in a stack buffer, so no ``[rows, P]`` intermediate is
+written to memory. :mod:`.executors` says which plans they serve and builds their executors; :mod:`.build`
+compiles them; each kernel's stack limits are the ``#define`` lines of its source (:mod:`.limits`).
 """
 from .build import cpu_kernels_available, cpu_kernels_unavailable_reason
 from .fused import grid_product_fused
-from .ops import conv_product, many_body_product, use_fused_kernels, weighted_product
+from .ops import use_fused_kernels, weighted_product
 
 __all__ = ["grid_product_fused", "cpu_kernels_available", "cpu_kernels_unavailable_reason", "use_fused_kernels",
-           "weighted_product", "conv_product", "many_body_product"]
+           "weighted_product"]

@@ -1,7 +1,7 @@
-"""Table construction shared by the Gaunt layers: reachability, normalisation, dense grids."""
+"""Master tables of the Gaunt layers (float64, normalisation folded in) and the checks on their irreps."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 
@@ -10,18 +10,7 @@ from ..math import grid_tables, power_grid_tables
 from ..math.normalization import product_normalization
 from ..math.s2_grid import MAX_DEGREE
 
-__all__ = ["check_output", "product_grid_buffers", "power_grid_buffers", "METHOD_CHOICES"]
-
-METHOD_CHOICES = ("auto", "grid")
-"""Layer methods: the grid (the faster in every measurement). The 2D Fourier path is served by
-:func:`gaunt_plugins.gaunt_product` with ``method="fourier"``."""
-
-
-def resolve_method(method: str, layer: str) -> str:
-    if method not in METHOD_CHOICES:
-        raise ValueError(f"{layer}: unknown method {method!r}; layers support {METHOD_CHOICES} "
-                         f"(method='fourier' is available in gaunt_plugins.gaunt_product)")
-    return "grid"
+__all__ = ["check_output", "product_grid_tables", "power_grids"]
 
 
 def check_output(out: ChannelIrreps, twist: int, norms: Sequence[float], what: str, inputs: str) -> None:
@@ -43,10 +32,10 @@ def _check_degree(degree: int, what: str) -> None:
                          f"(largest supported {MAX_DEGREE})")
 
 
-def product_grid_buffers(f1: ChannelIrreps, f2: ChannelIrreps, out: ChannelIrreps, normalize: bool,
-                         what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``to_grid1 [I1, P]``, ``to_grid2 [I2, P]``, ``from_grid [P, Io]`` (float64, output degrees the
-    layer does not emit are zeroed, normalisation folded in), after validating ``out``."""
+def product_grid_tables(f1: ChannelIrreps, f2: ChannelIrreps, out: ChannelIrreps, normalize: bool,
+                        what: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``to_grid1 [I1, P]``, ``to_grid2 [I2, P]``, ``from_grid [P, Io]`` (float64; output degrees that are not
+    emitted are zeroed, the per-degree normalisation folded in), after validating ``out``."""
     _check_degree(f1.lmax + f2.lmax + out.lmax, what)
     norms = product_normalization([f1.degrees, f2.degrees], list(range(out.lmax + 1)))
     check_output(out, f1.twist * f2.twist, norms, what, f"{f1.irreps} and {f2.irreps}")
@@ -54,16 +43,16 @@ def product_grid_buffers(f1: ChannelIrreps, f2: ChannelIrreps, out: ChannelIrrep
     scale = torch.zeros((out.lmax + 1) ** 2, dtype=torch.float64)
     for l in out.degrees:
         scale[l * l:(l + 1) ** 2] = float(norms[l]) if normalize else 1.0
-    return torch.from_numpy(y1), torch.from_numpy(y2), torch.from_numpy(proj) * scale
+    return torch.from_numpy(y1.copy()), torch.from_numpy(y2.copy()), torch.from_numpy(proj.copy()) * scale
 
 
-def power_grid_buffers(feat: ChannelIrreps, out: ChannelIrreps, correlation: int, normalize: bool,
-                       what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``to_grid [I, P]`` and ``from_grids [correlation, P, Io]`` for the powers ``nu = 1..correlation``
-    (a term whose parity differs from ``out`` is zero), after validating ``out``."""
+def power_grids(feat: ChannelIrreps, out: ChannelIrreps, correlation: int, normalize: bool,
+                what: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``to_grid [I, P]`` and ``from_grids [correlation, P, Io]`` for the powers ``nu = 1..correlation`` (a
+    term whose parity differs from ``out`` is zero), after validating ``out``; float64."""
     _check_degree(correlation * feat.lmax + out.lmax, what)
     to_grid, proj = power_grid_tables(feat.lmax, correlation, out.lmax)
-    proj = torch.from_numpy(proj)
+    proj = torch.from_numpy(proj.copy())
     grids = torch.zeros((correlation,) + tuple(proj.shape), dtype=torch.float64)
     reachable = [0.0] * (out.lmax + 1)
     for nu in range(1, correlation + 1):
@@ -79,4 +68,4 @@ def power_grid_buffers(feat: ChannelIrreps, out: ChannelIrreps, correlation: int
     twists = {feat.twist ** nu for nu in range(1, correlation + 1)}
     check_output(out, out.twist if out.twist in twists else feat.twist, reachable, what,
                  f"powers 1..{correlation} of {feat.irreps}")
-    return torch.from_numpy(to_grid), grids
+    return torch.from_numpy(to_grid.copy()), grids

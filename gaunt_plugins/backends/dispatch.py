@@ -1,0 +1,84 @@
+"""Which executor runs a plan: one dispatch for every Gaunt op (layers and :func:`gaunt_plugins.gaunt_product`).
+
+:func:`executor_for` is called once per (layer, device, dtype, setting) and its result cached by the caller.
+The backend setting is resolved as for the dense ops of :mod:`.registry` (the call's ``backend=``, then
+:func:`~.registry.set_backend`, then ``$GAUNT_BACKEND``, then ``auto``):
+
+- ``triton`` (forced): the Triton executor, or ``ValueError`` saying why it cannot serve (never a fallback);
+- ``torch`` (forced): the CPU kernels where they serve the plan (CPU, float32/float64, eager, within the
+  kernels' limits), else the PyTorch reference;
+- ``auto``: CUDA -> Triton where it serves (else the reference, with a one-time warning naming the reason);
+  CPU -> as ``torch``.
+
+:func:`refusals` lists, for a plan, why each executor that would not run it cannot.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional
+
+import torch
+
+from . import registry
+from .cpu.executors import cpu_executor, cpu_refusal
+from .executors import Executor
+from .reference import reference_executor
+
+__all__ = ["executor_for", "refusals", "KINDS"]
+
+KINDS = ("product", "conv", "message", "many_body", "functional")
+_OP_NAMES = {"product": "weighted_product", "conv": "conv_product", "message": "conv_message",
+             "many_body": "many_body_product", "functional": "gaunt_product"}
+
+
+def _torch_executor(kind: str, plan, device: torch.device, dtype: torch.dtype, deterministic: bool) -> Executor:
+    reference = reference_executor(kind, plan, device, dtype, deterministic)
+    if cpu_refusal(kind, plan, device, dtype) is None:
+        return cpu_executor(kind, plan, dtype, reference)
+    return reference
+
+
+def executor_for(kind: str, plan, device: torch.device, dtype: torch.dtype, backend: Optional[str] = None,
+                 deterministic: bool = False) -> Executor:
+    """The executor of ``kind`` for ``plan`` on ``device`` in the compute ``dtype`` (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown Gaunt executor kind {kind!r}; one of {KINDS}")
+    op = _OP_NAMES[kind]
+    device = torch.device(device)
+    if backend is not None:
+        registry._check_choice(backend, f"{op}(backend=...)")
+    choice = backend if backend not in (None, "auto") else registry.backend_setting()
+    triton = registry.get_backend("triton")
+    if choice == "triton":
+        reason = triton.plan_refusal(kind, plan, device, dtype)
+        if reason is not None:
+            source = (f"backend={backend!r}" if backend not in (None, "auto")
+                      else ("set_backend()" if registry._SETTING[0] is not None else f"{registry.BACKEND_ENV}=triton"))
+            raise ValueError(f"{reason} [{source} forces it; use 'auto' or 'torch' to run elsewhere]")
+        return triton.plan_executor(kind, plan, device, dtype, deterministic)
+    if choice == "auto" and device.type == "cuda":
+        reason = triton.plan_refusal(kind, plan, device, dtype)
+        if reason is None:
+            return triton.plan_executor(kind, plan, device, dtype, deterministic)
+        if reason not in registry._WARNED:
+            registry._WARNED.add(reason)
+            warnings.warn(f"Gaunt {op}: running the PyTorch backend on CUDA because {reason}", RuntimeWarning,
+                          stacklevel=3)
+    elif choice not in ("auto", "torch"):
+        raise ValueError(f"{op}: backend {choice!r} serves no Gaunt plans; choose 'auto', 'torch' or 'triton'")
+    return _torch_executor(kind, plan, device, dtype, deterministic)
+
+
+def refusals(kind: str, plan, device: torch.device, dtype: torch.dtype) -> Dict[str, Optional[str]]:
+    """``{executor name: None if it can run kind of plan here, else why not}``."""
+    device = torch.device(device)
+    return {"triton": registry.get_backend("triton").plan_refusal(kind, plan, device, dtype),
+            "cpu-kernels": cpu_refusal(kind, plan, device, dtype),
+            "torch-reference": None}
+
+
+def record(kind: str, executor: Executor) -> None:
+    """Note what ran ``kind`` (eager calls): :func:`~.registry.last_backend` / :func:`~.registry.last_executor`."""
+    if not torch.compiler.is_compiling():
+        registry._LAST[_OP_NAMES[kind]] = executor.backend
+        registry._LAST_EXECUTOR[_OP_NAMES[kind]] = executor.name

@@ -1,0 +1,101 @@
+"""What the Gaunt layers share: a plan rebuilt from their irreps, executors cached on the module, exact tables.
+
+A layer keeps the plan of its product (:mod:`gaunt_plugins.plans`) and, per ``(kind, device, dtype, backend
+setting)``, the executor the dispatch chose (:func:`gaunt_plugins.backends.dispatch.executor_for`); both are
+derived state, rebuilt on demand and never pickled or deep-copied. The layer also registers its tables as
+buffers for TorchScript and ``torch.compile`` (which trace the PyTorch reference on them); after a dtype or
+device change those buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built
+under a float32 default computes from float64 tables, not from float32-rounded ones.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..backends import registry
+from ..backends.dispatch import executor_for, record
+
+__all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number"]
+
+LAYER_METHODS = ("auto", "grid")
+"""The layers compute on the quadrature grid (the faster method in every measurement); ``"auto"`` means the
+grid. The 2D Fourier path is :func:`gaunt_plugins.gaunt_product`'s ``method="fourier"``."""
+
+_TRANSIENT = ("_plan", "_executors")
+
+
+def layer_method(method: str, layer: str) -> str:
+    """Validate a layer's ``method`` argument: always the grid."""
+    if method not in LAYER_METHODS:
+        raise ValueError(f"{layer}: unknown method {method!r}; layers support {LAYER_METHODS} "
+                         f"(method='fourier' is available in gaunt_plugins.gaunt_product)")
+    return "grid"
+
+
+def whole_number(value, name: str, layer: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is a whole number ``>= minimum`` (not a bool, not a float); ``ValueError``
+    naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{layer}: {name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_floating(layer: str, tensors: List[torch.Tensor]) -> None:
+    """The error :func:`gaunt_plugins.gaunt_product` gives for non-floating inputs (TorchScript-able)."""
+    for t in tensors:
+        if not t.is_floating_point():
+            raise ValueError(f"{layer}: inputs must be floating point, got {t.dtype}")
+
+
+class PlannedModule(torch.nn.Module):
+    """Base of the Gaunt layers. Subclasses define ``_build_plan()`` and ``_TABLES`` (their floating buffers,
+    named as in the plan's tensors)."""
+
+    _TABLES: Tuple[str, ...] = ()
+    __jit_unused_properties__ = ["plan"]
+
+    def _build_plan(self):
+        raise NotImplementedError
+
+    @property
+    def plan(self):
+        """The layer's plan (cached; rebuilt from the irreps after unpickling)."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = self._build_plan()
+            self.__dict__["_plan"] = plan
+        return plan
+
+    @torch.jit.unused
+    def _executor(self, kind: str, device: torch.device, dtype: torch.dtype):
+        """The executor for ``kind`` on ``device``/``dtype`` under the current backend setting (cached here)."""
+        cache: Dict = self.__dict__.setdefault("_executors", {})
+        key = (kind, device, dtype, registry.backend_setting())
+        executor = cache.get(key)
+        if executor is None:
+            executor = executor_for(kind, self.plan, device, dtype)
+            cache[key] = executor
+        record(kind, executor)
+        return executor
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in _TRANSIENT:
+            state.pop(key, None)
+        return state
+
+    def _apply(self, fn, recurse: bool = True):
+        module = super()._apply(fn, recurse)
+        masters = self.plan.tensors.get(torch.float64, torch.device("cpu"))
+        for name in self._TABLES:
+            buf = self._buffers.get(name)
+            if buf is not None and buf.is_floating_point():
+                exact = masters[name].to(device=buf.device, dtype=buf.dtype)
+                if not torch.equal(exact, buf):
+                    self._buffers[name] = exact
+        self.__dict__.pop("_executors", None)
+        return module
