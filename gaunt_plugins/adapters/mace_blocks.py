@@ -97,6 +97,9 @@ def _setup_gaunt_conv(block: torch.nn.Module, residual: bool) -> None:
         block.edge_irreps, block.edge_attrs_irreps, block.target_irreps, method=block.gaunt_method,
         products=block.gaunt_conv_products,
     )
+    # MACE's forward then calls conv_tp(node_feats, edge_attrs, tp_weights, edge_index) for the whole message
+    # (gather, convolution, scatter-sum): one fused kernel where the backend has one
+    block.conv_fusion = "gaunt"
     input_dim = block.edge_feats_irreps.num_irreps
     block.conv_tp_weights = e3nn_nn.FullyConnectedNet(
         [input_dim] + block.radial_MLP + [block.conv_tp.weight_numel],

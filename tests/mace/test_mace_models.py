@@ -4,6 +4,7 @@ Marked ``e3nn044``: the same tests run again in the pass under mace-torch's pinn
 """
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -202,3 +203,25 @@ def test_symmetry_under_mace_pinned_e3nn_044():
                           text=True, timeout=1200)
     assert "E3NN 0.4.4" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_gaunt_interactions_compute_the_message_in_one_call(float64):
+    """Gaunt blocks take MACE's conv_fusion seam (one call for gather, convolution and scatter); the model
+    predicts what the gather / conv / scatter path predicts, on the CPU kernels and on Triton."""
+    from gaunt_plugins.backends import last_executor, use_backend
+
+    model, _ = _gaunt()
+    assert all(hasattr(block, "conv_fusion") for block in model.interactions)
+    batch = acac_batch(2)
+    energy, forces = _energy_forces(model, batch)
+    assert last_executor("conv_message") == "cpu-kernels"
+    unfused = copy.deepcopy(model)
+    for block in unfused.interactions:
+        del block.conv_fusion
+    energy_u, forces_u = _energy_forces(unfused, batch)
+    assert torch.allclose(energy, energy_u, atol=1e-10) and torch.allclose(forces, forces_u, atol=1e-10)
+    pytest.importorskip("triton")
+    with use_backend("triton"):  # Triton's interpreter on this CPU (tests/conftest.py sets TRITON_INTERPRET)
+        energy_t, forces_t = _energy_forces(model, batch)
+        assert last_executor("conv_message") == "triton"
+    assert torch.allclose(energy_t, energy, atol=1e-9) and torch.allclose(forces_t, forces, atol=1e-9)
