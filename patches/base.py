@@ -26,11 +26,13 @@ two different call sites agree on whether MACE is patched.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import warnings
 from importlib import metadata
 from typing import Any, ClassVar, Dict, List, Tuple
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 __all__ = ["FrameworkPatch", "UnsupportedVersionError", "MissingTargetError"]
 
@@ -49,41 +51,7 @@ class MissingTargetError(ImportError):
 
 def _version_ok(version: str, spec: str) -> bool:
     """Whether ``version`` satisfies the PEP 440 specifier set ``spec`` (e.g. ">=0.3.16,<0.4")."""
-    try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-    except ImportError:  # packaging is nearly always there; fall back to plain release tuples
-        return _version_ok_fallback(version, spec)
     return Version(version) in SpecifierSet(spec, prereleases=True)
-
-
-def _release(v: str) -> Tuple[int, ...]:
-    parts = []
-    for piece in v.split("+")[0].split("."):
-        digits = re.match(r"\d+", piece)
-        if digits is None:
-            break
-        parts.append(int(digits.group()))
-    return tuple(parts)
-
-
-def _version_ok_fallback(version: str, spec: str) -> bool:
-    ops = {
-        ">=": lambda a, b: a >= b,
-        "<=": lambda a, b: a <= b,
-        "==": lambda a, b: a == b,
-        "!=": lambda a, b: a != b,
-        ">": lambda a, b: a > b,
-        "<": lambda a, b: a < b,
-    }
-    have = _release(version)
-    for clause in filter(None, (c.strip() for c in spec.split(","))):
-        op = next(o for o in (">=", "<=", "==", "!=", ">", "<") if clause.startswith(o))
-        want = _release(clause[len(op):].strip())
-        n = max(len(have), len(want))
-        if not ops[op](have + (0,) * (n - len(have)), want + (0,) * (n - len(want))):
-            return False
-    return True
 
 
 class FrameworkPatch:

@@ -1,6 +1,6 @@
 """Block sizes, padding rules and limits of the Gaunt Triton kernels, each with its reason.
 
-All of these are first guesses made without a GPU to tune on (see the report of issue 4): they
+All of these are first guesses made without a GPU to tune on: they
 respect the hard constraints (``tl.dot`` operand dimensions >= 16, ``tl.arange`` sizes powers of
 two) and keep the per-program register footprint of the backward kernels bounded, but the
 numbers themselves have not been autotuned on an H100 yet. Change them here, nowhere else.
@@ -32,7 +32,7 @@ __all__ = [
 
 FP32_DOT_PRECISION = os.environ.get("GAUNT_TRITON_FP32_DOT", "ieee")
 """``tl.dot`` input precision for float32 features (read once, at import). ``"ieee"`` (default):
-exact float32 products on the CUDA cores, what the issue asks for (float32 accumulates exactly).
+exact float32 products on the CUDA cores (float32 accumulates exactly).
 ``"tf32x3"``: three TF32 tensor-core products per dot, about float32 accuracy (~1e-6 relative) at
 tensor-core throughput; ``"tf32"``: ~1e-3 relative, fastest. The dots are small (K = 16..64), so
 which one wins on an H100 is to be measured (``benchmarks/gpu_ops.py``); set the variable

@@ -55,6 +55,17 @@ def _mm(a, b):
 
 
 @triton.jit
+def _tile(N, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's ``BLOCK_R x BLOCK_C`` block of (row, channel) pairs, flattened: ``row`` (int64), ``ch``
+    and ``valid`` ``[BLOCK_R * BLOCK_C]`` (grid axis 0 walks rows, axis 1 channels)."""
+    m = tl.arange(0, BLOCK_R * BLOCK_C)
+    row = tl.program_id(0) * BLOCK_R + m // BLOCK_C
+    ch = tl.program_id(1) * BLOCK_C + m % BLOCK_C
+    valid = (row < N) & (ch < C)
+    return row.to(tl.int64), ch, valid
+
+
+@triton.jit
 def _load_rows(ptr, row, ch, valid, s_n, s_c, width, WP: tl.constexpr):
     """``[M, WP]`` tile of ``ptr[row, ch, :width]`` (zeros outside), last-dim stride 1."""
     i = tl.arange(0, WP)
@@ -175,14 +186,8 @@ def gp_fwd_kernel(
     gathered at ``src[e]`` and the result is atomically added to ``out[dst[e]]`` (fused message
     passing, order of the float additions not fixed).
     """
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_R * BLOCK_C
-    m = tl.arange(0, BM)
-    row = pid_r * BLOCK_R + m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
-    valid = (row < N) & (ch < C)
-    row = row.to(tl.int64)
+    row, ch, valid = _tile(N, C, BLOCK_R, BLOCK_C)
     cdt = y1_ptr.dtype.element_ty
     if W_PACKED:
         pw2 = w1_ptr + K1 * s_w1k
@@ -235,14 +240,8 @@ def gp_bwd_kernel(
     program's channel block into ``dx2[pid_c, N, I2]`` (the caller sums the channel blocks: no atomics,
     deterministic). ``W_PACKED``: weights and their gradients are one tensor each (see the forward).
     """
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_R * BLOCK_C
-    m = tl.arange(0, BM)
-    row = pid_r * BLOCK_R + m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
-    valid = (row < N) & (ch < C)
-    row = row.to(tl.int64)
+    row, ch, valid = _tile(N, C, BLOCK_R, BLOCK_C)
     cdt = y1_ptr.dtype.element_ty
     if W_PACKED:
         pw2 = w1_ptr + K1 * s_w1k
@@ -293,9 +292,9 @@ def gp_bwd_kernel(
         if X2_BCAST:
             d2 = tl.where(valid[:, None], d2, 0.0)
             d2r = tl.sum(tl.reshape(d2, (BLOCK_R, BLOCK_C, I2P)), axis=1)
-            rr = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+            rr = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
             j = tl.arange(0, I2P)
-            tl.store(dx2_ptr + pid_c * s_d2b + rr[:, None] * s_d2n + j[None, :],
+            tl.store(dx2_ptr + tl.program_id(1) * s_d2b + rr[:, None] * s_d2n + j[None, :],
                      d2r.to(dx2_ptr.dtype.element_ty), mask=(rr[:, None] < N) & (j[None, :] < I2))
         else:
             _store_rows(dx2_ptr, d2, row, ch, valid, s_d2n, s_d2c, I2, I2P)
@@ -432,14 +431,8 @@ def mb_fwd_kernel(
 ):
     """``out = sum_nu w_out[nu] * proj_nu(prod_{k<=nu} (w_in[k] x) @ Y)`` with running products per
     grid chunk; ``F [NU, PP, IOP]`` holds one projection per power (its normalisation folded in)."""
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_R * BLOCK_C
-    m = tl.arange(0, BM)
-    row = pid_r * BLOCK_R + m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
-    valid = (row < N) & (ch < C)
-    row = row.to(tl.int64)
+    row, ch, valid = _tile(N, C, BLOCK_R, BLOCK_C)
     cdt = y_ptr.dtype.element_ty
     x = _load_rows(x_ptr, row, ch, valid, s_xn, s_xc, I, IP).to(cdt)
     i = tl.arange(0, IP)
@@ -504,14 +497,8 @@ def mb_bwd_kernel(
     With ``r_nu = f_1 ... f_nu`` and ``dr_nu = (go w_out[nu]) F_nu^T`` the adjoint of each factor is
     accumulated backwards without division: ``G = dr_NU; df_k = G r_{k-1}; G = G f_k + dr_{k-1}``.
     """
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_R * BLOCK_C
-    m = tl.arange(0, BM)
-    row = pid_r * BLOCK_R + m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
-    valid = (row < N) & (ch < C)
-    row = row.to(tl.int64)
+    row, ch, valid = _tile(N, C, BLOCK_R, BLOCK_C)
     cdt = y_ptr.dtype.element_ty
     i = tl.arange(0, IP)
     o = tl.arange(0, IOP)

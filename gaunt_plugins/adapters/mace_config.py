@@ -52,11 +52,9 @@ DEFAULT_CONV_PRODUCTS = 1
 def gaunt_methods() -> Sequence[str]:
     """The method names the Gaunt layers accept (the layers' own list, which may be shorter than
     :func:`gaunt_plugins.gaunt_product`'s)."""
-    try:
-        from gaunt_plugins.layers import LAYER_METHODS as METHOD_CHOICES
-    except ImportError:  # the core is not importable: keep the parser usable
-        return ("auto", "grid")
-    return tuple(METHOD_CHOICES)
+    from gaunt_plugins.layers import LAYER_METHODS
+
+    return tuple(LAYER_METHODS)
 
 
 @dataclass(frozen=True)

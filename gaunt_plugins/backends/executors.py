@@ -17,14 +17,15 @@ Calls (``compute`` = float64 for float64 inputs, float32 otherwise; the caller c
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 
 from . import torch_ops
 
 __all__ = ["Executor", "ProductExecutor", "ConvExecutor", "MessageExecutor", "GatherScatterMessage",
-           "ManyBodyExecutor", "FunctionalGrid", "FunctionalFourier", "flat_to_dense", "dense_to_flat"]
+           "ManyBodyExecutor", "FunctionalGrid", "FunctionalFourier", "DenseOps", "dense_executor", "flat_to_dense",
+           "dense_to_flat"]
 
 
 def flat_to_dense(x: torch.Tensor, index: torch.Tensor, lanes: int, width: int) -> torch.Tensor:
@@ -162,3 +163,36 @@ class FunctionalFourier(Executor):
         t = self.t
         return torch_ops.fourier_product(x1, x2, t["to_fourier1"], t["to_fourier2"], t["from_fourier"],
                                          self.plan.torus)
+
+
+class DenseOps(NamedTuple):
+    """A backend's dense implementations (the signatures of :mod:`.torch_ops`); ``conv_message=None``: the
+    message is gather -> ``conv_product`` -> scatter-sum; ``grid_rows(u, v, Y1, Y2, F)`` on equal rows, or
+    ``None`` for the broadcasting reference."""
+
+    weighted_product: Callable
+    conv_product: Callable
+    conv_message: Optional[Callable]
+    many_body_product: Callable
+    grid_rows: Optional[Callable]
+
+
+def dense_executor(kind: str, plan, t: Dict[str, torch.Tensor], ops: DenseOps, backend: str, name: str,
+                   deterministic: bool = False) -> Executor:
+    """The executor of ``kind`` that runs ``ops`` between the plan's gathers."""
+    if kind == "product":
+        return ProductExecutor(plan, t, ops.weighted_product, backend, name)
+    if kind == "conv":
+        return ConvExecutor(plan, t, ops.conv_product, backend, name)
+    if kind == "message":
+        if ops.conv_message is None:
+            return GatherScatterMessage(ConvExecutor(plan, t, ops.conv_product, backend, name), backend, name,
+                                        deterministic)
+        return MessageExecutor(plan, t, ops.conv_message, backend, name, deterministic)
+    if kind == "many_body":
+        return ManyBodyExecutor(plan, t, ops.many_body_product, backend, name)
+    if kind == "functional":
+        if plan.method != "grid":
+            return FunctionalFourier(plan, t)
+        return FunctionalGrid(plan, t, ops.grid_rows, backend, name)
+    raise ValueError(f"unknown Gaunt executor kind {kind!r}")

@@ -172,21 +172,11 @@ class TritonBackend:
     def plan_executor(self, kind: str, plan, device: torch.device, dtype: torch.dtype,
                       deterministic: bool = False):
         """The Triton executor of ``kind`` (call :meth:`plan_refusal` first)."""
-        from .executors import ConvExecutor, FunctionalGrid, ManyBodyExecutor, MessageExecutor, ProductExecutor
+        from .executors import DenseOps, dense_executor
 
         k = self.kernels()
-        t = plan.tensors.get(dtype, device)
-        if kind == "product":
-            return ProductExecutor(plan, t, k.weighted_product, "triton", "triton")
-        if kind == "conv":
-            return ConvExecutor(plan, t, k.conv_product, "triton", "triton")
-        if kind == "message":
-            return MessageExecutor(plan, t, k.conv_message, "triton", "triton", deterministic)
-        if kind == "many_body":
-            return ManyBodyExecutor(plan, t, k.many_body_product, "triton", "triton")
-        if kind == "functional":
-            return FunctionalGrid(plan, t, rows=_triton_rows, backend="triton", name="triton")
-        raise ValueError(f"unknown Gaunt executor kind {kind!r}")
+        ops = DenseOps(k.weighted_product, k.conv_product, k.conv_message, k.many_body_product, _triton_rows)
+        return dense_executor(kind, plan, plan.tensors.get(dtype, device), ops, "triton", "triton", deterministic)
 
     # -- ops (same signatures as torch_ops) ---------------------------------------------------
     def weighted_product(self, *args):

@@ -10,14 +10,14 @@ under a float32 default computes from float64 tables, not from float32-rounded o
 from __future__ import annotations
 
 import numbers
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 from ..backends import registry
 from ..backends.dispatch import executor_for, record
 
-__all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number"]
+__all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number", "pickled_normalize"]
 
 LAYER_METHODS = ("auto", "grid")
 """The layers compute on the quadrature grid (the faster method in every measurement); ``"auto"`` means the
@@ -49,6 +49,16 @@ def check_floating(layer: str, tensors: List[torch.Tensor]) -> None:
     for t in tensors:
         if not t.is_floating_point():
             raise ValueError(f"{layer}: inputs must be floating point, got {t.dtype}")
+
+
+def pickled_normalize(state: dict, table: str, normalized_plan: Callable[[dict], object]) -> bool:
+    """Whether a layer pickled before ``normalize`` was an attribute had its normalisation folded into its
+    tables: its buffer ``table`` equals the one of ``normalized_plan(state)`` (at the buffer's precision)."""
+    buf = state.get("_buffers", {}).get(table)
+    if buf is None:
+        return True
+    exact = normalized_plan(state).tensors.get(torch.float64, torch.device("cpu"))[table]
+    return bool(torch.allclose(buf.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))
 
 
 class PlannedModule(torch.nn.Module):

@@ -11,7 +11,7 @@ from ..backends.executors import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ..plans import conv_plan
-from ._planned import PlannedModule, check_floating, layer_method, whole_number
+from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize, whole_number
 
 __all__ = ["GauntConvolution"]
 
@@ -90,7 +90,7 @@ class GauntConvolution(PlannedModule):
         # normalised product per channel
         state.setdefault("products", 1)
         state.setdefault("weight_offset", 0.0)
-        state.setdefault("normalize", _pickled_normalize(state))
+        state.setdefault("normalize", pickled_normalize(state, "from_grid", _normalized_plan))
         super().__setstate__(state)
 
     def __repr__(self) -> str:
@@ -163,15 +163,7 @@ class GauntConvolution(PlannedModule):
         return dense_to_flat(dense, self.index_out)
 
 
-def _pickled_normalize(state) -> bool:
-    """Whether a layer pickled without a ``normalize`` attribute had its normalisation folded into its tables:
-    its projection table equals the normalised one (at the table's own precision)."""
-    buffers = state.get("_buffers", {})
-    table = buffers.get("from_grid")
-    if table is None:
-        return True
+def _normalized_plan(state: dict):
     irreps_out = o3.Irreps([(state["channels"], ir) for _, ir in state["irreps_out"]])
-    plan = conv_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(irreps_out), state.get("products", 1),
+    return conv_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(irreps_out), state.get("products", 1),
                      True)
-    exact = plan.tensors.get(torch.float64, torch.device("cpu"))["from_grid"]
-    return bool(torch.allclose(table.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))

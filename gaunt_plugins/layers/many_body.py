@@ -8,7 +8,7 @@ from ..backends import registry, torch_ops
 from ..backends.executors import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
-from ._planned import PlannedModule, check_floating, layer_method, whole_number
+from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize, whole_number
 
 __all__ = ["GauntManyBody"]
 
@@ -73,7 +73,7 @@ class GauntManyBody(PlannedModule):
 
     def __setstate__(self, state) -> None:
         state.pop("contraction_degree", None)  # pickled as an attribute by earlier versions
-        state.setdefault("normalize", _pickled_normalize(state))
+        state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
         super().__setstate__(state)
 
     def __repr__(self) -> str:
@@ -122,11 +122,5 @@ class GauntManyBody(PlannedModule):
         return dense_to_flat(out, self.index_out)
 
 
-def _pickled_normalize(state) -> bool:
-    """Whether a layer pickled without a ``normalize`` attribute had its normalisation folded into its tables."""
-    table = state.get("_buffers", {}).get("from_grids")
-    if table is None:
-        return True
-    plan = many_body_plan(str(state["irreps_in"]), str(state["irreps_out"]), int(state["correlation"]), True)
-    exact = plan.tensors.get(torch.float64, torch.device("cpu"))["from_grids"]
-    return bool(torch.allclose(table.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))
+def _normalized_plan(state: dict):
+    return many_body_plan(str(state["irreps_in"]), str(state["irreps_out"]), int(state["correlation"]), True)

@@ -11,7 +11,7 @@ from ..backends.executors import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ..plans import product_plan
-from ._planned import PlannedModule, check_floating, layer_method
+from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize
 
 __all__ = ["GauntTensorProduct"]
 
@@ -75,7 +75,7 @@ class GauntTensorProduct(PlannedModule):
         return product_plan(str(self.irreps_in1), str(self.irreps_in2), str(self.irreps_out), self.normalize)
 
     def __setstate__(self, state) -> None:
-        state.setdefault("normalize", _pickled_normalize(state))
+        state.setdefault("normalize", pickled_normalize(state, "from_grid", _normalized_plan))
         super().__setstate__(state)
 
     def __repr__(self) -> str:
@@ -146,11 +146,5 @@ class GauntTensorProduct(PlannedModule):
         return dense_to_flat(out, self.index_out)
 
 
-def _pickled_normalize(state) -> bool:
-    """Whether a layer pickled without a ``normalize`` attribute had its normalisation folded into its tables."""
-    table = state.get("_buffers", {}).get("from_grid")
-    if table is None:
-        return True
-    plan = product_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(state["irreps_out"]), True)
-    exact = plan.tensors.get(torch.float64, torch.device("cpu"))["from_grid"]
-    return bool(torch.allclose(table.detach().cpu().double(), exact, rtol=1e-5, atol=1e-7))
+def _normalized_plan(state: dict):
+    return product_plan(str(state["irreps_in1"]), str(state["irreps_in2"]), str(state["irreps_out"]), True)

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from ..irreps import ChannelIrreps, channel_irreps, output_irreps
 from ._cast import CastCache
+from ._shape import TwoInputSizes
 from ._layout import dense_gather, flat_gather, offsets_from_gather, offsets_from_scatter
 from .tables import product_grid_tables
 
@@ -13,7 +14,7 @@ __all__ = ["ConvPlan", "conv_plan"]
 
 
 @dataclass(frozen=True, eq=False)
-class ConvPlan:
+class ConvPlan(TwoInputSizes):
     """``P`` Gaunt products per channel of node features ``C x (degrees1)`` and edge harmonics ``1 x (degrees2)``
     with per-edge weights, emitting ``P C x (degrees_out)`` (lane ``k C + c``: product ``k`` of channel ``c``).
 
@@ -33,23 +34,9 @@ class ConvPlan:
     tensors: CastCache
 
     @property
-    def channels(self) -> int:
-        return self.in1.mul
-
-    @property
     def lanes(self) -> int:
         """Products times channels: the channel count every kernel sees."""
         return self.products * self.in1.mul
-
-    @property
-    def widths(self):
-        """Dense widths ``(I1, I2, Io)``."""
-        return tuple((f.lmax + 1) ** 2 for f in (self.in1, self.in2, self.out))
-
-    @property
-    def num_degrees(self):
-        """``(K1, K2, K3)``."""
-        return self.in1.num_degrees, self.in2.num_degrees, self.out.num_degrees
 
     @property
     def weight_numel(self) -> int:

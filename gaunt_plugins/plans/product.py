@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from ..irreps import ChannelIrreps, channel_irreps
 from ._cast import CastCache
+from ._shape import TwoInputSizes
 from ._layout import dense_gather, flat_gather
 from .tables import product_grid_tables
 
@@ -13,7 +14,7 @@ __all__ = ["ProductPlan", "product_plan"]
 
 
 @dataclass(frozen=True, eq=False)
-class ProductPlan:
+class ProductPlan(TwoInputSizes):
     """``out[c] = w3[c] proj((w1[c] x1[c]) (*) (w2[c] x2[c]))`` for ``C x (degrees)`` features.
 
     Flat inputs ``x1 [N, in1.dim]``, ``x2 [N, in2.dim]`` (e3nn ``mul_ir``), output ``[N, out.dim]``; weights
@@ -28,20 +29,6 @@ class ProductPlan:
     out: ChannelIrreps
     normalize: bool
     tensors: CastCache
-
-    @property
-    def channels(self) -> int:
-        return self.in1.mul
-
-    @property
-    def widths(self):
-        """Dense widths ``(I1, I2, Io)``."""
-        return tuple((f.lmax + 1) ** 2 for f in (self.in1, self.in2, self.out))
-
-    @property
-    def num_degrees(self):
-        """``(K1, K2, K3)``."""
-        return self.in1.num_degrees, self.in2.num_degrees, self.out.num_degrees
 
 
 @lru_cache(maxsize=256)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["run_split", "composed_grads", "kernel_suffix"]
+__all__ = ["run_split", "composed_grads", "kernel_suffix", "KernelCall"]
 
 
 @lru_cache(maxsize=8)
@@ -52,3 +52,24 @@ def kernel_suffix(dtype: torch.dtype) -> str:
     if dtype == torch.float64:
         return "f64"
     raise TypeError(f"gaunt_plugins CPU kernels take float32 or float64, got {dtype}")
+
+
+class KernelCall(torch.autograd.Function):
+    """``KernelCall.apply(kernel, *inputs)``: ``kernel.forward(*inputs)`` with the first-order backward
+    ``kernel.backward(*inputs, grad, needs)`` (one fused pass); under ``create_graph`` the backward
+    differentiates ``kernel.composed(*inputs)`` (the twice-differentiable reference) instead."""
+
+    @staticmethod
+    def forward(ctx, kernel, *inputs):
+        ctx.save_for_backward(*inputs)
+        ctx.kernel = kernel
+        return kernel.forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        inputs = ctx.saved_tensors
+        kernel = ctx.kernel
+        need = ctx.needs_input_grad[1:]
+        if torch.is_grad_enabled():  # create_graph: differentiate the composed path instead
+            return (None, *composed_grads(kernel.composed, inputs, need, g))
+        return (None, *kernel.backward(*inputs, g.contiguous(), need))

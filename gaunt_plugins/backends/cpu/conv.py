@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from ..executors import Executor, flat_to_dense
-from ._autograd import composed_grads, run_split
+from ._autograd import KernelCall, run_split
 from ._autograd import kernel_suffix as _suffix
 from .build import load_library
 from .limits import kernel_limits
@@ -33,32 +33,6 @@ def conv_refusal(plan) -> Optional[str]:
                 f"and {lim['MAXK2']} harmonic degrees per row (this plan: {points}, {max(i1, i2, io)}, "
                 f"{plan.in2.num_degrees})")
     return None
-
-
-class _FusedConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x1, sh, weight, k: "KernelConv"):
-        lib = load_library()
-        out = x1.new_empty(x1.shape[0], k.dim_out)
-        k.run(getattr(lib, f"conv_forward_{_suffix(x1.dtype)}"), x1, sh, weight, *k.tables[:3], out)
-        ctx.save_for_backward(x1, sh, weight)
-        ctx.kernel = k
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x1, sh, weight = ctx.saved_tensors
-        k: KernelConv = ctx.kernel
-        need = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph: differentiate the composed path instead
-            return (*composed_grads(k.composed, (x1, sh, weight), need, g), None)
-        lib = load_library()
-        dx = torch.zeros_like(x1) if need[0] else None
-        dsh = torch.empty_like(sh) if need[1] else None
-        dw = torch.empty_like(weight) if need[2] else None
-        k.run(getattr(lib, f"conv_backward_{_suffix(x1.dtype)}"), x1, sh, weight, *k.tables, g.contiguous(), dx,
-              dsh, dw)
-        return dx, dsh, dw, None
 
 
 class KernelConv(Executor):
@@ -86,7 +60,20 @@ class KernelConv(Executor):
                   sh.data_ptr(), weight.data_ptr(), t["offsets_in1"].data_ptr(), t["offsets_out"].data_ptr(),
                   t["deg1"].data_ptr(), t["deg2"].data_ptr(), t["deg3"].data_ptr(), *(ptr(v) for v in tensors))
 
+    def forward(self, x1, sh, weight):
+        out = x1.new_empty(x1.shape[0], self.dim_out)
+        self.run(getattr(load_library(), f"conv_forward_{_suffix(x1.dtype)}"), x1, sh, weight, *self.tables[:3], out)
+        return out
+
+    def backward(self, x1, sh, weight, g, need):
+        dx = torch.zeros_like(x1) if need[0] else None
+        dsh = torch.empty_like(sh) if need[1] else None
+        dw = torch.empty_like(weight) if need[2] else None
+        self.run(getattr(load_library(), f"conv_backward_{_suffix(x1.dtype)}"), x1, sh, weight, *self.tables, g, dx,
+                 dsh, dw)
+        return dx, dsh, dw
+
     def __call__(self, x1, sh, weight):
         i2 = self.plan.widths[1]
         shd = flat_to_dense(sh, self.t["index_in2"], 1, i2).view(sh.shape[0], i2)
-        return _FusedConv.apply(x1.contiguous(), shd.contiguous(), weight.contiguous(), self)
+        return KernelCall.apply(self, x1.contiguous(), shd.contiguous(), weight.contiguous())

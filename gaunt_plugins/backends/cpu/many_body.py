@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ..executors import Executor
-from ._autograd import composed_grads, run_split
+from ._autograd import KernelCall, run_split
 from ._autograd import kernel_suffix as _suffix
 from .build import load_library
 from .limits import kernel_limits
@@ -31,32 +31,6 @@ def many_body_refusal(plan) -> Optional[str]:
         return (f"the CPU many-body kernel holds at most {lim['MAXP']} grid points, {lim['MAXI']} coefficients "
                 f"and correlation {lim['MAXNU']} (this plan: {points}, {max(i, io)}, {plan.correlation})")
     return None
-
-
-class _FusedManyBody(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w_in, w_out, k: "KernelManyBody"):
-        lib = load_library()
-        out = x.new_empty(x.shape[0], k.plan.out.dim)
-        k.run(getattr(lib, f"mb_forward_{_suffix(x.dtype)}"), x, w_in, w_out, *k.tables[:2], out)
-        ctx.save_for_backward(x, w_in, w_out)
-        ctx.kernel = k
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w_in, w_out = ctx.saved_tensors
-        k: KernelManyBody = ctx.kernel
-        need = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph: differentiate the composed path instead
-            return (*composed_grads(k.composed, (x, w_in, w_out), need, g), None)
-        lib = load_library()
-        dx = torch.zeros_like(x) if need[0] else None
-        dwi = torch.empty_like(w_in) if need[1] else None
-        dwo = torch.empty_like(w_out) if need[2] else None
-        k.run(getattr(lib, f"mb_backward_{_suffix(x.dtype)}"), x, w_in, w_out, *k.tables, g.contiguous(), dx, dwi,
-              dwo)
-        return dx, dwi, dwo, None
 
 
 class KernelManyBody(Executor):
@@ -81,5 +55,18 @@ class KernelManyBody(Executor):
                   w_out.data_ptr(), t["offsets_in"].data_ptr(), t["offsets_out"].data_ptr(), t["deg_in"].data_ptr(),
                   t["deg_out"].data_ptr(), *(ptr(v) for v in tensors))
 
+    def forward(self, x, w_in, w_out):
+        out = x.new_empty(x.shape[0], self.plan.out.dim)
+        self.run(getattr(load_library(), f"mb_forward_{_suffix(x.dtype)}"), x, w_in, w_out, *self.tables[:2], out)
+        return out
+
+    def backward(self, x, w_in, w_out, g, need):
+        dx = torch.zeros_like(x) if need[0] else None
+        dwi = torch.empty_like(w_in) if need[1] else None
+        dwo = torch.empty_like(w_out) if need[2] else None
+        self.run(getattr(load_library(), f"mb_backward_{_suffix(x.dtype)}"), x, w_in, w_out, *self.tables, g, dx,
+                 dwi, dwo)
+        return dx, dwi, dwo
+
     def __call__(self, x, w_in, w_out):
-        return _FusedManyBody.apply(x.contiguous(), w_in.contiguous(), w_out.contiguous(), self)
+        return KernelCall.apply(self, x.contiguous(), w_in.contiguous(), w_out.contiguous())
