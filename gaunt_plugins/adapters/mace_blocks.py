@@ -198,9 +198,11 @@ class GauntProductBasisBlock(EquivariantProductBasisBlock):
             num_elements = 1
         if num_elements is None:
             raise ValueError("GauntProductBasisBlock needs num_elements")
-        self.gaunt_method = method or current_build_options().method
+        options = current_build_options()
+        self.gaunt_method = method or options.method
         self.symmetric_contractions = GauntManyBody(
-            node_feats_irreps, target_irreps, correlation, num_elements, method=self.gaunt_method
+            node_feats_irreps, target_irreps, correlation, num_elements, method=self.gaunt_method,
+            chains=options.product_chains,
         )
         self.linear = Linear(
             target_irreps,

@@ -18,6 +18,10 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      arbitrary per-path radial weights of MACE's ``uvu`` convolution, ``K = 1`` is the
                      paper's one product per channel. Interactions whose node features are scalars (the
                      first) are exact with one product and use one.
+``gaunt_product_chains``
+                     the number of independent power chains per channel in the Gaunt many-body product
+                     (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
+                     basis, at a proportional cost.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ __all__ = [
     "GauntOptions",
     "gaunt_methods",
     "parse_targets",
-    "parse_conv_products",
+    "parse_whole_number",
     "DEFAULT_CONV_PRODUCTS",
+    "DEFAULT_PRODUCT_CHAINS",
     "options_from_args",
     "check_irreps",
     "check_backends",
@@ -47,6 +52,7 @@ __all__ = [
 TENSOR_PRODUCTS = ("e3nn", "gaunt")
 GAUNT_TARGETS = ("conv", "product")
 DEFAULT_CONV_PRODUCTS = 1
+DEFAULT_PRODUCT_CHAINS = 1
 
 
 def gaunt_methods() -> Sequence[str]:
@@ -68,6 +74,7 @@ class GauntOptions:
     targets: FrozenSet[str] = frozenset(GAUNT_TARGETS)
     method: str = "auto"
     conv_products: int = DEFAULT_CONV_PRODUCTS
+    product_chains: int = DEFAULT_PRODUCT_CHAINS
 
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
@@ -83,7 +90,8 @@ class GauntOptions:
         methods = gaunt_methods()
         if self.method not in methods:
             raise ValueError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
-        object.__setattr__(self, "conv_products", parse_conv_products(self.conv_products))
+        object.__setattr__(self, "conv_products", parse_whole_number(self.conv_products, "gaunt_conv_products"))
+        object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
 
     @property
     def conv(self) -> bool:
@@ -95,20 +103,28 @@ class GauntOptions:
 
     def describe(self) -> str:
         parts = [t for t in GAUNT_TARGETS if t in self.targets]
-        products = f", {self.conv_products} product(s) per channel in the convolution" if self.conv else ""
-        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}{products})"
+        counts = []
+        if self.conv:
+            counts.append(f"{self.conv_products} product(s) per channel in the convolution")
+        if self.product:
+            counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
+        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}; {', '.join(counts)})"
 
 
-def parse_conv_products(value: Any) -> int:
-    """``gaunt_conv_products``: a whole number >= 1 (``"3"`` from a command line is accepted).
+_COUNTS = {"gaunt_conv_products": "products per channel in the Gaunt convolution",
+           "gaunt_product_chains": "chains per channel in the Gaunt many-body product"}
 
-    >>> parse_conv_products("3")
+
+def parse_whole_number(value: Any, name: str) -> int:
+    """``gaunt_conv_products`` / ``gaunt_product_chains``: a whole number >= 1 (``"3"`` from a command line
+    is accepted).
+
+    >>> parse_whole_number("3", "gaunt_conv_products")
     3
     """
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"gaunt_conv_products: expected a whole number >= 1 (products per channel in the "
-                         f"Gaunt convolution), got {value!r}")
+        raise ValueError(f"{name}: expected a whole number >= 1 ({_COUNTS.get(name, name)}), got {value!r}")
     return int(text)
 
 
@@ -149,10 +165,12 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
     if tp == "e3nn":
         return None
     products = getattr(args, "gaunt_conv_products", None)
+    chains = getattr(args, "gaunt_product_chains", None)
     return GauntOptions(
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
         method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
         conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
+        product_chains=DEFAULT_PRODUCT_CHAINS if chains is None else chains,
     )
 
 
@@ -198,8 +216,8 @@ def check_backends(enable_cueq: bool = False, enable_oeq: bool = False, only_cue
 
 
 def add_arguments(parser: Any) -> Any:
-    """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products`` to MACE's
-    parser."""
+    """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products``,
+    ``--gaunt_product_chains`` to MACE's parser."""
 
     def _tensor_product(value: str) -> str:
         return str(value).strip().lower()
@@ -226,18 +244,27 @@ def add_arguments(parser: Any) -> Any:
         default="auto",
         choices=list(gaunt_methods()),
     )
-    def _conv_products(value: str) -> int:
-        try:
-            return parse_conv_products(value)
-        except ValueError as exc:  # argparse shows the message of this type only
-            raise argparse.ArgumentTypeError(str(exc)) from exc
+    def _whole_number(name: str):
+        def parse(value: str) -> int:
+            try:
+                return parse_whole_number(value, name)
+            except ValueError as exc:  # argparse shows the message of this type only
+                raise argparse.ArgumentTypeError(str(exc)) from exc
+        return parse
 
     parser.add_argument(
         "--gaunt_conv_products",
         help="with --tensor_product gaunt: independent Gaunt products per channel in the convolution "
         f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS})",
-        type=_conv_products,
+        type=_whole_number("gaunt_conv_products"),
         default=DEFAULT_CONV_PRODUCTS,
+    )
+    parser.add_argument(
+        "--gaunt_product_chains",
+        help="with --tensor_product gaunt: independent power chains per channel in the Gaunt many-body "
+        f"product (default {DEFAULT_PRODUCT_CHAINS})",
+        type=_whole_number("gaunt_product_chains"),
+        default=DEFAULT_PRODUCT_CHAINS,
     )
     return parser
 

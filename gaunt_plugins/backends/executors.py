@@ -12,7 +12,7 @@ Calls (``compute`` = float64 for float64 inputs, float32 otherwise; the caller c
 - conv: ``(x1 [E, D1], sh [E, D2], weight [E, (K1+K2+K3) P C]) -> [E, Do]``;
 - message: ``(x [N, D1], sh [E, D2], weight [E, ...], edge_index [2, E], num_nodes) -> [num_nodes, Do]``
   with ``out[v] = sum_{e: edge_index[1, e] = v} conv(x[edge_index[0, e]], sh[e], weight[e])``;
-- many_body: ``(x [N, C, Ic] compact, w_in [N, nu, K, C], w_out [N, nu, Ko, C]) -> [N, Do]``;
+- many_body: ``(x [N, C, Ic] compact, w_in [N, nu, K, chains C], w_out [N, nu, Ko, chains C]) -> [N, Do]``;
 - functional: ``(x1 [..., I1], x2 [..., I2]) -> [broadcast(...), Io]`` (the plan's ``lmax_out``).
 """
 from __future__ import annotations
@@ -128,7 +128,11 @@ class ManyBodyExecutor(Executor):
         xd = x
         if p.compact_width != p.widths[0]:
             xd = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], 1)], dim=2).index_select(2, t["index_in"])
+        if p.chains > 1:
+            xd = xd.repeat(1, p.chains, 1)
         out = self.dense(xd, w_in, w_out, t["deg_in"], t["deg_out"], t["to_grid"], t["from_grids"])
+        if p.chains > 1:  # [N, chains C, Io] -> the chains of each channel summed
+            out = out.view(out.shape[0], p.chains, p.channels, out.shape[-1]).sum(1)
         return dense_to_flat(out, t["index_out"])
 
 

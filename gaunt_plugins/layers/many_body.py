@@ -19,32 +19,38 @@ class GauntManyBody(PlannedModule):
 
     ``forward(x [N, C, sum_l (2l+1)], node_attrs [N, num_elements]) -> [N, irreps_out.dim]``; ``x`` holds
     the ``C`` channels of ``irreps_in`` (``C x (degrees)``), ``node_attrs`` is the element one-hot. With
-    ``f_k[c] = sum_l w_in[z, k, l, c] x[c, l]`` (the function of channel ``c`` reweighted per degree):
+    ``f_j[k, c] = sum_l w_in[z, j, l, k, c] x[c, l]`` (the function of channel ``c`` reweighted per degree,
+    for chain ``k``):
 
-        B[c, lo] = sum_{nu=1..nu_max} w_out[z, nu, lo, c] * proj_lo( f_1[c] * ... * f_nu[c] )
+        B[c, lo] = sum_{k=1..chains} sum_{nu=1..nu_max} w_out[z, nu, lo, k, c] * proj_lo( f_1[k, c] * ... * f_nu[k, c] )
 
-    computed by pointwise powers on the grid exact for degree ``nu_max L + Lo``.
+    computed by pointwise powers on the grid exact for degree ``nu_max L + Lo``. Weights
+    ``weights_in [num_elements, nu_max, K, chains C]``, ``weights_out [num_elements, nu_max, Ko, chains C]``
+    (lane ``k C + c``).
 
     Compared with MACE's ``SymmetricContraction`` (a full symmetric tensor basis per element): the
     couplings are restricted to Gaunt paths (even ``l1+l2+l3`` at every step, so no pseudotensor
-    outputs from natural inputs) and factorised per degree, with ``O(nu_max (K + Ko) C)`` weights per
-    element instead of one per basis function. ``contraction_degree`` (MACE's name) is ``correlation``.
+    outputs from natural inputs) and each chain factorises per degree, with ``O(chains nu_max (K + Ko) C)``
+    weights per element instead of one per basis function; more chains fit more of the symmetric basis.
+    ``contraction_degree`` (MACE's name) is ``correlation``.
     """
 
     _TABLES = ("to_grid", "from_grids")
     __jit_unused_properties__ = ["plan", "contraction_degree"]
 
     def __init__(self, irreps_in, irreps_out, correlation: int, num_elements: int, normalize: bool = True,
-                 method: str = "auto"):
+                 method: str = "auto", chains: int = 1):
         super().__init__()
         correlation = whole_number(correlation, "correlation", "GauntManyBody")
         num_elements = whole_number(num_elements, "num_elements", "GauntManyBody")
+        chains = whole_number(chains, "chains", "GauntManyBody")
         fi = channel_irreps(irreps_in, "irreps_in")
         fo = channel_irreps(irreps_out, "irreps_out", mul=fi.mul)
         self.method = layer_method(method, "GauntManyBody")
         self.normalize = bool(normalize)
-        plan = many_body_plan(str(fi.irreps), str(fo.irreps), correlation, self.normalize)
+        plan = many_body_plan(str(fi.irreps), str(fo.irreps), correlation, self.normalize, chains)
         self.__dict__["_plan"] = plan
+        self.chains = chains
         self.irreps_in, self.irreps_out = fi.irreps, fo.irreps
         self.correlation = correlation
         self.num_elements = num_elements
@@ -56,29 +62,36 @@ class GauntManyBody(PlannedModule):
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
         for name in ("to_grid", "from_grids", "index_in", "index_out", "deg_in", "deg_out"):
             self.register_buffer(name, t[name].clone())
-        self.weights_in = torch.nn.Parameter(torch.ones(num_elements, correlation, self.k_in, self.channels))
+        lanes = chains * self.channels
+        weights_in = torch.ones(num_elements, correlation, self.k_in, lanes)
+        # chains after the first start apart from it, so that they learn different couplings
+        weights_in[..., self.channels:] += 0.5 * torch.randn(num_elements, correlation, self.k_in, lanes - self.channels)
+        self.weights_in = torch.nn.Parameter(weights_in)
         # the linear term starts at unit scale, the higher powers smaller (as in MACE's symmetric
-        # contraction, whose linear coupling has one basis function and the higher ones many)
+        # contraction, whose linear coupling has one basis function and the higher ones many); the
+        # chains' sum keeps that scale
         scale = torch.full((correlation, 1, 1), correlation ** -0.5)
         scale[0] = 1.0
         self.weights_out = torch.nn.Parameter(
-            torch.randn(num_elements, correlation, self.k_out, self.channels) * scale)
+            torch.randn(num_elements, correlation, self.k_out, lanes) * scale / chains ** 0.5)
 
     @property
     def contraction_degree(self) -> int:
         return self.correlation
 
     def _build_plan(self):
-        return many_body_plan(str(self.irreps_in), str(self.irreps_out), self.correlation, self.normalize)
+        return many_body_plan(str(self.irreps_in), str(self.irreps_out), self.correlation, self.normalize,
+                              self.chains)
 
     def __setstate__(self, state) -> None:
         state.pop("contraction_degree", None)  # pickled as an attribute by earlier versions
+        state.setdefault("chains", 1)
         state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
         super().__setstate__(state)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | correlation={self.correlation}, "
-                f"{self.num_elements} elements, method={self.method})")
+                f"{self.chains} chain(s) per channel, {self.num_elements} elements, method={self.method})")
 
     def forward(self, x: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.channels or x.shape[2] != self.compact_in:
@@ -93,8 +106,9 @@ class GauntManyBody(PlannedModule):
         attrs = node_attrs.to(compute)
         w_in = torch.matmul(attrs, self.weights_in.to(compute).reshape(self.num_elements, -1))
         w_out = torch.matmul(attrs, self.weights_out.to(compute).reshape(self.num_elements, -1))
-        w_in = w_in.view(n, self.correlation, self.k_in, self.channels)
-        w_out = w_out.view(n, self.correlation, self.k_out, self.channels)
+        lanes = self.chains * self.channels
+        w_in = w_in.view(n, self.correlation, self.k_in, lanes)
+        w_out = w_out.view(n, self.correlation, self.k_out, lanes)
         x = x.to(compute)
         if torch.jit.is_scripting():
             out = self._on_buffers(x, w_in, w_out)
@@ -114,13 +128,18 @@ class GauntManyBody(PlannedModule):
         xd = x
         if self.compact_in != self.width_in:
             xd = torch.cat([x, x.new_zeros(x.shape[0], self.channels, 1)], dim=2).index_select(2, self.index_in)
+        if self.chains > 1:
+            xd = xd.repeat(1, self.chains, 1)
         y, fs = self.to_grid.to(compute), self.from_grids.to(compute)
         if torch.jit.is_scripting():
             out = torch_ops.many_body_product(xd, w_in, w_out, self.deg_in, self.deg_out, y, fs)
         else:
             out = registry.many_body_product(xd, w_in, w_out, self.deg_in, self.deg_out, y, fs)
+        if self.chains > 1:
+            out = out.view(out.shape[0], self.chains, self.channels, out.shape[2]).sum(1)
         return dense_to_flat(out, self.index_out)
 
 
 def _normalized_plan(state: dict):
-    return many_body_plan(str(state["irreps_in"]), str(state["irreps_out"]), int(state["correlation"]), True)
+    return many_body_plan(str(state["irreps_in"]), str(state["irreps_out"]), int(state["correlation"]), True,
+                          int(state.get("chains", 1)))

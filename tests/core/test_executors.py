@@ -23,6 +23,7 @@ CASES = {
     "many_body": ("many_body", lambda: many_body_plan("2x0e+2x1o+2x2e", "2x0e+2x1o", 3)),
     "many_body, twisted, missing degree": ("many_body", lambda: many_body_plan("2x1e+2x2o", "2x1e", 2)),
     "many_body, 9 channels": ("many_body", lambda: many_body_plan("9x0e+9x1o", "9x0e+9x1o", 3)),
+    "many_body, 3 chains": ("many_body", lambda: many_body_plan("2x0e+2x1o+2x2e", "2x0e+2x1o", 3, chains=3)),
     "many_body, correlation 7": ("many_body", lambda: many_body_plan("2x0e+2x1o", "2x0e", 7)),
     "functional": ("functional", lambda: functional_plan(2, 1, 2, "grid")),
 }
@@ -44,8 +45,8 @@ def _inputs(kind: str, plan, gen: torch.Generator, dtype: torch.dtype):
         return (r(nodes, plan.in1.dim), r(e, plan.in2.dim), r(e, plan.weight_numel)), (edge_index, nodes)
     if kind == "many_body":
         n, c, nu = 4, plan.channels, plan.correlation
-        return (r(n, c, plan.compact_width), r(n, nu, plan.feat.num_degrees, c) * 0.7,
-                r(n, nu, plan.out.num_degrees, c)), ()
+        return (r(n, c, plan.compact_width), r(n, nu, plan.feat.num_degrees, plan.lanes) * 0.7,
+                r(n, nu, plan.out.num_degrees, plan.lanes)), ()
     i1, i2, _ = plan.widths
     return (r(3, 1, i1), r(1, 2, i2)), ()
 

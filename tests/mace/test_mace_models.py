@@ -225,3 +225,17 @@ def test_gaunt_interactions_compute_the_message_in_one_call(float64):
         energy_t, forces_t = _energy_forces(model, batch)
         assert last_executor("conv_message") == "triton"
     assert torch.allclose(energy_t, energy, atol=1e-9) and torch.allclose(forces_t, forces, atol=1e-9)
+
+
+def test_product_chains_are_built_stored_and_keep_the_symmetry(float64):
+    model, _ = gauntify_model(tiny_model(), GauntOptions(targets=frozenset({"product"}), product_chains=2))
+    assert all(p.symmetric_contractions.chains == 2 for p in model.products)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert all(p.symmetric_contractions.chains == 2 for p in loaded.products)
+    rot = random_rotation(torch.float64, generator=torch.Generator().manual_seed(2))
+    energy, forces = _energy_forces(loaded, acac_batch(2))
+    energy_r, forces_r = _energy_forces(loaded, acac_batch(2, rotation=rot))
+    assert torch.allclose(energy_r, energy, atol=1e-8) and torch.allclose(forces_r, forces @ rot.T, atol=1e-8)

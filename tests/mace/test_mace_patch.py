@@ -158,7 +158,7 @@ def _parse(argv):
 def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("tensor_product: gaunt\ngaunt_targets: [conv, product]\ngaunt_method: grid\n"
-                   "gaunt_conv_products: 3\n")
+                   "gaunt_conv_products: 3\ngaunt_product_chains: 2\n")
     with pytest.raises(SystemExit):
         _parse(["--config", str(cfg)])
     assert "unrecognized arguments" in capsys.readouterr().err
@@ -173,6 +173,7 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         options = options_from_args(args)
         assert options.targets == frozenset({"conv", "product"}) and options.method == "grid"
         assert args.gaunt_conv_products == 3 and options.conv_products == 3
+        assert args.gaunt_product_chains == 2 and options.product_chains == 2
         with pytest.raises(SystemExit):
             _parse(["--tensor_product", "gaunt", "--gaunt_conv_products", "2.5"])
         assert "gaunt_conv_products: expected a whole number >= 1" in capsys.readouterr().err
@@ -195,6 +196,7 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         (dict(gaunt_targets=["conv", "edges"]), "unknown target"),
         (dict(tensor_product="cuda-magic"), "unknown value 'cuda-magic'"),
         (dict(gaunt_conv_products=0), "gaunt_conv_products: expected a whole number >= 1"),
+        (dict(gaunt_product_chains="two"), "gaunt_product_chains: expected a whole number >= 1"),
     ],
 )
 def test_configure_model_errors(extra, message):

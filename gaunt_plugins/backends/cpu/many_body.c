@@ -7,7 +7,8 @@
  *   out[n, idxo[c, k]] = sum_nu w_out[n, nu, deg_out[k], c] * (Pj_nu^T R_nu)[k]
  * x [N, C, Ic] holds each channel's coefficients compactly (MACE's layout), idx_in [I] the offset of
  * dense coefficient i in a channel row (-1: absent); w_in [N, NU, K, C], w_out [N, NU, Ko, C];
- * out [N, Do] flat with idxo [C, Io] (-1: not emitted). Tables: tt [P, I] (to-grid transposed),
+ * out [N, Do] flat with idxo [C, Io] (-1: not emitted); the forward adds into out (zeroed by the caller), so
+ * lanes sharing output offsets (the chains of one channel) sum. Tables: tt [P, I] (to-grid transposed),
  * pjt [NU, Io, P] (projections transposed); the backward also reads t [I, P] and pj [NU, P, Io].
  * The backward writes dx [N, C, Ic], dw_in, dw_out (same shapes as the weights).
  */
@@ -67,7 +68,7 @@ int mb_forward_##SUF(ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t C, ptrdiff_t Ic, ptrd
             for (ptrdiff_t k = 0; k < Io; ++k)                                                     \
                 for (ptrdiff_t l = 0; l < n; ++l) {                                                \
                     const long o = idxo[(c0 + l) * Io + k];                                        \
-                    if (o >= 0) on[o] = O[k][l];                                                   \
+                    if (o >= 0) on[o] += O[k][l];                                                  \
                 }                                                                                  \
         }                                                                                          \
     }                                                                                              \

@@ -1,8 +1,8 @@
 """Fused CPU many-body product (``many_body.c``), with its autograd, as an executor.
 
 ``KernelManyBody(plan, dtype, composed)`` runs a :class:`~gaunt_plugins.plans.ManyBodyPlan` on float32/float64
-CPU tensors: MACE's compact ``x [N, C, Ic]`` and the per-node weights ``w_in [N, nu, K, C]``, ``w_out
-[N, nu, Ko, C]`` -> the flat ``[N, Do]`` output. First-order backward: one fused kernel. ``create_graph=True``:
+CPU tensors: MACE's compact ``x [N, C, Ic]`` and the per-node weights ``w_in [N, nu, K, chains C]``, ``w_out
+[N, nu, Ko, chains C]`` -> the flat ``[N, Do]`` output (the chains of a channel summed). First-order backward: one fused kernel. ``create_graph=True``:
 ``composed`` (the reference executor of the same plan) is differentiated instead (exact at every order).
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class KernelManyBody(Executor):
         y, pj = t["to_grid"], t["from_grids"]
         self.tables = (y.t().contiguous(), pj.transpose(1, 2).contiguous(), y, pj)
         i, io = plan.widths
-        self.sizes = (plan.channels, plan.compact_width, i, y.shape[1], io, plan.feat.num_degrees,
+        self.sizes = (plan.lanes, plan.compact_width, i, y.shape[1], io, plan.feat.num_degrees,
                       plan.out.num_degrees, plan.correlation, plan.out.dim)
 
     def run(self, fn, x, w_in, w_out, *tensors):
@@ -55,17 +55,25 @@ class KernelManyBody(Executor):
                   w_out.data_ptr(), t["offsets_in"].data_ptr(), t["offsets_out"].data_ptr(), t["deg_in"].data_ptr(),
                   t["deg_out"].data_ptr(), *(ptr(v) for v in tensors))
 
+    def _lanes(self, x):
+        """``x [N, C, Ic]`` -> ``[N, chains C, Ic]``: every chain reads its channel's coefficients."""
+        return x if self.plan.chains == 1 else x.repeat(1, self.plan.chains, 1)
+
     def forward(self, x, w_in, w_out):
-        out = x.new_empty(x.shape[0], self.plan.out.dim)
-        self.run(getattr(load_library(), f"mb_forward_{_suffix(x.dtype)}"), x, w_in, w_out, *self.tables[:2], out)
+        out = x.new_zeros(x.shape[0], self.plan.out.dim)
+        self.run(getattr(load_library(), f"mb_forward_{_suffix(x.dtype)}"), self._lanes(x), w_in, w_out,
+                 *self.tables[:2], out)
         return out
 
     def backward(self, x, w_in, w_out, g, need):
-        dx = torch.zeros_like(x) if need[0] else None
+        xl = self._lanes(x)
+        dx = torch.zeros_like(xl) if need[0] else None
         dwi = torch.empty_like(w_in) if need[1] else None
         dwo = torch.empty_like(w_out) if need[2] else None
-        self.run(getattr(load_library(), f"mb_backward_{_suffix(x.dtype)}"), x, w_in, w_out, *self.tables, g, dx,
+        self.run(getattr(load_library(), f"mb_backward_{_suffix(x.dtype)}"), xl, w_in, w_out, *self.tables, g, dx,
                  dwi, dwo)
+        if dx is not None and self.plan.chains > 1:
+            dx = dx.view(x.shape[0], self.plan.chains, *x.shape[1:]).sum(1)
         return dx, dwi, dwo
 
     def __call__(self, x, w_in, w_out):
