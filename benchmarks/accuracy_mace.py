@@ -19,7 +19,9 @@ Variants (``--variants``):
 
   upstream      MACE as released (e3nn conv TensorProduct, SymmetricContraction)
   product       ``gaunt_targets: [product]`` (the symmetric contraction only, as in the paper's MACE)
+  product-P     the same with ``gaunt_product_chains: P`` (``product-2``, ``product-3``, ...)
   conv-K        ``gaunt_targets: [conv, product]`` with ``gaunt_conv_products: K`` (``conv-1``, ``conv-3``, ...)
+  conv-K-P      the same with ``gaunt_product_chains: P``
 
 Data (../shared/data/acac): ``--n-train`` configurations of train_300K.xyz for training, ``--n-valid``
 more for validation, ``--n-test`` of each of test_MD_300K.xyz / test_MD_600K.xyz (evenly spaced).
@@ -69,6 +71,8 @@ MODEL = {
     "energy_key": "REF_energy",
     "forces_key": "REF_forces",
     "eval_interval": 1,
+    "ema": True,
+    "ema_decay": 0.99,
     "error_table": "PerAtomMAE",
     "patience": 1000,
 }
@@ -123,11 +127,21 @@ def variant_options(name: str) -> Dict[str, object]:
     """The config keys a variant adds to the upstream config."""
     if name == "upstream":
         return {}
-    if name == "product":
-        return {"tensor_product": "gaunt", "gaunt_targets": "[product]"}
-    if name.startswith("conv-") and name[5:].isdigit() and int(name[5:]) >= 1:
-        return {"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_conv_products": int(name[5:])}
-    raise SystemExit(f"unknown variant {name!r}: choose upstream, product or conv-K (K >= 1, e.g. conv-3)")
+    head, *counts = name.split("-")
+    if head in ("product", "conv") and all(c.isdigit() and int(c) >= 1 for c in counts) \
+            and len(counts) <= (1 if head == "product" else 2) and (head == "product" or counts):
+        options: Dict[str, object] = {"tensor_product": "gaunt"}
+        if head == "product":
+            options["gaunt_targets"] = "[product]"
+            chains = counts
+        else:
+            options.update(gaunt_targets="[conv, product]", gaunt_conv_products=int(counts[0]))
+            chains = counts[1:]
+        if chains:
+            options["gaunt_product_chains"] = int(chains[0])
+        return options
+    raise SystemExit(f"unknown variant {name!r}: choose upstream, product, product-P, conv-K or conv-K-P "
+                     f"(K, P >= 1, e.g. product-3, conv-3-2)")
 
 
 def run_config(variant: str, seed: int, epochs: int, files: Dict[str, Path], model: Dict[str, object]) -> Dict:
@@ -376,6 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "accuracy_mace")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument("--no-ema", action="store_true", help="train without MACE's exponential moving average")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 2 epochs, 40 configs")
     args = parser.parse_args(argv)
     for v in args.variants:
@@ -383,7 +398,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if args.quick:
         args.seeds, args.epochs, args.n_train, args.n_valid, args.n_test = args.seeds[:2], 2, 40, 10, 20
     model = dict(MODEL, num_channels=args.channels, max_L=args.max_L)
-    work = args.work / ("quick" if args.quick else "full")
+    if args.no_ema:
+        model.pop("ema")
+        model.pop("ema_decay")
+    work = args.work / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema"))
     files = prepare_data(find_acac(), work / "data", args.n_train, args.n_valid, args.n_test)
     code_dir, code = snapshot_code(work / "code")
     env = child_env(code_dir)
