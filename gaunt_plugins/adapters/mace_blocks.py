@@ -7,9 +7,12 @@
   forward pass) is MACE's own: the classes subclass MACE's and only replace ``_setup``.
 - :class:`GauntProductBasisBlock`: MACE's ``EquivariantProductBasisBlock`` with
   ``symmetric_contractions`` a :class:`~gaunt_plugins.layers.GauntManyBody`.
+- :func:`gaunt_construction`: while it is active, MACE's own model constructors build these blocks
+  directly (MACE's Clebsch-Gordan instructions and symmetric-contraction U-matrices for the replaced
+  blocks are never computed): how ``tensor_product: gaunt`` builds a new model.
 - :func:`gauntify_model`: turn the blocks of a built MACE model into these, keeping every weight
-  that carries over (matched by name and shape); used by training (``tensor_product: gaunt``) and
-  by ``gaunt-convert-mace``.
+  that carries over (matched by name and shape); used for fine-tuning a foundation model with
+  ``tensor_product: gaunt`` and by ``gaunt-convert-mace``.
 
 The model class stays MACE's own (``ScaleShiftMACE``), so MACE's tools
 (``extract_config_mace_model``, the calculator, ``mace_eval_configs``, TorchScript export) keep
@@ -22,11 +25,12 @@ Shapes: node features are e3nn ``mul_ir`` flat ``[n_nodes, irreps.dim]``; the pr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -54,6 +58,8 @@ __all__ = [
     "GAUNT_INTERACTIONS",
     "ConversionReport",
     "gauntify_model",
+    "gaunt_construction",
+    "built_blocks",
     "is_gaunt_model",
 ]
 
@@ -211,6 +217,56 @@ class GauntProductBasisBlock(EquivariantProductBasisBlock):
             shared_weights=True,
             cueq_config=cueq_config,
         )
+
+
+# ---------------------------------------------------------------------------- direct construction
+@contextlib.contextmanager
+def gaunt_construction(options: GauntOptions, interactions: Tuple[str, ...] = ()) -> Iterator[None]:
+    """Inside the block, MACE's model classes build Gaunt blocks for ``options.targets``.
+
+    ``mace.modules.interaction_classes`` maps the stock names of the replaceable interactions to their
+    Gaunt classes (``conv``) and ``mace.modules.models.EquivariantProductBasisBlock`` is the Gaunt product
+    basis (``product``); both are restored on exit. ``interactions``: the interaction names the model
+    will be built with; one with no Gaunt version raises ``ValueError`` before anything is built.
+    """
+    import mace.modules
+    import mace.modules.models as models
+
+    if options.conv:
+        supported = {stock.__name__ for stock in GAUNT_INTERACTIONS}
+        gaunt_names = {gaunt.__name__ for gaunt in GAUNT_INTERACTIONS.values()}
+        unknown = [name for name in interactions if name not in supported | gaunt_names]
+        if unknown:
+            raise ValueError(
+                f"tensor_product: gaunt has no Gaunt version of interaction {unknown[0]}; supported: "
+                f"{sorted(supported)}. Use gaunt_targets: [product] to keep this interaction's e3nn convolution."
+            )
+    table = mace.modules.interaction_classes
+    saved_table = dict(table)
+    saved_product = models.EquivariantProductBasisBlock
+    try:
+        if options.conv:
+            for stock, gaunt in GAUNT_INTERACTIONS.items():
+                table[stock.__name__] = gaunt
+        if options.product:
+            models.EquivariantProductBasisBlock = GauntProductBasisBlock
+        with build_options(options):
+            yield
+    finally:
+        table.clear()
+        table.update(saved_table)
+        models.EquivariantProductBasisBlock = saved_product
+
+
+def built_blocks(model: torch.nn.Module) -> List[str]:
+    """``"interactions.1: RealAgnosticResidualInteractionBlock -> GauntRealAgnosticResidualInteractionBlock"``,
+    ...: the Gaunt blocks of ``model`` and the MACE blocks they stand for."""
+    stock_of = {gaunt: stock for stock, gaunt in GAUNT_INTERACTIONS.items()}
+    lines = [f"interactions.{i}: {stock_of[type(b)].__name__} -> {type(b).__name__}"
+             for i, b in enumerate(model.interactions) if type(b) in stock_of]
+    lines += [f"products.{i}: EquivariantProductBasisBlock -> GauntProductBasisBlock"
+              for i, b in enumerate(model.products) if isinstance(b, GauntProductBasisBlock)]
+    return lines
 
 
 # ---------------------------------------------------------------------------- conversion

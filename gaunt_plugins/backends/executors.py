@@ -90,8 +90,14 @@ class GatherScatterMessage(Executor):
         self.conv, self.backend, self.name, self.deterministic = conv, backend, name, deterministic
 
     def __call__(self, x, sh, weight, edge_index, num_nodes: int):
-        src, dst = edge_index[0], edge_index[1]
-        msg = self.conv(x.index_select(0, src), sh, weight)
+        return self.scatter(self.conv(x.index_select(0, edge_index[0]), sh, weight), edge_index[1], num_nodes)
+
+    def with_dense_harmonics(self, x, shd, weight, edge_index, num_nodes: int):
+        """The same with the harmonics already dense, ``shd [E, I2]`` (the conv must be a :class:`ConvExecutor`)."""
+        msg = self.conv.with_dense_harmonics(x.index_select(0, edge_index[0]), shd, weight)
+        return self.scatter(msg, edge_index[1], num_nodes)
+
+    def scatter(self, msg, dst, num_nodes: int):
         if self.deterministic and msg.is_cuda:
             # segment sums over receiver-sorted edges: a fixed order (index_add_ uses atomics on CUDA)
             perm = torch.argsort(dst, stable=True)

@@ -83,6 +83,12 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         cbwd = getattr(lib, f"conv_backward_{suffix}")
         cbwd.argtypes = [i] * 12 + [p] * 18
         cbwd.restype = ctypes.c_int
+        gfwd = getattr(lib, f"msg_forward_{suffix}")
+        gfwd.argtypes = [i] * 12 + [p] * 15
+        gfwd.restype = ctypes.c_int
+        gbwd = getattr(lib, f"msg_backward_{suffix}")
+        gbwd.argtypes = [i] * 12 + [p] * 20
+        gbwd.restype = ctypes.c_int
         mfwd = getattr(lib, f"mb_forward_{suffix}")
         mfwd.argtypes = [i] * 11 + [p] * 10
         mfwd.restype = ctypes.c_int

@@ -5,9 +5,9 @@ from typing import Optional
 
 import torch
 
-from ..executors import Executor, FunctionalGrid, GatherScatterMessage, ProductExecutor
+from ..executors import Executor, FunctionalGrid, ProductExecutor
 from .build import cpu_kernels_unavailable_reason
-from .conv import KernelConv, conv_refusal
+from .conv import KernelConv, KernelMessage, conv_refusal
 from .fused import grid_product_fused
 from .limits import kernel_limits
 from .many_body import KernelManyBody, many_body_refusal
@@ -55,8 +55,7 @@ def cpu_executor(kind: str, plan, dtype: torch.dtype, reference: Executor) -> Ex
     if kind == "conv":
         return KernelConv(plan, dtype, reference.with_dense_harmonics)
     if kind == "message":
-        return GatherScatterMessage(KernelConv(plan, dtype, reference.conv.with_dense_harmonics), "torch",
-                                    "cpu-kernels")
+        return KernelMessage(plan, dtype, reference.with_dense_harmonics)
     if kind == "many_body":
         return KernelManyBody(plan, dtype, reference)
     if kind == "functional":
