@@ -20,10 +20,11 @@ How the patches reach every process:
    command's name and its exit status is returned.
 2. For the processes the command starts (``torchrun`` workers, data-loader workers started with
    spawn, ``subprocess`` calls) ``GAUNT_PLUGINS_AUTOPATCH=1`` is exported and a directory holding a
-   two-line ``sitecustomize.py`` is put first on ``PYTHONPATH``: every Python child then patches each
-   framework as soon as it imports it (:mod:`gaunt_plugins.patches.autopatch`). A
-   ``sitecustomize`` the environment already had still runs: ours executes it after itself.
-   ``--no-subprocess-hook`` turns this off.
+   two-line ``sitecustomize.py`` is put first on ``PYTHONPATH``, and first on this process's
+   ``sys.path`` (a child started with ``PYTHONPATH`` rebuilt from ``sys.path`` keeps it): every
+   Python child then patches each framework as soon as it imports it
+   (:mod:`gaunt_plugins.patches.autopatch`). A ``sitecustomize`` the environment already had still
+   runs: ours executes it after itself. ``--no-subprocess-hook`` turns this off.
 
 The installed hook (``--install-hook``) is a ``gaunt_plugins_autopatch.pth`` file in the
 environment's ``site-packages``. It does nothing unless ``GAUNT_PLUGINS_AUTOPATCH=1`` is set, so
@@ -50,7 +51,7 @@ from .autopatch import AUTOPATCH_ENV, PATCHES_ENV, enabled
 from .loader import apply_patches, available_patches
 
 __all__ = ["main", "install_hook", "uninstall_hook", "hook_path", "HOOK_FILENAME", "subprocess_hook_dir",
-           "hook_environment"]
+           "hook_environment", "export_hook"]
 
 logger = logging.getLogger("gaunt_plugins.patches")
 
@@ -186,10 +187,16 @@ def hook_environment(environ=None, names: Optional[List[str]] = None) -> dict:
     return env
 
 
-def _export_subprocess_hook(names: Optional[List[str]] = None) -> None:
-    """Give every process started from now on the hook (``os.environ`` <- :func:`hook_environment`).
-    (Also used by ``gaunt_plugins.compare``.)"""
+def export_hook(names: Optional[List[str]] = None) -> None:
+    """Give every Python process started from now on the hook: ``os.environ`` <- :func:`hook_environment`,
+    and the hook's directory first on this process's ``sys.path`` too, so that a child whose
+    ``PYTHONPATH`` is rebuilt from ``sys.path`` (``":".join(sys.path)``, as MACE's own tests start
+    ``run_train.py``) still gets it."""
     os.environ.update(hook_environment(os.environ, names))
+    hook_dir = str(subprocess_hook_dir())
+    if hook_dir in sys.path:
+        sys.path.remove(hook_dir)
+    sys.path.insert(0, hook_dir)
 
 
 # ---------------------------------------------------------------------------- running
@@ -315,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     names = [n.strip() for n in opts.patches.split(",") if n.strip()] if opts.patches else None
     if not opts.no_subprocess_hook:
-        _export_subprocess_hook(names)
+        export_hook(names)
     applied = apply_patches(names)
     logger.info("gaunt-run: patched %s", ", ".join(sorted(applied)) or "nothing")
     return _run(opts.command, opts.module)

@@ -10,10 +10,17 @@ Applying it (``gaunt_plugins.patch("mace")``, ``gaunt-run``, or the automatic ho
   ``--tensor_product {e3nn,gaunt}``, ``--gaunt_targets``, ``--gaunt_method`` and the Gaunt
   interaction names; a YAML passed with ``--config`` may carry the same keys;
 - ``configure_model`` (as imported by ``mace.cli.run_train``): with ``tensor_product: gaunt``
-  the arguments are checked (natural-parity hidden irreps, no cuEquivariance/OpenEquivariance),
-  MACE builds its model as usual (fine-tuning from a foundation model included) and the chosen
-  parts are then converted with :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`.
-  Without the key (or ``tensor_product: e3nn``) the original function runs untouched.
+  the arguments are checked (natural-parity hidden irreps, no cuEquivariance/OpenEquivariance) and
+  MACE's own constructors build the chosen blocks as Gaunt blocks directly
+  (:func:`gaunt_plugins.adapters.mace_blocks.gaunt_construction`: MACE's CG instructions and
+  U-matrices for them are never computed); fine-tuning from a foundation model builds MACE's model,
+  loads the foundation's weights and converts the chosen parts with
+  :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`. Without the key (or ``tensor_product:
+  e3nn``) the original function runs untouched.
+- ``restart_latest`` (any ``tensor_product``): the checkpoints record the run's Gaunt settings
+  (``CheckpointBuilder.create_checkpoint``) and a restart from a checkpoint of another model is
+  refused once the model is built, before MACE could swallow the mismatch and write over the
+  earlier run (:mod:`gaunt_plugins.patches.mace_restart`).
 - ``init_distributed`` and ``DDP`` (as ``mace.cli.run_train`` uses them): ``--distributed
   --launcher torchrun --device cpu`` gets a gloo process group and a CPU ``DistributedDataParallel``
   (upstream MACE only initialises nccl/ccl and passes GPU device ids, so CPU runs fail); GPU runs
@@ -71,11 +78,21 @@ def _wrap_configure_model(original):
                 "tensor_product: gaunt cannot be combined with use_so3: True (the SO(3) spherical "
                 "harmonics carry pseudotensor parities)"
             )
-        from gaunt_plugins.adapters.mace_blocks import gauntify_model
+        from gaunt_plugins.adapters.mace_blocks import built_blocks, gaunt_construction, gauntify_model
 
+        foundation = rest[2] if len(rest) > 2 else kwargs.get("model_foundation")
+        if foundation is None:  # a new model: MACE's constructors build the Gaunt blocks directly
+            interactions = (getattr(args, "interaction", None), getattr(args, "interaction_first", None))
+            with gaunt_construction(options, tuple(name for name in interactions if name)):
+                model, output_args = original(args, *rest, **kwargs)
+            # MACE logs through the root logger: so do we, into its log file
+            logging.info("gaunt-plugins: %s; Gaunt blocks built directly", options.describe())
+            for line in built_blocks(model):
+                logging.info("gaunt-plugins:   %s", line)
+            return model, output_args
+        # fine-tuning: MACE loads the foundation's weights into its own blocks, which are then converted
         model, output_args = original(args, *rest, **kwargs)
         model, report = gauntify_model(model, options)
-        # MACE logs through the root logger: so do we, into its log file
         logging.info(
             "gaunt-plugins: %s; %d tensors kept, %d parameters freshly initialised",
             options.describe(),
@@ -88,6 +105,40 @@ def _wrap_configure_model(original):
 
     configure_model.__gaunt_original__ = original
     return configure_model
+
+
+def _wrap_restart_check(original):
+    """After the model is built: remember its settings for its checkpoints, and refuse a
+    ``restart_latest`` from a checkpoint of another model (see :mod:`.mace_restart`)."""
+
+    @functools.wraps(original)
+    def configure_model(args, *rest, **kwargs):
+        from .mace_restart import check_restart, remember_settings, run_settings
+
+        model, output_args = original(args, *rest, **kwargs)
+        check_restart(args, model)
+        remember_settings(model, run_settings(args))
+        return model, output_args
+
+    configure_model.__gaunt_original__ = original
+    return configure_model
+
+
+def _wrap_create_checkpoint(original):
+    """Every checkpoint carries the settings of the run that wrote it (MACE ignores the extra key)."""
+
+    @functools.wraps(original)
+    def create_checkpoint(state):
+        from .mace_restart import RECORD_KEY, settings_of
+
+        checkpoint = original(state)
+        settings = settings_of(state.model)
+        if settings is not None:
+            checkpoint[RECORD_KEY] = settings
+        return checkpoint
+
+    create_checkpoint.__gaunt_original__ = original
+    return staticmethod(create_checkpoint)
 
 
 def _wrap_init_distributed(original):
@@ -135,6 +186,7 @@ class MacePatch(FrameworkPatch):
         import mace.modules
         import mace.tools
         import mace.tools.arg_parser
+        import mace.tools.checkpoint
         import mace.tools.model_script_utils
         import mace.cli.run_train
 
@@ -148,8 +200,11 @@ class MacePatch(FrameworkPatch):
         self._replace(mace.tools, "build_default_arg_parser", parser_builder)
 
         configure = _wrap_configure_model(mace.tools.model_script_utils.configure_model)
+        configure = _wrap_restart_check(configure)  # restart_latest only from a checkpoint of this model
         self._replace(mace.tools.model_script_utils, "configure_model", configure)
         self._replace(mace.cli.run_train, "configure_model", configure)
+        builder = mace.tools.checkpoint.CheckpointBuilder
+        self._replace(builder, "create_checkpoint", _wrap_create_checkpoint(builder.create_checkpoint))
 
         # --distributed on CPU (gloo), for Gaunt and e3nn models alike
         self._replace(mace.cli.run_train, "init_distributed", _wrap_init_distributed(mace.cli.run_train.init_distributed))

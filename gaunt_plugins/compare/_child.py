@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ._budget import StatsFile, TrainingBudget
 
-__all__ = ["PREFIX", "RunRecorder", "export_hook"]
+__all__ = ["PREFIX", "RunRecorder"]
 
 PREFIX = "gaunt-compare:"
 
@@ -88,10 +87,3 @@ class RunRecorder:
             result["eval_wall_s"] = time.time() - start
             Path(eval_out).write_text(json.dumps(result, indent=1))
         self.stats.update(process_end=time.time())
-
-
-def export_hook(name: str) -> None:
-    """As ``gaunt-run`` does: every Python process the framework starts patches itself too."""
-    from gaunt_plugins.patches.launcher import hook_environment
-
-    os.environ.update(hook_environment(os.environ, [name]))

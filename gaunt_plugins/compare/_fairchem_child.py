@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._child import PREFIX, RunRecorder, export_hook
+from ._child import PREFIX, RunRecorder
 from ._metrics import error_metrics
 
 
@@ -239,9 +239,10 @@ def main(argv=None) -> int:
     recorder = RunRecorder(args.stats, max_seconds=args.max_seconds, argv=fc_args, gaunt=args.gaunt)
     if args.gaunt:
         import gaunt_plugins
+        from gaunt_plugins.patches.launcher import export_hook
 
         gaunt_plugins.patch("fairchem")
-        export_hook("fairchem")
+        export_hook(["fairchem"])  # as gaunt-run does: the processes it starts patch themselves too
     state: dict = {}
     _forgiving_imports()
     _instrument(recorder, _Rows(args.results), state)

@@ -26,7 +26,7 @@ import importlib
 import sys
 import time
 
-from ._child import RunRecorder, export_hook
+from ._child import RunRecorder
 
 
 def _instrument(recorder: RunRecorder) -> None:
@@ -84,9 +84,10 @@ def main(argv=None) -> int:
 
     if args.gaunt:
         import gaunt_plugins
+        from gaunt_plugins.patches.launcher import export_hook
 
         gaunt_plugins.patch("mace")
-        export_hook("mace")
+        export_hook(["mace"])  # as gaunt-run does: the processes it starts patch themselves too
     _instrument(recorder)
 
     from mace.cli import run_train
