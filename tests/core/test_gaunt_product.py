@@ -118,7 +118,17 @@ def test_rotation_equivariance(method):
     (lambda: gaunt_product(torch.randn(41 ** 2), torch.randn(4), 3, method="fourier"), "no 2D Fourier table"),
     (lambda: gaunt_product(torch.randn(40 ** 2), torch.randn(30 ** 2), 30), "has no grid table"),
     (lambda: gaunt_product(torch.ones(4, dtype=torch.long), torch.ones(4, dtype=torch.long), 1), "floating point"),
+    (lambda: gaunt_product(torch.randn(4), torch.randn(4), 2.7), "lmax_out must be a whole number"),
+    (lambda: gaunt_product(torch.randn(4), torch.randn(4), 100000), "lmax_out = 100000 is past the largest"),
 ])
 def test_bad_input_raises_a_clear_error(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+@pytest.mark.parametrize("method", ["grid", "fourier"])
+def test_no_rows_give_an_empty_result(method):
+    out = gaunt_product(torch.randn(0, 9), torch.randn(0, 4), 2, method=method)
+    assert out.shape == (0, 9)
+    out = gaunt_product(torch.randn(3, 0, 9), torch.randn(1, 4), 3, method=method)
+    assert out.shape == (3, 0, 16)

@@ -123,6 +123,9 @@ def test_many_body_of_twisted_input_keeps_only_terms_of_the_requested_parity():
     (lambda: GauntConvolution("4x0e+4x1o", "0e+1o", "4x0o+4x1e"), "only produces natural"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0o+4x1e", 2, 3), "only produces natural"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 0, 3), "correlation must be >= 1"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2.5, 3), "correlation must be a whole number, got 2.5"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2, 3, chains=0), "chains must be >= 1"),
+    (lambda: GauntConvolution("4x0e+4x1o", "0e+1o", products=1.5), "products must be a whole number"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e+4x1o+4x2e", 3, 3, method="x"), "unknown method"),
     (lambda: GauntTensorProduct("4x40e", "4x30e", "4x10e"), "no grid table"),
     (lambda: GauntTensorProduct("4x0e", "4x0e", "4xfoo"), "cannot parse irreps"),
@@ -300,3 +303,15 @@ def test_many_body_past_the_kernels_correlation_runs_on_the_reference(monkeypatc
     out = mb(x, torch.eye(2, dtype=torch.float64)[[0, 1, 1]])
     assert torch.isfinite(out).all() and out.shape == (3, 2)
     assert last_executor("many_body_product") == "torch-reference"
+
+
+def test_tensor_product_on_no_rows_and_with_wrong_per_sample_weights():
+    tp = GauntTensorProduct(natural(2, 1), natural(2, 1), internal_weights=False, shared_weights=False)
+    empty = tp(torch.randn(0, tp.dim_in1), torch.randn(0, tp.dim_in2), torch.randn(0, tp.weight_numel))
+    assert empty.shape == (0, tp.dim_out)
+    x = torch.randn(3, tp.dim_in1)
+    with pytest.raises(ValueError, match=r"per-sample weight must be \[3, 12\]"):
+        tp(x, x, torch.randn(2, tp.weight_numel))
+    shared = GauntTensorProduct(natural(2, 1), natural(2, 1), internal_weights=False, shared_weights=True)
+    with pytest.raises(ValueError, match="shared weight needs 12 elements"):
+        shared(x, x, torch.randn(11))
