@@ -5,8 +5,9 @@ The backend setting is resolved as for the dense ops of :mod:`.registry` (the ca
 :func:`~.registry.set_backend`, then ``$GAUNT_BACKEND``, then ``auto``):
 
 - ``triton`` (forced): the Triton executor, or ``ValueError`` saying why it cannot serve (never a fallback);
-- ``torch`` (forced): the CPU kernels where they serve the plan (CPU, float32/float64, eager, within the
-  kernels' limits), else the PyTorch reference;
+- ``torch`` (forced): for a convolution of scalar node features the coefficient-wise executor (a degree-0
+  factor is a scaling); else the CPU kernels where they serve the plan (CPU, float32/float64, eager, within
+  the kernels' limits), else the PyTorch reference;
 - ``auto``: CUDA -> Triton where it serves (else the reference, with a one-time warning naming the reason);
   CPU -> as ``torch``.
 
@@ -21,17 +22,32 @@ import torch
 
 from . import registry
 from .cpu.executors import cpu_executor, cpu_refusal
-from .executors import Executor
+from .executors import Executor, GatherScatterMessage, ScalarNodeConv
 from .reference import reference_executor
 
-__all__ = ["executor_for", "refusals", "KINDS"]
+__all__ = ["executor_for", "refusals", "scalar_node_executor", "KINDS"]
 
 KINDS = ("product", "conv", "message", "many_body", "functional")
 _OP_NAMES = {"product": "weighted_product", "conv": "conv_product", "message": "conv_message",
              "many_body": "many_body_product", "functional": "gaunt_product"}
 
 
+def scalar_node_executor(kind: str, plan, device: torch.device, dtype: torch.dtype,
+                         deterministic: bool = False) -> Optional[Executor]:
+    """For a convolution of scalar node features (a degree-0 factor is a scaling, not a grid product): the
+    coefficient-wise executor; ``None`` for every other plan."""
+    if kind not in ("conv", "message") or plan.in1.degrees != (0,):
+        return None
+    conv = ScalarNodeConv(plan, plan.tensors.get(dtype, device))
+    if kind == "conv":
+        return conv
+    return GatherScatterMessage(conv, "torch", conv.name, deterministic)
+
+
 def _torch_executor(kind: str, plan, device: torch.device, dtype: torch.dtype, deterministic: bool) -> Executor:
+    scalar = scalar_node_executor(kind, plan, device, dtype, deterministic)
+    if scalar is not None:
+        return scalar
     reference = reference_executor(kind, plan, device, dtype, deterministic)
     if cpu_refusal(kind, plan, device, dtype) is None:
         return cpu_executor(kind, plan, dtype, reference)

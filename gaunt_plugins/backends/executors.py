@@ -23,7 +23,7 @@ import torch
 
 from . import torch_ops
 
-__all__ = ["Executor", "ProductExecutor", "ConvExecutor", "MessageExecutor", "GatherScatterMessage",
+__all__ = ["Executor", "ProductExecutor", "ConvExecutor", "ScalarNodeConv", "MessageExecutor", "GatherScatterMessage",
            "ManyBodyExecutor", "FunctionalGrid", "FunctionalFourier", "DenseOps", "dense_executor", "flat_to_dense",
            "dense_to_flat"]
 
@@ -80,6 +80,35 @@ class ConvExecutor(Executor):
         w = weight.view(weight.shape[0], -1, p.lanes)
         out = self.dense(a, shd, w, p.in1.num_degrees, t["deg1"], t["deg_mask2"], t["deg3"], t["to_grid1"],
                          t["to_grid2"], t["from_grid"])
+        return dense_to_flat(out, t["index_out"])
+
+
+class ScalarNodeConv(Executor):
+    """The convolution of scalar node features (``in1 = C x 0e``, e.g. MACE's first interaction): a degree-0
+    factor only scales, so ``out[k] = w3[k] coupling[k] (b + w1) x (b + w2[k]) sh[k]`` coefficient by coefficient,
+    no grid (``coupling[k] = N_l Y_00`` from the plan's tables). Any device, differentiable to any order."""
+
+    def __init__(self, plan, t: Dict[str, torch.Tensor]):
+        self.plan, self.t = plan, t
+        self.name = "torch-scalar-nodes"
+        io = plan.widths[2]
+        # the Gaunt coefficient of (0 0, l m -> l m) with the output normalisation: zero off the diagonal
+        self.coupling = torch.einsum("p,kp,pk->k", t["to_grid1"][0], t["to_grid2"][:io], t["from_grid"])
+
+    def __call__(self, x1, sh, weight):
+        i2 = self.plan.widths[1]
+        return self.with_dense_harmonics(x1, flat_to_dense(sh, self.t["index_in2"], 1, i2).view(sh.shape[0], i2),
+                                         weight)
+
+    def with_dense_harmonics(self, x1, shd, weight):
+        p, t = self.plan, self.t
+        k1, k2, _ = p.num_degrees
+        io = p.widths[2]
+        w = weight.view(weight.shape[0], -1, p.lanes)  # [E, K1 + K2 + K3, lanes]
+        a = flat_to_dense(x1, t["index_in1"], p.lanes, 1)[:, :, 0] * w[:, 0]  # [E, lanes]
+        w2 = w[:, k1:k1 + k2].transpose(1, 2).index_select(2, t["deg2"][:io])  # [E, lanes, Io]
+        w3 = w[:, k1 + k2:].transpose(1, 2).index_select(2, t["deg3"])
+        out = (a.unsqueeze(2) * w2) * (shd[:, None, :io] * (self.coupling * w3))
         return dense_to_flat(out, t["index_out"])
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gaunt_plugins.backends.cpu.executors import cpu_executor, cpu_refusal
+from gaunt_plugins.backends.dispatch import scalar_node_executor
 from gaunt_plugins.backends.reference import reference_executor
 from gaunt_plugins.backends.registry import get_backend
 from gaunt_plugins.plans import conv_plan, functional_plan, many_body_plan, product_plan
@@ -20,6 +21,8 @@ CASES = {
     "conv, 3 products, missing degrees": ("conv", lambda: conv_plan("2x1o+2x2e", "1x0e+1x2e", "2x1o+2x3o", 3)),
     "conv, 9 channels (a SIMD tile + 1), twisted": ("conv", lambda: conv_plan("9x0o+9x1e", "1x0e+1x1o", "9x0o+9x1e")),
     "message, 2 products": ("message", lambda: conv_plan("2x0e+2x1o", "1x0e+1x1o+1x2e", "2x0e+2x1o+2x2e", 2)),
+    "conv, scalar nodes": ("conv", lambda: conv_plan("3x0e", "1x0e+1x1o+1x2e+1x3o", "3x0e+3x1o+3x2e+3x3o", 2)),
+    "message, scalar nodes": ("message", lambda: conv_plan("3x0e", "1x0e+1x2e", "3x0e+3x2e")),
     "many_body": ("many_body", lambda: many_body_plan("2x0e+2x1o+2x2e", "2x0e+2x1o", 3)),
     "many_body, twisted, missing degree": ("many_body", lambda: many_body_plan("2x1e+2x2o", "2x1e", 2)),
     "many_body, 9 channels": ("many_body", lambda: many_body_plan("9x0e+9x1o", "9x0e+9x1o", 3)),
@@ -52,6 +55,11 @@ def _inputs(kind: str, plan, gen: torch.Generator, dtype: torch.dtype):
 
 
 def _executor(name: str, kind: str, plan, dtype: torch.dtype):
+    if name == "torch-scalar-nodes":
+        executor = scalar_node_executor(kind, plan, CPU, dtype)
+        if executor is None:
+            pytest.skip("only convolutions of scalar node features")
+        return executor
     if name == "cpu-kernels":
         reason = cpu_refusal(kind, plan, CPU, dtype)
         if reason is not None:
@@ -78,7 +86,7 @@ def _derivatives(fn, inputs, fixed, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", ["cpu-kernels", "triton"])
+@pytest.mark.parametrize("name", ["cpu-kernels", "triton", "torch-scalar-nodes"])
 def test_executor_equals_the_reference_values_first_and_second_derivatives(name, case, dtype):
     kind, make = CASES[case]
     plan = make()
