@@ -2,13 +2,14 @@
 
 MACE loads the latest checkpoint with ``load_state_dict(strict=False)`` inside a ``try`` that
 swallows every error: a checkpoint of another model (written with another ``tensor_product``,
-``gaunt_targets`` or ``gaunt_conv_products``) fails on its first differently shaped tensor, and the
+``gaunt_targets``, ``gaunt_conv_products`` or ``gaunt_product_chains``) fails on its first differently shaped tensor, and the
 run silently starts again at epoch 0, writing over the earlier run's checkpoints and models. With
 the MACE patch applied:
 
 - every checkpoint MACE writes carries the settings of the run that wrote it
   (``checkpoint["gaunt_plugins"] = {"tensor_product": ..., "gaunt_targets": [...],
-  "gaunt_conv_products": K}``; MACE itself ignores the extra key);
+  "gaunt_conv_products": K}``, plus ``"gaunt_product_chains": P`` for more than one chain; MACE itself
+  ignores the extra key);
 - once the model is built, a ``restart_latest`` run compares it with the checkpoints MACE would
   restart from: their recorded settings (a checkpoint without a record was written by upstream
   MACE, with no Gaunt layers) and the names and shapes of their tensors. On any difference it stops
@@ -44,9 +45,10 @@ def run_settings(args: Any) -> Dict[str, Any]:
         return {"tensor_product": "e3nn"}
     settings: Dict[str, Any] = {"tensor_product": "gaunt",
                                 "gaunt_targets": [t for t in GAUNT_TARGETS if t in options.targets]}
-    products = getattr(options, "conv_products", None)
-    if options.conv and products is not None:
-        settings["gaunt_conv_products"] = int(products)
+    if options.conv:
+        settings["gaunt_conv_products"] = int(options.conv_products)
+    if options.product and options.product_chains != 1:  # absent: one chain (as before the option existed)
+        settings["gaunt_product_chains"] = int(options.product_chains)
     return settings
 
 
