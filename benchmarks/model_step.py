@@ -320,10 +320,10 @@ def target_name(targets) -> str:
     return "+".join(t for t in GAUNT_TARGETS if t in targets)
 
 
-def gaunt_options(targets, conv_products: int):
+def gaunt_options(targets, conv_products: int, product_chains: int = 1):
     from gaunt_plugins.adapters.mace_config import GauntOptions
     if conv_products_supported():
-        return GauntOptions(targets=frozenset(targets), conv_products=conv_products)
+        return GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains)
     if conv_products != 1:
         raise ValueError("this gaunt-plugins has no conv_products option: only K = 1")
     return GauntOptions(targets=frozenset(targets))
@@ -341,18 +341,25 @@ def gaunt_plan(target_sets, conv_products: Sequence[int]) -> List[Tuple[frozense
     return plan
 
 
+def with_chains(plan, product_chains: Sequence[int]) -> List[Tuple[frozenset, int, int]]:
+    """Each (target set, K) of ``plan`` with every number of many-body chains P for the sets with ``product``
+    (P = 1 otherwise)."""
+    ps = sorted(set(product_chains))
+    return [(targets, k, p) for targets, k in plan for p in (ps if "product" in targets else [1])]
+
+
 def mace_variants(stock, cuda: bool, plan, device) -> List[Variant]:
     from gaunt_plugins.adapters.mace_blocks import gauntify_model
 
-    def convert(targets, k):
-        return lambda: (gauntify_model(copy.deepcopy(stock), gaunt_options(targets, k))[0], {})
+    def convert(targets, k, p):
+        return lambda: (gauntify_model(copy.deepcopy(stock), gaunt_options(targets, k, p))[0], {})
 
     variants = [Variant("e3nn", "e3nn", lambda: (stock, {}))]
-    for i, (targets, k) in enumerate(plan):
-        fields = {"targets": target_name(targets), "conv_products": k}
+    for i, (targets, k, p) in enumerate(plan):
+        fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p}
         for backend in (("triton", "torch") if cuda and i == 0 else ("triton",) if cuda else ("torch",)):
-            variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k}", f"gaunt-{backend}",
-                                    convert(targets, k), backend, fields, gaunt=True))
+            variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p}", f"gaunt-{backend}",
+                                    convert(targets, k, p), backend, fields, gaunt=True))
     if cuda and cueq_available(device) is None:
         def to_cueq():
             from mace.cli.convert_e3nn_cueq import run as run_e3nn_to_cueq
@@ -710,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--conv-products", type=int, nargs="*", default=list(DEFAULT_CONV_PRODUCTS),
                     help="K, Gaunt products per channel in the convolution, for the target sets with conv "
                          f"(default {' '.join(map(str, DEFAULT_CONV_PRODUCTS))})")
+    ap.add_argument("--product-chains", type=int, nargs="*", default=[1],
+                    help="P, power chains per channel in the Gaunt many-body product, for the target sets with "
+                         "product (default 1)")
     ap.add_argument("--molecules", type=int, default=None, help="acac molecules per batch (CPU 4, GPU 64)")
     ap.add_argument("--correlations", type=int, nargs="*", default=[4, 5, 6],
                     help="mace-correlation rows: correlation orders (default 4 5 6)")
@@ -791,7 +801,9 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     models = args.model_set
     k_supported = conv_products_supported()
-    plan = gaunt_plan(args.target_sets, args.conv_products)
+    if any(p < 1 for p in args.product_chains):
+        ap.error(f"--product-chains: every P must be >= 1, got {args.product_chains}")
+    plan = with_chains(gaunt_plan(args.target_sets, args.conv_products), args.product_chains)
     notes = []
     if not k_supported and any(k != 1 for k in args.conv_products):
         notes.append("this gaunt-plugins has no conv_products option (GauntOptions.conv_products / "
@@ -825,12 +837,14 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters,
                 "host": platform.platform(), "cpus": os.cpu_count(), "seconds": time.time() - started,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k in plan}),
+                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k, _ in plan}),
+                "product_chains": sorted({p for _, _, p in plan}),
                 "conv_products_supported": k_supported, "notes": notes, "results": rows,
             })
 
         def log(row):
-            label = row["impl"] + (f" [{row['targets']}] K={row.get('conv_products', 1)}" if "targets" in row else "")
+            label = row["impl"] + (f" [{row['targets']}] K={row.get('conv_products', 1)} P={row.get('product_chains', 1)}"
+                                   if "targets" in row else "")
             what = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row.get("error")
             print(f"  {row['model']:>13} L={row.get('L')} C={row.get('C')} corr={row.get('correlation', '-')} "
                   f"{label:>32}: {what}", flush=True)
