@@ -28,6 +28,11 @@ CASES = {
     "many_body, 9 channels": ("many_body", lambda: many_body_plan("9x0e+9x1o", "9x0e+9x1o", 3)),
     "many_body, 3 chains": ("many_body", lambda: many_body_plan("2x0e+2x1o+2x2e", "2x0e+2x1o", 3, chains=3)),
     "many_body, correlation 7": ("many_body", lambda: many_body_plan("2x0e+2x1o", "2x0e", 7)),
+    "many_body, degree 6, correlation 6": ("many_body", lambda: many_body_plan(
+        "1x0e+1x1o+1x2e+1x3o+1x4e+1x5o+1x6e", "1x0e+1x1o+1x2e", 6)),
+    "conv, degree 6": ("conv", lambda: conv_plan("1x0e+1x1o+1x2e+1x3o+1x4e+1x5o+1x6e",
+                                                 "1x0e+1x1o+1x2e+1x3o+1x4e+1x5o+1x6e",
+                                                 "1x0e+1x1o+1x2e+1x3o+1x4e+1x5o+1x6e")),
     "functional": ("functional", lambda: functional_plan(2, 1, 2, "grid")),
 }
 
