@@ -86,22 +86,12 @@ def find_acac() -> Path:
 
 
 # ------------------------------------------------------------------------------------------- data
-def _frames(path: Path) -> List[List[str]]:
-    lines = path.read_text().splitlines()
-    out, i = [], 0
-    while i < len(lines):
-        n = int(lines[i].split()[0])
-        out.append(lines[i:i + n + 2])
-        i += n + 2
-    return out
+sys.path.insert(0, str(ROOT / "examples" / "compare"))
+from prepare_acac import frames as _frames, rekey  # noqa: E402  (the acac reader the examples use)
 
 
 def _write(path: Path, frames: Sequence[List[str]]) -> None:
-    text = []
-    for fr in frames:
-        header = fr[1].replace(" energy=", " REF_energy=").replace(":forces:R:3", ":REF_forces:R:3")
-        text += [fr[0], header] + fr[2:]
-    path.write_text("\n".join(text) + "\n")
+    path.write_text("\n".join(line for fr in frames for line in rekey(fr)) + "\n")
 
 
 def prepare_data(src: Path, out: Path, n_train: int, n_valid: int, n_test: int) -> Dict[str, Path]:

@@ -64,14 +64,21 @@ class ProductExecutor(Executor):
         return dense_to_flat(out, t["index_out"])
 
 
-class ConvExecutor(Executor):
-    def __init__(self, plan, t: Dict[str, torch.Tensor], dense: Callable, backend: str, name: str):
-        self.plan, self.t, self.dense, self.backend, self.name = plan, t, dense, backend, name
+class _Conv(Executor):
+    """A convolution executor: ``__call__`` takes the flat harmonics, :meth:`with_dense_harmonics` dense ones."""
 
     def __call__(self, x1, sh, weight):
         i2 = self.plan.widths[1]
         return self.with_dense_harmonics(x1, flat_to_dense(sh, self.t["index_in2"], 1, i2).view(sh.shape[0], i2),
                                          weight)
+
+    def with_dense_harmonics(self, x1, shd, weight):
+        raise NotImplementedError
+
+
+class ConvExecutor(_Conv):
+    def __init__(self, plan, t: Dict[str, torch.Tensor], dense: Callable, backend: str, name: str):
+        self.plan, self.t, self.dense, self.backend, self.name = plan, t, dense, backend, name
 
     def with_dense_harmonics(self, x1, shd, weight):
         """The same with the harmonics already dense, ``shd [E, I2]``."""
@@ -83,7 +90,7 @@ class ConvExecutor(Executor):
         return dense_to_flat(out, t["index_out"])
 
 
-class ScalarNodeConv(Executor):
+class ScalarNodeConv(_Conv):
     """The convolution of scalar node features (``in1 = C x 0e``, e.g. MACE's first interaction): a degree-0
     factor only scales, so ``out[k] = w3[k] coupling[k] (b + w1) x (b + w2[k]) sh[k]`` coefficient by coefficient,
     no grid (``coupling[k] = N_l Y_00`` from the plan's tables). Any device, differentiable to any order."""
@@ -94,11 +101,6 @@ class ScalarNodeConv(Executor):
         io = plan.widths[2]
         # the Gaunt coefficient of (0 0, l m -> l m) with the output normalisation: zero off the diagonal
         self.coupling = torch.einsum("p,kp,pk->k", t["to_grid1"][0], t["to_grid2"][:io], t["from_grid"])
-
-    def __call__(self, x1, sh, weight):
-        i2 = self.plan.widths[1]
-        return self.with_dense_harmonics(x1, flat_to_dense(sh, self.t["index_in2"], 1, i2).view(sh.shape[0], i2),
-                                         weight)
 
     def with_dense_harmonics(self, x1, shd, weight):
         p, t = self.plan, self.t

@@ -22,6 +22,17 @@ __all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_rea
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c", "many_body.c")]
 _HEADERS = [Path(__file__).with_name("simd_apply.h")]
+# the arguments of every exported function: i = ptrdiff_t (sizes, strides), p = pointer
+_SIGNATURES = {
+    "gp_forward": "i" * 6 + "pipi" + "p" * 4,
+    "gp_backward": "i" * 6 + "pipi" + "p" * 8,
+    "conv_forward": "i" * 12 + "p" * 12,
+    "conv_backward": "i" * 12 + "p" * 18,
+    "msg_forward": "i" * 12 + "p" * 15,
+    "msg_backward": "i" * 12 + "p" * 20,
+    "mb_forward": "i" * 11 + "p" * 10,
+    "mb_backward": "i" * 11 + "p" * 15,
+}
 # No -ffast-math: with GCC < 13 a shared library built with it turns on flush-to-zero for the
 # whole process. These flags are the ones the reductions need to vectorise.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fassociative-math",
@@ -69,32 +80,12 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
                 return None, f"compiling the CPU kernels failed: {proc.stderr.strip()[:500]}"
             os.replace(out, target)  # atomic: concurrent builders (DDP workers) never see half a file
     lib = ctypes.CDLL(str(target))
-    p, i = ctypes.c_void_p, ctypes.c_ssize_t
+    kinds = {"i": ctypes.c_ssize_t, "p": ctypes.c_void_p}
     for suffix in ("f32", "f64"):
-        fwd = getattr(lib, f"gp_forward_{suffix}")
-        fwd.argtypes = [i, i, i, i, i, i, p, i, p, i, p, p, p, p]
-        fwd.restype = ctypes.c_int
-        bwd = getattr(lib, f"gp_backward_{suffix}")
-        bwd.argtypes = [i, i, i, i, i, i, p, i, p, i, p, p, p, p, p, p, p, p]
-        bwd.restype = ctypes.c_int
-        cfwd = getattr(lib, f"conv_forward_{suffix}")
-        cfwd.argtypes = [i] * 12 + [p] * 12
-        cfwd.restype = ctypes.c_int
-        cbwd = getattr(lib, f"conv_backward_{suffix}")
-        cbwd.argtypes = [i] * 12 + [p] * 18
-        cbwd.restype = ctypes.c_int
-        gfwd = getattr(lib, f"msg_forward_{suffix}")
-        gfwd.argtypes = [i] * 12 + [p] * 15
-        gfwd.restype = ctypes.c_int
-        gbwd = getattr(lib, f"msg_backward_{suffix}")
-        gbwd.argtypes = [i] * 12 + [p] * 20
-        gbwd.restype = ctypes.c_int
-        mfwd = getattr(lib, f"mb_forward_{suffix}")
-        mfwd.argtypes = [i] * 11 + [p] * 10
-        mfwd.restype = ctypes.c_int
-        mbwd = getattr(lib, f"mb_backward_{suffix}")
-        mbwd.argtypes = [i] * 11 + [p] * 15
-        mbwd.restype = ctypes.c_int
+        for name, signature in _SIGNATURES.items():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes = [kinds[c] for c in signature]
+            fn.restype = ctypes.c_int
     return lib, None
 
 

@@ -21,7 +21,7 @@ from ..executors import Executor, flat_to_dense
 from ._autograd import KernelCall, run_split
 from ._autograd import kernel_suffix as _suffix
 from .build import load_library
-from .limits import kernel_limits
+from .limits import limit_refusal
 
 __all__ = ["KernelConv", "KernelMessage", "conv_refusal"]
 
@@ -31,14 +31,10 @@ _MIN_NODES_PER_THREAD = 8
 
 def conv_refusal(plan) -> Optional[str]:
     """Why ``conv.c`` cannot serve ``plan`` (its stack limits), or ``None``."""
-    lim = kernel_limits("conv.c")
-    i1, i2, io = plan.widths
     points = plan.tensors.get(torch.float64, torch.device("cpu"))["to_grid1"].shape[1]
-    if points > lim["MAXP"] or max(i1, i2, io) > lim["MAXI"] or plan.in2.num_degrees > lim["MAXK2"]:
-        return (f"the CPU convolution kernel holds at most {lim['MAXP']} grid points, {lim['MAXI']} coefficients "
-                f"and {lim['MAXK2']} harmonic degrees per row (this plan: {points}, {max(i1, i2, io)}, "
-                f"{plan.in2.num_degrees})")
-    return None
+    return limit_refusal("conv.c", "convolution", {"MAXP": points, "MAXI": max(plan.widths),
+                                                   "MAXK2": plan.in2.num_degrees},
+                         {"MAXP": "{} grid points", "MAXI": "{} coefficients", "MAXK2": "{} harmonic degrees"})
 
 
 class KernelConv(Executor):

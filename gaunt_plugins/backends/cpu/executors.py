@@ -9,7 +9,7 @@ from ..executors import Executor, FunctionalGrid, ProductExecutor
 from .build import cpu_kernels_unavailable_reason
 from .conv import KernelConv, KernelMessage, conv_refusal
 from .fused import grid_product_fused
-from .limits import kernel_limits
+from .limits import limit_refusal
 from .many_body import KernelManyBody, many_body_refusal
 from .ops import weighted_product
 
@@ -17,13 +17,9 @@ __all__ = ["cpu_refusal", "cpu_executor"]
 
 
 def _grid_refusal(plan) -> Optional[str]:
-    lim = kernel_limits("grid_product.c")
-    t = plan.tensors.get(torch.float64, torch.device("cpu"))
-    points = t["to_grid1"].shape[1]
-    if points > lim["MAXP"] or max(plan.widths) > lim["MAXI"]:
-        return (f"the CPU grid-product kernel holds at most {lim['MAXP']} grid points and {lim['MAXI']} "
-                f"coefficients per row (this plan: {points}, {max(plan.widths)})")
-    return None
+    points = plan.tensors.get(torch.float64, torch.device("cpu"))["to_grid1"].shape[1]
+    return limit_refusal("grid_product.c", "grid-product", {"MAXP": points, "MAXI": max(plan.widths)},
+                         {"MAXP": "{} grid points", "MAXI": "{} coefficients"})
 
 
 def cpu_refusal(kind: str, plan, device: torch.device, dtype: torch.dtype) -> Optional[str]:

@@ -15,7 +15,7 @@ from ..executors import Executor
 from ._autograd import KernelCall, run_split
 from ._autograd import kernel_suffix as _suffix
 from .build import load_library
-from .limits import kernel_limits
+from .limits import limit_refusal
 
 __all__ = ["KernelManyBody", "many_body_refusal"]
 
@@ -24,13 +24,10 @@ _MIN_NODES_PER_THREAD = 16
 
 def many_body_refusal(plan) -> Optional[str]:
     """Why ``many_body.c`` cannot serve ``plan`` (its stack limits), or ``None``."""
-    lim = kernel_limits("many_body.c")
-    i, io = plan.widths
     points = plan.tensors.get(torch.float64, torch.device("cpu"))["to_grid"].shape[1]
-    if points > lim["MAXP"] or max(i, io) > lim["MAXI"] or plan.correlation > lim["MAXNU"]:
-        return (f"the CPU many-body kernel holds at most {lim['MAXP']} grid points, {lim['MAXI']} coefficients "
-                f"and correlation {lim['MAXNU']} (this plan: {points}, {max(i, io)}, {plan.correlation})")
-    return None
+    return limit_refusal("many_body.c", "many-body", {"MAXP": points, "MAXI": max(plan.widths),
+                                                      "MAXNU": plan.correlation},
+                         {"MAXP": "{} grid points", "MAXI": "{} coefficients", "MAXNU": "correlation {}"})
 
 
 class KernelManyBody(Executor):
