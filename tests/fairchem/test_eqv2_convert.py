@@ -182,21 +182,24 @@ def test_cli_never_writes_over_the_input_and_writes_through_a_temporary_file(tmp
     original = src.read_bytes()
     assert main([str(src), str(src)]) == 2
     assert "is the input" in capsys.readouterr().err and src.read_bytes() == original
-    # --force replaces an existing output, through a temporary file beside it: a failed write keeps it
+    # --force replaces an existing output by renaming a complete temporary file beside it: when the
+    # rename fails, the earlier file is still there and the temporary file is removed
+    import gaunt_plugins.adapters._files as files
+
     dst = tmp_path / "gaunt.pt"
     dst.write_bytes(b"earlier conversion")
-    real_save, written = torch.save, []
+    renames = []
 
-    def save_then_fail(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        written.append(str(f))
-        raise OSError("disk full")
+    def failing_rename(tmp, target):
+        renames.append((str(tmp), str(target), torch.load(tmp, weights_only=False)["gaunt_conversion"]))
+        raise OSError("rename failed")
 
-    monkeypatch.setattr(torch, "save", save_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(files.os, "replace", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
         main([str(src), str(dst), "--force"])
     monkeypatch.undo()
-    assert len(written) == 1 and written[0] != str(dst) and written[0].startswith(str(tmp_path))
+    ((tmp, target, record),) = renames
+    assert target == str(dst) and tmp != target and tmp.startswith(str(tmp_path)) and record
     assert dst.read_bytes() == b"earlier conversion"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaunt.pt", "stock.pt"]
     assert main([str(src), str(dst), "--force"]) == 0
