@@ -242,10 +242,11 @@ def _convergence_lines(report: Dict[str, Any], names: Sequence[str]) -> List[str
         changes = [100.0 * c["change"] for c in found]
         lasts = [c["last"] for c in found]
         unit = f" {c0['unit']}" if c0["unit"] else ""
-        state = "still falling: far from converged" if max(changes) < -5.0 else (
-            "nearly flat: close to what this model and budget reach" if max(abs(x) for x in changes) < 2.0 else
-            "changing from epoch to epoch: not converged")
-        lines.append(f"- {labels.get(n, n)}: {what} {_fmt(min(lasts))}–{_fmt(max(lasts))}{unit} at the last epoch "
+        state = ("still falling: not converged, more epochs would lower it" if max(changes) < -5.0 else
+                 "nearly flat: close to what this model, data and schedule reach" if max(abs(x) for x in changes) < 2.0
+                 else "not converged: it still moves by more than 2%")
+        span = _fmt(lasts[0]) if len(lasts) == 1 else f"{_fmt(min(lasts))}–{_fmt(max(lasts))}"
+        lines.append(f"- {labels.get(n, n)}: {what} {span}{unit} at the last epoch "
                      f"({len(found)} seed{'s' if len(found) > 1 else ''}); over the last quarter of the epochs it "
                      f"changed by {', '.join(f'{x:+.0f}%' for x in changes)}: {state}.")
     if lines:
@@ -263,7 +264,8 @@ def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves
     lines += _convergence_lines(report, names)
     if report["framework"] == "mace":
         step_note = "MACE's own per-step timer (results file: forward, forces, loss, backward, optimiser step)"
-        model_note = "the model MACE saved (`<name>.model`, its best-validation checkpoint)"
+        model_note = ("the model MACE saved (`<name>.model`, its best-validation checkpoint, or "
+                      "`<name>_stagetwo.model` after a stage two)")
     else:
         step_note = "forward, loss, backward and optimiser step of fairchem's trainer, timed around its own calls"
         model_note = "fairchem's best checkpoint (`best_checkpoint.pt`, by its primary validation metric)"

@@ -141,6 +141,24 @@ def test_seed_statistics_in_the_table():
     assert "every timing was taken while another run shared the machine" in md
 
 
+def test_the_report_says_how_far_from_converged():
+    """The change of the validation force error over the last quarter of the epochs, per seed."""
+    def run(values):
+        return {"status": "ok", "curves": {"epoch": list(range(len(values))), "valid_rmse_f_meV_per_A": values}}
+
+    falling = aggregate({"1": run([400.0, 300.0, 200.0, 150.0, 100.0]), "2": run([500.0, 300.0, 200.0, 160.0, 120.0])})
+    flat = aggregate({"1": run([400.0, 101.0, 100.5, 100.2, 100.0])})
+    report = {"framework": "mace", "config": "cfg.yaml", "budget": {"epochs": 5, "max_minutes": None},
+              "seeds": [1, 2], "labels": {"upstream": "up", "gaunt": "ga"}, "config_differences": {},
+              "variants": {"upstream": falling, "gaunt": flat}}
+    report["ratios"] = ratios(report["variants"])
+    md = markdown(report)
+    assert ("- up: validation force RMSE 100–120 meV/Å at the last epoch (2 seeds); over the last quarter of the "
+            "epochs it changed by -33%, -25%: still falling: not converged, more epochs would lower it.") in md
+    assert "- ga: validation force RMSE 100 meV/Å at the last epoch (1 seed); over the last quarter of the epochs " \
+           "it changed by -0%: nearly flat" in md
+
+
 def test_mace_rows_and_log_of_the_last_run_only():
     """MACE appends to its results file and its log: a second run's report must not count the first's."""
     def one_run(losses):
