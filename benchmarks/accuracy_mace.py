@@ -377,6 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--n-test", type=int, default=300)
     parser.add_argument("--channels", type=int, default=MODEL["num_channels"])
     parser.add_argument("--max-L", type=int, default=MODEL["max_L"])
+    parser.add_argument("--correlation", type=int, default=MODEL["correlation"])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "accuracy_mace")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -387,11 +388,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         variant_options(v)
     if args.quick:
         args.seeds, args.epochs, args.n_train, args.n_valid, args.n_test = args.seeds[:2], 2, 40, 10, 20
-    model = dict(MODEL, num_channels=args.channels, max_L=args.max_L)
+    model = dict(MODEL, num_channels=args.channels, max_L=args.max_L, correlation=args.correlation)
     if args.no_ema:
         model.pop("ema")
         model.pop("ema_decay")
-    work = args.work / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema"))
+    work = args.work.resolve() / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema"))
     files = prepare_data(find_acac(), work / "data", args.n_train, args.n_valid, args.n_test)
     code_dir, code = snapshot_code(work / "code")
     env = child_env(code_dir)
