@@ -8,9 +8,11 @@ Options (command line ``--name value`` or YAML ``name: value``):
 
 ``tensor_product``   ``e3nn`` (default: MACE exactly as upstream) or ``gaunt``.
 ``gaunt_targets``    which parts become Gaunt products: ``conv`` (the interaction's edge
-                     convolution), ``product`` (the symmetric contraction); default both.
+                     convolution), ``product`` (the symmetric contraction); default ``[product]``
+                     (``DEFAULT_TARGETS``: the Gaunt convolution trains to larger force errors than
+                     MACE's at equal epochs, see benchmarks/results/accuracy_mace.json).
                      YAML ``[conv, product]``, command line ``--gaunt_targets conv product`` or
-                     ``conv,product``.
+                     ``conv,product``; ``all`` means both.
 ``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default) or ``grid``.
 ``gaunt_conv_products``
                      the number ``K`` of independent Gaunt products per channel in the convolution
@@ -35,6 +37,7 @@ from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Union
 __all__ = [
     "TENSOR_PRODUCTS",
     "GAUNT_TARGETS",
+    "DEFAULT_TARGETS",
     "GauntOptions",
     "gaunt_methods",
     "parse_targets",
@@ -51,6 +54,7 @@ __all__ = [
 
 TENSOR_PRODUCTS = ("e3nn", "gaunt")
 GAUNT_TARGETS = ("conv", "product")
+DEFAULT_TARGETS = ("product",)
 DEFAULT_CONV_PRODUCTS = 1
 DEFAULT_PRODUCT_CHAINS = 1
 
@@ -71,7 +75,7 @@ class GauntOptions:
     True
     """
 
-    targets: FrozenSet[str] = frozenset(GAUNT_TARGETS)
+    targets: FrozenSet[str] = frozenset(DEFAULT_TARGETS)
     method: str = "auto"
     conv_products: int = DEFAULT_CONV_PRODUCTS
     product_chains: int = DEFAULT_PRODUCT_CHAINS
@@ -131,7 +135,7 @@ def parse_whole_number(value: Any, name: str) -> int:
 def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
     """``"conv,product"``, ``"[conv, product]"``, ``["conv", "product"]`` -> ``{"conv", "product"}``.
 
-    ``None`` and ``"all"`` mean both.
+    ``None`` means :data:`DEFAULT_TARGETS`, ``"all"`` both.
 
     >>> sorted(parse_targets("[conv, product]"))
     ['conv', 'product']
@@ -139,7 +143,7 @@ def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
     ['conv']
     """
     if value is None:
-        return frozenset(GAUNT_TARGETS)
+        return frozenset(DEFAULT_TARGETS)
     items = [value] if isinstance(value, str) else list(value)
     names = []
     for item in items:
@@ -232,10 +236,11 @@ def add_arguments(parser: Any) -> Any:
     )
     parser.add_argument(
         "--gaunt_targets",
-        help="with --tensor_product gaunt: which parts use Gaunt products (conv, product)",
+        help="with --tensor_product gaunt: which parts use Gaunt products (conv, product; default "
+        f"{' '.join(DEFAULT_TARGETS)})",
         nargs="+",
         type=str,
-        default=list(GAUNT_TARGETS),
+        default=list(DEFAULT_TARGETS),
     )
     parser.add_argument(
         "--gaunt_method",

@@ -88,7 +88,7 @@ def test_gaunt_blocks_start_at_the_upstream_scale(float64, max_L):
         torch.manual_seed(seed)
         model = _build_tiny_model(_natural(16, max_L), 3, 2, True, 2)
         torch.manual_seed(100 + seed)
-        converted, _ = gauntify_model(_copy_model(model), GauntOptions())
+        converted, _ = gauntify_model(_copy_model(model), GauntOptions(targets=frozenset({"conv", "product"})))
         for block in converted.interactions:  # per-edge conv outputs, as upstream's (the fused message is
             del block.conv_fusion             # equal to their scatter-sum: test_mace_models.py)
         inputs = {}

@@ -153,7 +153,7 @@ def test_unsupported_interactions_and_irreps_are_refused(float64):
             "node_attrs_irreps", "node_feats_irreps", "edge_attrs_irreps", "edge_feats_irreps",
             "target_irreps", "hidden_irreps", "avg_num_neighbors", "radial_MLP")})
     with pytest.raises(ValueError, match="no Gaunt version of interaction RealAgnosticDensityResidualInteractionBlock"):
-        gauntify_model(model)
+        gauntify_model(model, GauntOptions(targets=frozenset({"conv", "product"})))
     # the product alone can still be converted
     gauntify_model(model, GauntOptions(targets=frozenset({"product"})))
 
