@@ -112,7 +112,7 @@ class GauntOptions:
             counts.append(f"{self.conv_products} product(s) per channel in the convolution")
         if self.product:
             counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
-        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}; {', '.join(counts)})"
+        return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}); {', '.join(counts)}"
 
 
 _COUNTS = {"gaunt_conv_products": "products per channel in the Gaunt convolution",
