@@ -1,11 +1,16 @@
-"""CPU benchmark of the three MACE-shaped operations: Gaunt layers vs the e3nn/MACE modules doing the job today.
+"""CPU benchmark of the MACE-shaped operations: Gaunt layers vs the e3nn/MACE modules doing the job today.
 
 Operations (shapes as in ../shared/ANCHORS.md, CPU part):
   conv   node features C x (0e+1o+..+L) times edge harmonics 0e+..+L with per-edge weights, outputs
          natural parity up to L. e3nn: MACE's `uvu` TensorProduct built by
          `tp_out_irreps_with_instructions`; gaunt: GauntConvolution; grid3mm: the plain three-matmul
          S2-grid product (the floor a Gaunt implementation must not fall below); fourier: the
-         functional op with method="fourier" on the same shapes (weights applied outside).
+         functional op with method="fourier" on the same shapes (weights applied outside); each K of
+         --conv-products (``gaunt K=3``: three products per channel).
+  message MACE's message step: gather the senders' features, conv, scatter-sum onto the receivers (16 edges
+         per node). e3nn: the TensorProduct between an index gather and index_add; gaunt: GauntConvolution
+         with edge_index (on the CPU one fused kernel, no per-edge messages); gaunt unfused: the layer
+         between the same gather and index_add.
   self   channel-wise product of two C x (0e..L) features. e3nn: `uvu` TensorProduct with every
          parity-allowed path; gaunt: GauntTensorProduct.
   symcon many-body product, correlation 3, 4 elements, output C x (0e+1o). MACE: SymmetricContraction;
@@ -65,6 +70,9 @@ def fwd_and_fwdbwd(make_out, inputs, repeats):
     return best_time(fwd, repeats), best_time(fwdbwd, repeats)
 
 
+CONV_PRODUCTS = (1,)
+
+
 def conv_case(lmax, c, edges, repeats, with_e3nn):
     node, sh_ir = natural(c, lmax), natural(1, lmax)
     x = torch.randn(edges, node.dim, requires_grad=True)
@@ -75,9 +83,10 @@ def conv_case(lmax, c, edges, repeats, with_e3nn):
         tp = o3.TensorProduct(node, sh_ir, mid, instructions=instr, shared_weights=False, internal_weights=False)
         w = torch.randn(edges, tp.weight_numel, requires_grad=True)
         rows["e3nn"] = fwd_and_fwdbwd(lambda: tp(x, sh, w), [x, w], repeats)
-    gconv = GauntConvolution(node, sh_ir, node)
-    gw = torch.randn(edges, gconv.weight_numel, requires_grad=True)
-    rows["gaunt"] = fwd_and_fwdbwd(lambda: gconv(x, sh, gw), [x, gw], repeats)
+    for k in CONV_PRODUCTS:
+        gconv = GauntConvolution(node, sh_ir, node, products=k)
+        gw = torch.randn(edges, gconv.weight_numel, requires_grad=True)
+        rows["gaunt" if k == 1 else f"gaunt K={k}"] = fwd_and_fwdbwd(lambda: gconv(x, sh, gw), [x, gw], repeats)
     # the floor: three matmuls and a pointwise product on dense [E, C, I] tensors, per-edge weighted harmonics
     y1, y2, proj = (torch.from_numpy(t).float() for t in grid_tables(lmax, lmax, lmax))
     xd = torch.randn(edges, c, (lmax + 1) ** 2, requires_grad=True)
@@ -85,6 +94,38 @@ def conv_case(lmax, c, edges, repeats, with_e3nn):
     rows["grid3mm"] = fwd_and_fwdbwd(lambda: torch.matmul(torch.matmul(xd, y1) * torch.matmul(shw, y2), proj),
                                      [xd, shw], repeats)
     rows["fourier"] = fwd_and_fwdbwd(lambda: gaunt_product(xd, shw, lmax, method="fourier"), [xd, shw], repeats)
+    return rows
+
+
+def message_case(lmax, c, edges, repeats, with_e3nn):
+    """MACE's message step: gather senders, convolve, scatter-sum onto receivers (16 edges per node)."""
+    node, sh_ir = natural(c, lmax), natural(1, lmax)
+    nodes = max(1, edges // 16)
+    x = torch.randn(nodes, node.dim, requires_grad=True)
+    edge_index = torch.randint(0, nodes, (2, edges))
+    sh = o3.spherical_harmonics(sh_ir, torch.randn(edges, 3), True, normalization="component")
+    rows = {}
+
+    def scatter(msg):
+        return msg.new_zeros(nodes, msg.shape[1]).index_add(0, edge_index[1], msg)
+
+    if with_e3nn:
+        mid, instr = tp_out_irreps_with_instructions(node, sh_ir, node)
+        tp = o3.TensorProduct(node, sh_ir, mid, instructions=instr, shared_weights=False, internal_weights=False)
+        w = torch.randn(edges, tp.weight_numel, requires_grad=True)
+        rows["e3nn"] = fwd_and_fwdbwd(lambda: scatter(tp(x[edge_index[0]], sh, w)), [x, w], repeats)
+    for k in CONV_PRODUCTS:
+        gconv = GauntConvolution(node, sh_ir, node, products=k)
+        gw = torch.randn(edges, gconv.weight_numel, requires_grad=True)
+        rows["gaunt" if k == 1 else f"gaunt K={k}"] = fwd_and_fwdbwd(lambda: gconv(x, sh, gw, edge_index), [x, gw],
+                                                                     repeats)
+        rows[("gaunt unfused" if k == 1 else f"gaunt unfused K={k}")] = fwd_and_fwdbwd(
+            lambda: scatter(gconv(x[edge_index[0]], sh, gw)), [x, gw], repeats)
+    y1, y2, proj = (torch.from_numpy(t).float() for t in grid_tables(lmax, lmax, lmax))
+    xd = torch.randn(edges, c, (lmax + 1) ** 2, requires_grad=True)
+    shw = torch.randn(edges, c, (lmax + 1) ** 2, requires_grad=True)
+    rows["grid3mm"] = fwd_and_fwdbwd(lambda: torch.matmul(torch.matmul(xd, y1) * torch.matmul(shw, y2), proj),
+                                     [xd, shw], repeats)
     return rows
 
 
@@ -140,13 +181,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--edges", type=int, default=2048)
     ap.add_argument("--nodes", type=int, default=512)
-    ap.add_argument("--ops", nargs="*", default=["conv", "self", "symcon"])
+    ap.add_argument("--ops", nargs="*", default=["conv", "message", "self", "symcon"])
+    ap.add_argument("--conv-products", type=int, nargs="*", default=[1, 3],
+                    help="K, Gaunt products per channel, for the conv and message rows (default 1 3)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--clock", choices=["wall", "process"], default="wall",
                     help="wall: perf_counter; process: CPU time of this process (steadier on a shared machine)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_ops.json"))
     args = ap.parse_args(argv)
-    global CLOCK
+    global CLOCK, CONV_PRODUCTS
+    CONV_PRODUCTS = tuple(args.conv_products)
     if args.threads:
         torch.set_num_threads(args.threads)
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
@@ -159,7 +203,8 @@ def main(argv=None) -> None:
     print("| op | L | C | rows | impl | fwd ms | fwd+bwd ms | e3nn/impl fwd+bwd | impl vs grid3mm fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|---|")
     results = []
-    cases = {"conv": (conv_case, args.edges), "self": (self_case, 2 * args.nodes), "symcon": (symcon_case, args.nodes)}
+    cases = {"conv": (conv_case, args.edges), "message": (message_case, args.edges), "self": (self_case, 2 * args.nodes),
+             "symcon": (symcon_case, args.nodes)}
     for op in args.ops:
         fn, rows_n = cases[op]
         for lmax in lmaxes:
