@@ -66,6 +66,23 @@ def _tile(N, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _segment(seg_ptr, node, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    """For this program's (node, channel block): the edge slot and channel of each of its ``BLOCK_E * BLOCK_C``
+    pairs, and the node's edge range ``[start, end)`` in the sorted edge list."""
+    m = tl.arange(0, BLOCK_E * BLOCK_C)
+    ch = tl.program_id(1) * BLOCK_C + m % BLOCK_C
+    return m // BLOCK_C, ch, tl.load(seg_ptr + node), tl.load(seg_ptr + node + 1)
+
+
+@triton.jit
+def _segment_edges(perm_ptr, s0, slot, end, ch, C):
+    """The edges of the chunk starting at sorted position ``s0`` (``valid``: pair in range, ``e``: edge index)."""
+    pos = s0 + slot
+    valid = (pos < end) & (ch < C)
+    return valid, tl.load(perm_ptr + pos, mask=pos < end, other=0).to(tl.int64)
+
+
+@triton.jit
 def _load_rows(ptr, row, ch, valid, s_n, s_c, width, WP: tl.constexpr):
     """``[M, WP]`` tile of ``ptr[row, ch, :width]`` (zeros outside), last-dim stride 1."""
     i = tl.arange(0, WP)
@@ -323,20 +340,13 @@ def msg_fwd_segment_kernel(
     sum runs in registers in a fixed order and is stored once: bit-reproducible, no atomics.
     """
     v = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_E * BLOCK_C
-    m = tl.arange(0, BM)
-    slot = m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
+    slot, ch, start, end = _segment(seg_ptr, v, BLOCK_E, BLOCK_C)
     cdt = y1_ptr.dtype.element_ty
-    start = tl.load(seg_ptr + v)
-    end = tl.load(seg_ptr + v + 1)
     acc = tl.zeros((BLOCK_C, IOP), dtype=cdt)
     for s0 in range(start, end, BLOCK_E):
-        pos = s0 + slot
-        valid = (pos < end) & (ch < C)
-        e = tl.load(perm_ptr + pos, mask=pos < end, other=0).to(tl.int64)
-        xrow = tl.load(src_ptr + e, mask=pos < end, other=0).to(tl.int64)
+        valid, e = _segment_edges(perm_ptr, s0, slot, end, ch, C)
+        xrow = tl.load(src_ptr + e, mask=s0 + slot < end, other=0).to(tl.int64)
         a = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
         a = a * _expand(w_ptr, dg1_ptr, sc1_ptr, e, ch, valid, s_wn, s_wk, s_wc, I1P)
         b = _load_rows(sh_ptr, e, ch, valid, s_shn, 0, I2, I2P).to(cdt)
@@ -345,7 +355,7 @@ def msg_fwd_segment_kernel(
         t = t * _expand(w_ptr + (K1 + K2) * s_wk, dg3_ptr, sc3_ptr, e, ch, valid, s_wn, s_wk, s_wc, IOP)
         t = tl.where(valid[:, None], t, 0.0)
         acc += tl.sum(tl.reshape(t, (BLOCK_E, BLOCK_C, IOP)), axis=0)
-    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     o = tl.arange(0, IOP)
     tl.store(out_ptr + v * s_on + cc[:, None] * s_oc + o[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=(cc[:, None] < C) & (o[None, :] < IO))
@@ -372,19 +382,13 @@ def msg_bwd_segment_kernel(
     u = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     BM: tl.constexpr = BLOCK_E * BLOCK_C
-    m = tl.arange(0, BM)
-    slot = m // BLOCK_C
-    ch = pid_c * BLOCK_C + m % BLOCK_C
+    slot, ch, start, end = _segment(seg_ptr, u, BLOCK_E, BLOCK_C)
     cdt = y1_ptr.dtype.element_ty
-    start = tl.load(seg_ptr + u)
-    end = tl.load(seg_ptr + u + 1)
     acc = tl.zeros((BLOCK_C, I1P), dtype=cdt)
     xrow = tl.zeros((BM,), dtype=tl.int64) + u
     for s0 in range(start, end, BLOCK_E):
-        pos = s0 + slot
-        valid = (pos < end) & (ch < C)
-        e = tl.load(perm_ptr + pos, mask=pos < end, other=0).to(tl.int64)
-        grow = tl.load(dst_ptr + e, mask=pos < end, other=0).to(tl.int64)
+        valid, e = _segment_edges(perm_ptr, s0, slot, end, ch, C)
+        grow = tl.load(dst_ptr + e, mask=s0 + slot < end, other=0).to(tl.int64)
         x1 = _load_rows(x1_ptr, xrow, ch, valid, s_x1n, s_x1c, I1, I1P).to(cdt)
         w1e = _expand(w_ptr, dg1_ptr, sc1_ptr, e, ch, valid, s_wn, s_wk, s_wc, I1P)
         a = x1 * w1e
