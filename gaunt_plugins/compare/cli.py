@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs per variant: N seeds (the first seed, +1, +2, ...) or a comma-separated list; "
                              "the report gives mean ± std and one row per seed (default 1)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (default 1); with 2, upstream and gaunt of a seed train side by side, "
-                             "each with half the cores, and the report says the timings were taken concurrently")
+                        help="runs at a time (default 1), each with its share of the cores; with more than one, the "
+                             "report says the timings were taken while other runs shared the machine")
     parser.add_argument("--device", default=None, help="device for both (default: the config's)")
     parser.add_argument("--test", action="append", default=[], metavar="[NAME=]PATH",
                         help="a test set to evaluate both trained models on (repeatable); the config's own "

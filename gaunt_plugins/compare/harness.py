@@ -1,9 +1,9 @@
 """Run every (variant, seed) of a comparison, evaluate the trained models, and write the report.
 
 Each run trains in its own process, so a crash of one is reported as such and the others' results
-are kept. Runs go one after the other (``jobs=1``), or ``jobs`` at a time; the runs of one seed
-are next to each other in the order, so with ``jobs=2`` upstream and gaunt of the same seed train
-side by side under the same load. Each run writes into its own folder of the report
+are kept. Runs go one after the other (``jobs=1``), or ``jobs`` at a time, each starting when
+another ends, in the order upstream, gaunt of the first seed, then of the next (so with ``jobs=2``
+every run trains while one other shares the machine). Each run writes into its own folder of the report
 (``<variant>/``, or ``<variant>/seed-<S>/`` for several seeds), which is new for this run (see
 :mod:`.outdir`). The report is rewritten after every run, so it exists even if ``gaunt-compare``
 itself is stopped.

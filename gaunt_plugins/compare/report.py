@@ -105,13 +105,17 @@ def convergence(entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 def _header(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
     lines = [f"# gaunt-compare: {report['framework']} upstream vs `tensor_product: gaunt`", ""]
     budget = report["budget"]
-    parts = []
-    if budget.get("epochs") is not None:
-        parts.append(f"{budget['epochs']} epochs")
-    if budget.get("max_minutes") is not None:
-        parts.append(f"{budget['max_minutes']:g} min of training each")
+    epochs, minutes = budget.get("epochs"), budget.get("max_minutes")
+    if epochs is not None and minutes is not None:
+        text = f"{epochs} epochs per run (at most {minutes:g} min of training)"
+    elif epochs is not None:
+        text = f"{epochs} epochs per run"
+    elif minutes is not None:
+        text = f"{minutes:g} min of training per run"
+    else:
+        text = "as configured"
     seeds = report.get("seeds") or [report.get("seed")]
-    lines.append(f"- config: `{report['config']}`; budget: {', '.join(parts) or 'as configured'} per run")
+    lines.append(f"- config: `{report['config']}`; budget: {text}")
     if len(seeds) > 1:
         lines.append(f"- seeds: {', '.join(map(str, seeds))}: {len(seeds)} runs per variant; every number is the "
                      f"mean ± standard deviation over the {len(seeds)} runs, or over the K that finished or logged "
@@ -124,8 +128,8 @@ def _header(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
                  f"{host.get('threads', '?')}; torch {host.get('torch', '?')}; {report['framework']} "
                  f"{host.get('framework_version', '?')}; gaunt-plugins {host.get('gaunt_plugins', '?')}")
     if (report.get("jobs") or 1) > 1:
-        lines.append(f"- runs: {report['jobs']} at a time (the variants of one seed side by side), so every "
-                     "timing was taken while another run shared the machine")
+        lines.append(f"- runs: {report['jobs']} at a time (each starting when another ends, in the order upstream, "
+                     "gaunt of each seed), so every timing was taken while another run shared the machine")
     lines.append(f"- command: `{report.get('command', '')}`")
     diff = report.get("config_differences") or {}
     if diff:
@@ -188,6 +192,8 @@ def _main_table(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
         tests += [t for t in variants[n].get("tests") or {} if t not in tests]
     for t in tests:
         for title, mae, rmse in TEST_ROWS:
+            if not any(((variants[n].get("tests") or {}).get(t) or {}).get(mae) is not None for n in names):
+                continue  # e.g. no reference forces in this test set
             cells = []
             for n in names:
                 v = variants[n]
@@ -209,21 +215,22 @@ def _seed_table(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
     """One row per run: the numbers each mean above rests on."""
     variants = report["variants"]
     labels = report.get("labels", {})
-    tests: List[str] = []
+    tests: Dict[str, bool] = {}  # test set -> whether any run has force errors on it
     for n in names:
         for run in (variants[n].get("runs") or {}).values():
-            tests += [t for t in run.get("tests") or {} if t not in tests]
+            for t, m in (run.get("tests") or {}).items():
+                tests[t] = tests.get(t, False) or m.get("f_mae_meV_per_A") is not None
     head = ["variant", "seed", "status", "epochs", "steps", "median step (ms)"]
-    for t in tests:
-        head += [f"{t} E MAE (meV/atom)", f"{t} F MAE (meV/Å)"]
+    for t, forces in tests.items():
+        head += [f"{t} E MAE (meV/atom)"] + ([f"{t} F MAE (meV/Å)"] if forces else [])
     lines = ["Per seed:", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for n in names:
         for seed, run in (variants[n].get("runs") or {}).items():
             cells = [labels.get(n, n), str(seed), run.get("status", "?"), _fmt(run.get("epochs")),
                      _fmt(run.get("steps")), _fmt(run["median_step_s"] * 1e3 if run.get("median_step_s") else None)]
-            for t in tests:
+            for t, forces in tests.items():
                 m = (run.get("tests") or {}).get(t, {})
-                cells += [_fmt(m.get("e_mae_meV_per_atom")), _fmt(m.get("f_mae_meV_per_A"))]
+                cells += [_fmt(m.get("e_mae_meV_per_atom"))] + ([_fmt(m.get("f_mae_meV_per_A"))] if forces else [])
             lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -242,7 +249,7 @@ def _convergence_lines(report: Dict[str, Any], names: Sequence[str]) -> List[str
         changes = [100.0 * c["change"] for c in found]
         lasts = [c["last"] for c in found]
         unit = f" {c0['unit']}" if c0["unit"] else ""
-        state = ("still falling: not converged, more epochs would lower it" if max(changes) < -5.0 else
+        state = ("still falling: not converged, more epochs would lower it" if max(changes) < -2.0 else
                  "nearly flat: close to what this model, data and schedule reach" if max(abs(x) for x in changes) < 2.0
                  else "not converged: it still moves by more than 2%")
         span = _fmt(lasts[0]) if len(lasts) == 1 else f"{_fmt(min(lasts))}–{_fmt(max(lasts))}"

@@ -325,7 +325,7 @@ def test_rerunning_one_variant_keeps_the_other(tmp_path):
 
 def test_seeds_and_two_runs_at_a_time(tmp_path):
     """--seeds 2 --jobs 2: every (variant, seed) in its own folder with the seed passed on, one thread
-    each, the variants of a seed side by side; per-seed values in the JSON, mean in the entry."""
+    each, started in the order upstream, gaunt of each seed; per-seed values in the JSON, mean in the entry."""
     fw = FakeFramework(tmp_path / "cfg.yaml", {"upstream": "ok", "gaunt": "ok"})
     lines = []
     report = run_comparison(fw, tmp_path / "out", seeds=fw.seeds(2), jobs=2, say=lines.append)
