@@ -29,7 +29,7 @@ import logging
 import threading
 import warnings
 from importlib import metadata
-from typing import Any, ClassVar, Dict, List, Tuple
+from typing import Any, ClassVar, List, Tuple
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version

@@ -14,7 +14,7 @@ interpreter, used by the tests; slow).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 

@@ -229,7 +229,6 @@ def gaunt_construction(options: GauntOptions, interactions: Tuple[str, ...] = ()
     basis (``product``); both are restored on exit. ``interactions``: the interaction names the model
     will be built with; one with no Gaunt version raises ``ValueError`` before anything is built.
     """
-    import mace.modules
     import mace.modules.models as models
 
     if options.conv:

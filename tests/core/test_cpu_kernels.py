@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-from gaunt_plugins.backends import cpu, torch_ops
 from gaunt_plugins.backends.cpu import cpu_kernels_available, grid_product_fused
 from gaunt_plugins.math import grid_tables
 
