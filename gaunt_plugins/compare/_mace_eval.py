@@ -39,7 +39,6 @@ def _reference(atoms, energy_key: str, forces_key: str):
 
 def evaluate_file(model, path, energy_key, forces_key, batch_size, device, head=None) -> dict:
     import ase.io
-    import torch
     from mace import data
     from mace.tools import torch_geometric, utils
 

@@ -21,7 +21,7 @@ def _randomise(mix: GauntSelfMix, seed: int = 0) -> GauntSelfMix:
 
 def _reference(mix: GauntSelfMix, x: torch.Tensor) -> np.ndarray:
     """The self-mix written out in NumPy with a brute-force product (norm is the identity here)."""
-    lmax, c = mix.lmax, mix.channels
+    lmax = mix.lmax
     deg = np.array([l for l in range(lmax + 1) for _ in range(2 * l + 1)])
     xn = x.detach().numpy()  # [N, K, C]
     w1 = mix.input_weight1.detach().numpy()[deg]  # [K, C]
