@@ -10,7 +10,11 @@ from ..irreps import channel_irreps
 from ..plans import many_body_plan
 from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize, whole_number
 
-__all__ = ["GauntManyBody"]
+__all__ = ["GauntManyBody", "DEFAULT_WEIGHT_GAIN"]
+
+#: how much faster than its parameters the layer's weights move (see ``GauntManyBody``), chosen by training
+#: acac models against MACE's ``SymmetricContraction`` (benchmarks/accuracy_mace.py)
+DEFAULT_WEIGHT_GAIN = 8.0
 
 
 @compile_mode("script")
@@ -26,7 +30,12 @@ class GauntManyBody(PlannedModule):
 
     computed by pointwise powers on the grid exact for degree ``nu_max L + Lo``. Weights
     ``weights_in [num_elements, nu_max, K, chains C]``, ``weights_out [num_elements, nu_max, Ko, chains C]``
-    (lane ``k C + c``).
+    (lane ``k C + c``), both multiplied by ``weight_gain`` (a 0-dim buffer) in ``forward``: the parameters
+    hold ``w / weight_gain``, so an optimiser whose step is about ``lr`` per parameter whatever its scale
+    (Adam, MACE's default) moves ``w`` ``weight_gain`` times as far. ``w_in`` starts at 1 (``w_out`` at
+    ``O(1)``), where MACE's symmetric-contraction weights start at ``O(1 / basis size)``: with a gain of 1 the
+    Gaunt weights change by about ``lr`` relative to their size per step and train more slowly than
+    MACE's. The initial function does not depend on the gain. Layers saved without a gain have 1.
 
     Compared with MACE's ``SymmetricContraction`` (a full symmetric tensor basis per element): the
     couplings are restricted to Gaunt paths (even ``l1+l2+l3`` at every step, so no pseudotensor
@@ -39,11 +48,14 @@ class GauntManyBody(PlannedModule):
     __jit_unused_properties__ = ["plan", "contraction_degree"]
 
     def __init__(self, irreps_in, irreps_out, correlation: int, num_elements: int, normalize: bool = True,
-                 method: str = "auto", chains: int = 1):
+                 method: str = "auto", chains: int = 1, weight_gain: float = DEFAULT_WEIGHT_GAIN):
         super().__init__()
         correlation = whole_number(correlation, "correlation", "GauntManyBody")
         num_elements = whole_number(num_elements, "num_elements", "GauntManyBody")
         chains = whole_number(chains, "chains", "GauntManyBody")
+        if isinstance(weight_gain, bool) or not isinstance(weight_gain, (int, float)) or not (
+                0.0 < float(weight_gain) < float("inf")):
+            raise ValueError(f"GauntManyBody: weight_gain must be a positive finite number, got {weight_gain!r}")
         fi = channel_irreps(irreps_in, "irreps_in")
         fo = channel_irreps(irreps_out, "irreps_out", mul=fi.mul)
         self.method = layer_method(method, "GauntManyBody")
@@ -66,14 +78,15 @@ class GauntManyBody(PlannedModule):
         weights_in = torch.ones(num_elements, correlation, self.k_in, lanes)
         # chains after the first start apart from it, so that they learn different couplings
         weights_in[..., self.channels:] += 0.5 * torch.randn(num_elements, correlation, self.k_in, lanes - self.channels)
-        self.weights_in = torch.nn.Parameter(weights_in)
+        self.register_buffer("weight_gain", torch.tensor(float(weight_gain)))
+        self.weights_in = torch.nn.Parameter(weights_in / float(weight_gain))
         # the linear term starts at unit scale, the higher powers smaller (as in MACE's symmetric
         # contraction, whose linear coupling has one basis function and the higher ones many); the
         # chains' sum keeps that scale
         scale = torch.full((correlation, 1, 1), correlation ** -0.5)
         scale[0] = 1.0
         self.weights_out = torch.nn.Parameter(
-            torch.randn(num_elements, correlation, self.k_out, lanes) * scale / chains ** 0.5)
+            torch.randn(num_elements, correlation, self.k_out, lanes) * scale / (chains ** 0.5 * float(weight_gain)))
 
     @property
     def contraction_degree(self) -> int:
@@ -85,9 +98,20 @@ class GauntManyBody(PlannedModule):
 
     def __setstate__(self, state) -> None:
         state.pop("contraction_degree", None)  # pickled as an attribute by earlier versions
+        buffers = state.get("_buffers", {})
+        if "weight_gain" not in buffers:  # pickled before the gain: its parameters are the weights
+            buffers["weight_gain"] = torch.ones((), dtype=buffers["to_grid"].dtype)
         state.setdefault("chains", 1)
         state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
         super().__setstate__(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if prefix + "weights_in" in state_dict and prefix + "weight_gain" not in state_dict:
+            # a state dict saved before the gain: its parameters are the weights themselves
+            state_dict[prefix + "weight_gain"] = torch.ones((), dtype=self.weight_gain.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | correlation={self.correlation}, "
@@ -104,8 +128,9 @@ class GauntManyBody(PlannedModule):
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         n = x.shape[0]
         attrs = node_attrs.to(compute)
-        w_in = torch.matmul(attrs, self.weights_in.to(compute).reshape(self.num_elements, -1))
-        w_out = torch.matmul(attrs, self.weights_out.to(compute).reshape(self.num_elements, -1))
+        gain = self.weight_gain.to(compute)
+        w_in = torch.matmul(attrs, self.weights_in.to(compute).reshape(self.num_elements, -1)) * gain
+        w_out = torch.matmul(attrs, self.weights_out.to(compute).reshape(self.num_elements, -1)) * gain
         lanes = self.chains * self.channels
         w_in = w_in.view(n, self.correlation, self.k_in, lanes)
         w_out = w_out.view(n, self.correlation, self.k_out, lanes)

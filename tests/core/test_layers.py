@@ -125,6 +125,8 @@ def test_many_body_of_twisted_input_keeps_only_terms_of_the_requested_parity():
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 0, 3), "correlation must be >= 1"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2.5, 3), "correlation must be a whole number, got 2.5"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2, 3, chains=0), "chains must be >= 1"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2, 3, weight_gain=0.0), "weight_gain must be a positive finite"),
+    (lambda: GauntManyBody("4x0e+4x1o", "4x0e", 2, 3, weight_gain=float("inf")), "weight_gain must be a positive"),
     (lambda: GauntConvolution("4x0e+4x1o", "0e+1o", products=1.5), "products must be a whole number"),
     (lambda: GauntManyBody("4x0e+4x1o", "4x0e+4x1o+4x2e", 3, 3, method="x"), "unknown method"),
     (lambda: GauntTensorProduct("4x40e", "4x30e", "4x10e"), "no grid table"),
@@ -178,6 +180,58 @@ def test_many_body_weights_depend_on_the_element():
     x = torch.randn(1, 3, 9).expand(2, -1, -1)
     out = mb(x, torch.eye(2))
     assert not torch.allclose(out[0], out[1])
+
+
+def _many_body_and_inputs(gain, seed=0):
+    torch.manual_seed(seed)
+    mb = GauntManyBody(natural(3, 2), natural(3, 1), 3, 2, chains=2, weight_gain=gain)
+    torch.manual_seed(1)
+    x, attrs = torch.randn(5, 3, 9), torch.eye(2)[torch.tensor([0, 1, 1, 0, 1])]
+    return mb, x, attrs
+
+
+def test_many_body_weight_gain_leaves_the_initial_function_and_scales_adam_steps():
+    """The gain divides the stored parameters and multiplies them back: same function at initialisation,
+    and one Adam step (about lr per parameter) moves the effective weights gain times as far."""
+    layers = {}
+    for gain in (1.0, 4.0):
+        mb, x, attrs = _many_body_and_inputs(gain)
+        before = mb(x, attrs).detach()
+        w0 = (mb.weights_in * mb.weight_gain).detach().clone()
+        opt = torch.optim.Adam(mb.parameters(), lr=1e-3)
+        mb(x, attrs).square().sum().backward()
+        opt.step()
+        layers[gain] = before, (mb.weights_in * mb.weight_gain).detach() - w0
+    torch.testing.assert_close(layers[4.0][0], layers[1.0][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(layers[4.0][1], 4.0 * layers[1.0][1], rtol=1e-4, atol=1e-9)
+    assert layers[1.0][1].abs().max() > 1e-4
+
+
+def test_many_body_state_dict_saved_without_a_gain_loads_as_its_own_weights():
+    """A state dict (checkpoint) written before the gain existed holds the weights themselves: loaded into a
+    layer built with the default gain it predicts what the saved layer did, and a pickled layer without the
+    gain buffer does the same."""
+    old, x, attrs = _many_body_and_inputs(1.0, seed=3)
+    expected = old(x, attrs)
+    state = {k: v for k, v in old.state_dict().items() if k != "weight_gain"}
+    new, _, _ = _many_body_and_inputs(4.0, seed=4)
+    new.load_state_dict(state)
+    assert new.weight_gain.item() == 1.0
+    torch.testing.assert_close(new(x, attrs), expected)
+    import pickle
+    del old._buffers["weight_gain"]
+    old.__dict__.pop("_executors", None)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.weight_gain.item() == 1.0
+    torch.testing.assert_close(restored(x, attrs), expected)
+
+
+def test_many_body_state_dict_round_trip_keeps_the_gain():
+    mb, x, attrs = _many_body_and_inputs(4.0, seed=5)
+    other, _, _ = _many_body_and_inputs(1.0, seed=6)
+    other.load_state_dict(mb.state_dict())
+    assert other.weight_gain.item() == 4.0
+    torch.testing.assert_close(other(x, attrs), mb(x, attrs))
 
 
 def test_outputs_start_near_unit_variance():
