@@ -279,3 +279,21 @@ def test_hook_fires_for_namespace_packages(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert "PATCHED True 1" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_restart_check_accepts_a_checkpoint_written_before_the_many_body_gain():
+    """A checkpoint of a Gaunt model saved before ``GauntManyBody.weight_gain`` existed lacks that buffer:
+    the restart check lets it through (the layer loads it with gain 1), but still names a missing weight."""
+    import torch
+    from gaunt_plugins import GauntManyBody
+    from gaunt_plugins.patches.mace_restart import _tensor_differences
+
+    model = torch.nn.ModuleDict({"product": GauntManyBody("4x0e+4x1o", "4x0e", 2, 3)})
+    current = model.state_dict()
+    old = {k: v for k, v in current.items() if not k.endswith("weight_gain")}
+    assert len(old) == len(current) - 1
+    assert _tensor_differences(old, current) == []
+    model.load_state_dict(old)
+    assert model["product"].weight_gain.item() == 1.0
+    no_weights = {k: v for k, v in old.items() if not k.endswith("weights_in")}
+    assert _tensor_differences(no_weights, current) == ["product.weights_in is missing from the checkpoint"]
