@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -250,11 +252,17 @@ def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **opt
     return cfg
 
 
-def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gaunt-run", timeout=900):
+def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gaunt-run", timeout=900,
+                 finished=None):
     """fairchem's own entry point, through ``gaunt-run`` by default: the fairchem patch also lets the
     trainer's ``setup_imports`` skip model files whose optional dependencies are not installed
     (``torch_sparse``), which the stock command cannot; without ``tensor_product`` the model built is
-    fairchem's own class. ``launcher=None`` runs the stock command alone."""
+    fairchem's own class. ``launcher=None`` runs the stock command alone.
+
+    ``finished(checkpoint path) -> bool``: a run whose checkpoint says it is finished and that has not
+    exited 60 s later is stopped and counted as done. On the CPU a rank of fairchem's multi-process launch
+    sometimes never exits after training: its DDP reducer frees the gloo process group, whose destructor
+    waits forever for a worker thread (torch 2.13)."""
     cfg_path = tmp / f"{ident}.yml"
     cfg_path.write_text(yaml.safe_dump(config))
     cmd = [
@@ -273,12 +281,39 @@ def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gau
         cmd = [console_script(launcher), *cmd]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, log[-6000:]
+    ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
+    log_path = tmp / f"{ident}.log"
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        start, done_at, stopped = time.monotonic(), None, False
+        while proc.poll() is None:
+            now = time.monotonic()
+            if done_at is None and finished is not None and ckpt.exists() and _finished(finished, ckpt):
+                done_at = now
+            if done_at is not None and now - done_at > 60:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"{ident}: finished training but did not exit within 60 s: stopped")
+                stopped = True
+                break
+            if now - start > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise AssertionError(f"{ident}: no result after {timeout} s: {log_path.read_text()[-3000:]}")
+            time.sleep(2)
+    log = log_path.read_text()
+    assert stopped or proc.returncode == 0, log[-6000:]
     ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
     assert ckpt.exists(), log[-3000:]
     return ckpt, log
+
+
+def _finished(finished, ckpt: Path) -> bool:
+    try:
+        return bool(finished(ckpt))
+    except Exception:  # a checkpoint being written
+        return False
 
 
 def load_checkpoint(ckpt: Path) -> dict:

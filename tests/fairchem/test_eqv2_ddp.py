@@ -42,7 +42,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     single_dir.mkdir()
     ddp_dir.mkdir()
     single_ckpt, _ = run_fairchem(single_dir, single_cfg, "single")
-    ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2", launcher="gaunt-run")
+    ddp_ckpt, log = run_fairchem(ddp_dir, ddp_cfg, "ddp", "--num-gpus", "2", launcher="gaunt-run",
+                                 finished=lambda path: load_checkpoint(path)["step"] == 4)
     assert "Running in local mode with 2 ranks" in log, log[-3000:]  # fairchem's elastic launch
 
     single = load_checkpoint(single_ckpt)
