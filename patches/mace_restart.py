@@ -86,19 +86,16 @@ def _latest_checkpoints(directory: str, tag: str) -> List[str]:
     return [newest[swa][1] for swa in (True, False) if swa in newest]
 
 
-#: buffers a checkpoint may lack: written before they existed, the layer loads them with their old value
-#: (``GauntManyBody.weight_gain``: 1)
-DEFAULTED_BUFFERS = ("weight_gain",)
-
-
 def _tensor_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    from gaunt_plugins.layers.many_body import GauntManyBody
+
     out = []
     for name in sorted(set(saved) | set(current)):
         if name not in current:
             out.append(f"{name} is in the checkpoint only")
         elif name not in saved:
-            if name.rsplit(".", 1)[-1] in DEFAULTED_BUFFERS:
-                continue
+            if name.rsplit(".", 1)[-1] in GauntManyBody.DEFAULTED_BUFFERS:
+                continue  # a checkpoint written before the buffer existed: the layer loads its default
             out.append(f"{name} is missing from the checkpoint")
         elif tuple(saved[name].shape) != tuple(current[name].shape):
             out.append(f"{name}: {list(saved[name].shape)} in the checkpoint, {list(current[name].shape)} here")

@@ -46,6 +46,8 @@ class GauntManyBody(PlannedModule):
     """
 
     _TABLES = ("to_grid", "from_grids")
+    #: buffers that layers saved by earlier versions lack; such a layer loads them as 1 (the identity)
+    DEFAULTED_BUFFERS = ("weight_gain",)
     __jit_unused_properties__ = ["plan", "contraction_degree"]
 
     def __init__(self, irreps_in, irreps_out, correlation: int, num_elements: int, normalize: bool = True,
@@ -100,17 +102,17 @@ class GauntManyBody(PlannedModule):
     def __setstate__(self, state) -> None:
         state.pop("contraction_degree", None)  # pickled as an attribute by earlier versions
         buffers = state.get("_buffers", {})
-        if "weight_gain" not in buffers:  # pickled before the gain: its parameters are the weights
-            buffers["weight_gain"] = torch.ones((), dtype=buffers["to_grid"].dtype)
+        for name in self.DEFAULTED_BUFFERS:  # pickled before the gain: its parameters are the weights
+            buffers.setdefault(name, torch.ones((), dtype=buffers["to_grid"].dtype))
         state.setdefault("chains", 1)
         state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        if prefix + "weights_in" in state_dict and prefix + "weight_gain" not in state_dict:
-            # a state dict saved before the gain: its parameters are the weights themselves
-            state_dict[prefix + "weight_gain"] = torch.ones((), dtype=self.weight_gain.dtype)
+        if prefix + "weights_in" in state_dict:
+            for name in self.DEFAULTED_BUFFERS:  # saved before the gain: its parameters are the weights
+                state_dict.setdefault(prefix + name, torch.ones((), dtype=self.weight_gain.dtype))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -292,21 +292,24 @@ def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gau
             if done_at is None and finished is not None and ckpt.exists() and _finished(finished, ckpt):
                 done_at = now
             if done_at is not None and now - done_at > 60:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_group(proc)
                 print(f"{ident}: finished training but did not exit within 60 s: stopped")
                 stopped = True
                 break
             if now - start > timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_group(proc)
                 raise AssertionError(f"{ident}: no result after {timeout} s: {log_path.read_text()[-3000:]}")
             time.sleep(2)
     log = log_path.read_text()
     assert stopped or proc.returncode == 0, log[-6000:]
-    ckpt = tmp / "checkpoints" / ident / "checkpoint.pt"
     assert ckpt.exists(), log[-3000:]
     return ckpt, log
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the run and every process it started (the ranks hold its output file open)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _finished(finished, ckpt: Path) -> bool:
