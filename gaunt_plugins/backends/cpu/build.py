@@ -2,8 +2,14 @@
 
 The shared library is cached under ``$GAUNT_PLUGINS_CACHE`` (default ``~/.cache/gaunt_plugins``),
 named by a hash of the source, the compiler flags and the CPU's instruction-set flags, so a cache
-shared between machines never loads code the CPU cannot run. Set ``GAUNT_CPU_KERNELS=0`` to disable
-the kernels (the layers then use the plain PyTorch path).
+shared between machines never loads code the CPU cannot run. The cache folder is private
+(:mod:`gaunt_plugins._private_files`: created 0700; used only if it is this user's, writable by nobody
+else, and not a symlink); a cached library is loaded only if it is this user's, writable by nobody else,
+and its SHA-256 equals the digest written beside it (``<name>.so.sha256``) when it was built; otherwise
+it is rebuilt and replaced atomically. A cache that cannot be used (a location that cannot be created or
+written, a folder of another user's or that others can write) costs one warning and a build in a
+private temporary folder, removed once the library is loaded. Set
+``GAUNT_CPU_KERNELS=0`` to disable the kernels (the layers then use the plain PyTorch path).
 """
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
+
+from ..._private_files import fresh_private_dir, private_dir, read_private_file, write_private_file
 
 __all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_reason"]
 
@@ -54,11 +63,109 @@ def _cpu_flags() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("GAUNT_PLUGINS_CACHE", Path.home() / ".cache" / "gaunt_plugins"))
+    """``$GAUNT_PLUGINS_CACHE``, else ``~/.cache/gaunt_plugins``; ``OSError`` when there is no home."""
+    if os.environ.get("GAUNT_PLUGINS_CACHE"):
+        return Path(os.environ["GAUNT_PLUGINS_CACHE"])
+    try:
+        return Path.home() / ".cache" / "gaunt_plugins"
+    except (RuntimeError, KeyError) as exc:
+        raise OSError(f"no home directory for the default cache ({exc})") from None
 
 
 def _compiler() -> Optional[str]:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+
+
+def _library_name(cc: str, flags: list[str]) -> str:
+    """The cached library's file name: a hash of the sources, the compiler and its flags."""
+    sources = b"".join(src.read_bytes() for src in _SOURCES + _HEADERS)
+    key = hashlib.sha256(sources + " ".join([cc] + flags).encode()).hexdigest()[:16]
+    return f"gaunt_grid_product_{key}.so"
+
+
+_DIGEST_SUFFIX = ".sha256"
+
+
+class _BuildFailed(Exception):
+    """The compiler failed; the message is its error output."""
+
+
+def _build(cc: str, flags: list[str], folder: Path, name: str, install: bool) -> ctypes.CDLL:
+    """Compile into a private temporary folder inside ``folder``, load that file, and (``install``)
+    move it to ``folder/name`` with its digest beside it: the library loaded is the one built here,
+    whatever a concurrent builder (another DDP worker) puts in the cache meanwhile."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        out = Path(tmp) / name
+        proc = subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise _BuildFailed(proc.stderr.strip()[:500])
+        os.chmod(out, 0o700)  # the linker's mode follows the umask (0777 under umask 000)
+        digest = hashlib.sha256(read_private_file(out)).hexdigest()
+        try:
+            lib = ctypes.CDLL(str(out))
+        except OSError as exc:
+            raise _BuildFailed(f"the library built cannot be loaded: {exc}") from None
+        if install:
+            try:  # the digest first: a reader never pairs the new library with an old digest
+                write_private_file(folder / (name + _DIGEST_SUFFIX), digest.encode())
+                os.replace(out, folder / name)  # atomic: other processes never see half a file
+            except OSError as exc:
+                warnings.warn(f"gaunt_plugins CPU kernels: built and loaded, but not cached: {exc}", RuntimeWarning)
+    return lib
+
+
+def _cached(folder: Path, name: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    """The cached library if it is this user's, writable by nobody else, and its SHA-256 equals the
+    digest recorded when this user built it; else ``(None, why not)`` (``None``: there is none)."""
+    path = folder / name
+    try:
+        data = read_private_file(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, str(exc)
+    try:
+        recorded = read_private_file(folder / (name + _DIGEST_SUFFIX)).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None, None  # what an interrupted build or an older version leaves: rebuilt silently
+    except OSError as exc:
+        return None, f"its recorded digest cannot be used: {exc}"
+    if hashlib.sha256(data).hexdigest() != recorded:
+        return None, f"{path} does not match the digest recorded when it was built (truncated or replaced)"
+    try:
+        return ctypes.CDLL(str(path)), None
+    except OSError as exc:
+        return None, f"{path} cannot be loaded: {exc}"
+
+
+def _library(cc: str, flags: list[str]) -> ctypes.CDLL:
+    """Load the kernels from the private cache (or build them there); when the cache cannot be used
+    (cannot be created or written, not this user's, writable by others) build them in a private
+    temporary folder for this process, with one warning saying why."""
+    name = _library_name(cc, flags)
+    folder = None
+    try:
+        folder = _cache_dir()
+        folder = private_dir(folder, tighten=False)
+        lib, refused = _cached(folder, name)
+        if lib is not None:
+            return lib
+        if refused is not None:
+            warnings.warn(f"gaunt_plugins CPU kernels: not loading the cached library: {refused}; rebuilding it",
+                          RuntimeWarning)
+        return _build(cc, flags, folder, name, install=True)
+    except _BuildFailed:
+        raise
+    except OSError as exc:
+        where = f" {folder}" if folder is not None else ""
+        warnings.warn(f"gaunt_plugins CPU kernels: the cache{where} cannot be used ({exc}); building them in a "
+                      "private temporary folder for this process (set GAUNT_PLUGINS_CACHE to a folder of yours "
+                      "to keep them)", RuntimeWarning)
+    tmp = fresh_private_dir(prefix="gaunt_plugins_kernels_")
+    try:
+        return _build(cc, flags, tmp, name, install=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @lru_cache(maxsize=None)
@@ -68,18 +175,12 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (gcc, cc or clang; or set CC)"
-    flags = _BASE_FLAGS + _cpu_flags()
-    key = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES + _HEADERS) + " ".join([cc] + flags).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"gaunt_grid_product_{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            proc = subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None, f"compiling the CPU kernels failed: {proc.stderr.strip()[:500]}"
-            os.replace(out, target)  # atomic: concurrent builders (DDP workers) never see half a file
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = _library(cc, _BASE_FLAGS + _cpu_flags())
+    except _BuildFailed as exc:
+        return None, f"compiling the CPU kernels failed: {exc}"
+    except OSError as exc:
+        return None, f"the CPU kernels could neither be cached nor built in a temporary folder: {exc}"
     kinds = {"i": ctypes.c_ssize_t, "p": ctypes.c_void_p}
     for suffix in ("f32", "f64"):
         for name, signature in _SIGNATURES.items():
