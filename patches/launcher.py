@@ -19,10 +19,10 @@ How the patches reach every process:
    are looked up among the ``console_scripts`` entry points and called, so ``sys.argv[0]`` is the
    command's name and its exit status is returned.
 2. For the processes the command starts (``torchrun`` workers, data-loader workers started with
-   spawn, ``subprocess`` calls) ``GAUNT_PLUGINS_AUTOPATCH=1`` is exported and a directory holding a
-   two-line ``sitecustomize.py`` is put first on ``PYTHONPATH``, and first on this process's
-   ``sys.path`` (a child started with ``PYTHONPATH`` rebuilt from ``sys.path`` keeps it): every
-   Python child then patches each framework as soon as it imports it
+   spawn, ``subprocess`` calls) ``GAUNT_PLUGINS_AUTOPATCH=1`` is exported and a private directory
+   (:func:`subprocess_hook_dir`) holding a short ``sitecustomize.py`` is put first on ``PYTHONPATH``,
+   and first on this process's ``sys.path`` (a child started with ``PYTHONPATH`` rebuilt from
+   ``sys.path`` keeps it): every Python child then patches each framework as soon as it imports it
    (:mod:`gaunt_plugins.patches.autopatch`). A ``sitecustomize`` the environment already had still
    runs: ours executes it after itself. ``--no-subprocess-hook`` turns this off.
 
@@ -47,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .._private_files import NotPrivate, fresh_private_dir, private_dir, read_private_file, write_private_file
 from .autopatch import AUTOPATCH_ENV, PATCHES_ENV, enabled
 from .loader import apply_patches, available_patches
 
@@ -158,18 +159,34 @@ def uninstall_hook(site_dir: Optional[str] = None) -> Optional[Path]:
     return path
 
 
+_FRESH_HOOK_DIRS: dict = {}  # stable name refused -> the fresh folder this process uses instead
+
+
 def subprocess_hook_dir() -> Path:
-    """A directory holding only the launcher's ``sitecustomize.py`` (created once per content)."""
-    text = _sitecustomize_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    """A private folder (0700, this user's, checked; never followed through a symlink) holding only the
+    launcher's ``sitecustomize.py``. Its name, ``gaunt_plugins_hook_<uid>_<digest>`` under the temporary
+    directory, is reused across runs while it passes the checks; if something else holds that name (a
+    folder another user created or anyone can write, a symlink, a file) it is left alone and this
+    process uses a fresh folder with an unpredictable name instead, with a warning."""
+    text = _sitecustomize_text().encode()
+    digest = hashlib.sha256(text).hexdigest()[:12]
     uid = os.getuid() if hasattr(os, "getuid") else "user"
-    directory = Path(tempfile.gettempdir()) / f"gaunt_plugins_hook_{uid}_{digest}"
+    stable = Path(tempfile.gettempdir()) / f"gaunt_plugins_hook_{uid}_{digest}"
+    directory = _FRESH_HOOK_DIRS.get(stable)
+    if directory is None:
+        try:
+            directory = private_dir(stable)
+        except OSError as exc:  # NotPrivate, or the name cannot be created
+            directory = _FRESH_HOOK_DIRS[stable] = fresh_private_dir(prefix=stable.name + "_")
+            logger.warning("gaunt-run: %s, so the subprocess hook lives in a fresh private folder, %s",
+                           exc, directory)
     target = directory / "sitecustomize.py"
-    if not (target.exists() and target.read_text() == text):
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".sitecustomize.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, target)
+    try:
+        current = read_private_file(target)
+    except (FileNotFoundError, NotPrivate):
+        current = None
+    if current != text:
+        write_private_file(target, text)
     return directory
 
 
