@@ -105,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override for the gaunt variant only (e.g. gaunt_targets=[conv])")
     parser.add_argument("--only", choices=["upstream", "gaunt"], default=None,
                         help="run one variant only; into a folder holding an earlier report, that variant's "
-                             "results are replaced and the other's are kept, marked as from the earlier run")
+                             "results are replaced and the other's are kept, marked as from the earlier run (only "
+                             "if they were trained with the same settings: config, seeds, budget, test sets)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="--out may hold an earlier gaunt-compare report: it is removed first (without this, "
-                             "a non-empty --out is refused)")
+                        help="--out may hold an earlier gaunt-compare report: the files gaunt-compare wrote there "
+                             "are removed first; anything else in its folders makes it stop, nothing removed "
+                             "(without this, a non-empty --out is refused)")
     parser.add_argument("--order", choices=["upstream-first", "gaunt-first"], default="upstream-first")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -153,12 +155,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         variants = [args.only]
     from .harness import run_comparison
     from .outdir import OutDirError
+    from .settings import SettingsMismatch
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     try:
         report = run_comparison(framework, args.out, variants, seeds=seeds, jobs=args.jobs, overwrite=args.overwrite,
                                 say=say, command=["gaunt-compare"] + list(sys.argv[1:] if argv is None else argv))
-    except OutDirError as exc:
+    except (OutDirError, SettingsMismatch) as exc:
         print(f"gaunt-compare: {exc}", file=sys.stderr)
         return 2
     if report.get("interrupted"):

@@ -182,6 +182,7 @@ def summarise(record: RunRecord) -> Dict[str, Any]:
         "setup_s": (stats["train_start"] - stats["process_start"])
         if stats.get("train_start") and stats.get("process_start") else None,
         "stop_reason": stats.get("stop_reason"),
+        "stage_two": stats.get("stage_two"),
         "cuda_peak_mib": stats["cuda_peak_bytes"] / 2**20 if stats.get("cuda_peak_bytes") else None,
     }
     train_loss = {e: _mean(r["loss"] for r in opt if r.get("epoch") == e) for e in epochs}
@@ -305,6 +306,16 @@ class Framework(abc.ABC):
         if self.options.max_minutes is not None:
             return UNLIMITED_EPOCHS
         return None
+
+    def settings(self, variant: str, seeds: Sequence[int]) -> Dict[str, Any]:
+        """What ``variant``'s runs are trained with (see :mod:`.settings`): its config (flattened;
+        output folders replaced by one placeholder, the first seed), ``seeds``, budget, test sets
+        and device, as JSON types."""
+        from .settings import normalise
+
+        config = flatten(self.variant_config(variant, Path("/x"), int(list(seeds)[0])))
+        return normalise({"config": config, "seeds": [int(s) for s in seeds], "budget": self.budget(),
+                          "tests": dict(self.tests), "device": self.device()})
 
     def config_differences(self) -> Dict[str, Dict[str, Any]]:
         """Keys whose value differs between the two variants' configs (output folders aside)."""

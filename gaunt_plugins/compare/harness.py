@@ -5,8 +5,11 @@ are kept. Runs go one after the other (``jobs=1``), or ``jobs`` at a time, each 
 another ends, in the order upstream, gaunt of the first seed, then of the next (so with ``jobs=2``
 every run trains while one other shares the machine). Each run writes into its own folder of the report
 (``<variant>/``, or ``<variant>/seed-<S>/`` for several seeds), which is new for this run (see
-:mod:`.outdir`). The report is rewritten after every run, so it exists even if ``gaunt-compare``
-itself is stopped.
+:mod:`.outdir`; the report files and each ended run's folder are added to the folder's list of
+the files gaunt-compare wrote). The report is rewritten after every run, so it exists even if
+``gaunt-compare`` itself is stopped. ``report.json`` records both variants' settings (see
+:mod:`.settings`); ``--only`` keeps the other variant's results only if they were trained with
+the settings it would be trained with now.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .aggregate import aggregate
 from .framework import Framework
-from .outdir import prepare_out_dir
+from .outdir import Manifest, prepare_out_dir
 from .process import Interrupts, JobProcess, ProcessResult, error_summary, tail
 from .report import write_report
+from .settings import check_kept
 
 __all__ = ["run_comparison", "host_info", "plan_runs", "RunSpec", "VARIANTS"]
 
@@ -200,8 +204,19 @@ def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] 
     """
     out_dir = Path(out_dir).resolve()
     rerun_only = set(variants) != set(VARIANTS)
-    previous = prepare_out_dir(out_dir, variants, VARIANTS, overwrite=overwrite, rerun_only=rerun_only)
     seeds = list(seeds) if seeds else framework.seeds(1)
+    settings = {v: framework.settings(v, seeds) for v in VARIANTS}
+    previous = prepare_out_dir(out_dir, variants, VARIANTS, overwrite=overwrite, rerun_only=rerun_only,
+                               check=lambda earlier: check_kept(earlier, settings, variants))
+    manifest = Manifest.load(out_dir) or Manifest(out_dir)
+
+    def write(report: Dict[str, Any]) -> Dict[str, Path]:
+        paths = write_report(report, out_dir)
+        for path in paths.values():
+            if path.exists():
+                manifest.add(path)
+        manifest.save()
+        return paths
     jobs = max(1, int(jobs))
     threads: Optional[int] = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -220,6 +235,7 @@ def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] 
         "labels": dict(framework.labels),
         "tests": dict(framework.tests),
         "config_differences": framework.config_differences(),
+        "settings": settings,
         "host": host_info(framework.distribution, framework.device(), thread_text),
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "variants": {v: aggregate(runs[v]) for v in variants},
@@ -227,8 +243,9 @@ def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] 
     for name, entry in (previous or {}).get("variants", {}).items():
         if name not in variants and entry.get("status") != "not run":
             report["variants"][name] = _kept(entry, previous)
-            say(f"[gaunt-compare] {name}: kept from the run of {previous.get('started')} in {out_dir}")
-    write_report(report, out_dir)  # the folder now holds this run's report (see .outdir)
+            say(f"[gaunt-compare] {name}: kept from the run of {previous.get('started')} in {out_dir}"
+                + ("" if entry.get("status") == "ok" else f" ({entry.get('status')}: marked in the report)"))
+    write(report)  # the folder now holds this run's report (see .outdir)
     pending = collections.deque(plan_runs(out_dir, variants, seeds))
     active: List[_Run] = []
     with Interrupts() as interrupts:
@@ -253,7 +270,8 @@ def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] 
                 active.remove(run)
                 runs[run.spec.variant][str(run.spec.seed)] = run.entry
                 report["variants"][run.spec.variant] = aggregate(runs[run.spec.variant])
-                write_report(report, out_dir)
+                manifest.add(run.spec.folder)
+                write(report)
             if interrupts.count and not active:
                 break
             if active:
@@ -263,6 +281,6 @@ def run_comparison(framework: Framework, out_dir: Path, variants: Sequence[str] 
     report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     if interrupts.count:
         report["interrupted"] = True
-    paths = write_report(report, out_dir)
+    paths = write(report)
     say(f"[gaunt-compare] report: {paths['md']} ({paths['json'].name}, {paths['png'].name})")
     return report

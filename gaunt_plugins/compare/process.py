@@ -1,10 +1,13 @@
 """Child processes under ``gaunt-compare``'s control: timeout, Ctrl-C, peak memory.
 
-Children are started in their own session, so the terminal's Ctrl-C reaches only
-``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child to stop after its
+Children are started in their own session (and so their own process group), so the terminal's
+Ctrl-C reaches only ``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child to stop after its
 current epoch (SIGTERM, see :mod:`gaunt_plugins.compare._budget`) and the comparison stops after
 it; a second one kills the child (SIGKILL). A hard timeout does the same: SIGTERM, then SIGKILL
-after a grace period.
+after a grace period. A child never outlives ``gaunt-compare``: on Linux it is started with a
+parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so if ``gaunt-compare`` itself is
+killed (even with SIGKILL, which it cannot handle) the kernel kills the child too, and it stops
+writing into the report folder.
 
 The child's resource usage comes from ``os.wait4``: ``peak_rss_mib`` is the peak resident set size
 of the child process itself (``ru_maxrss``), whatever way it ended.
@@ -12,6 +15,8 @@ of the child process itself (``ru_maxrss``), whatever way it ended.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -22,7 +27,35 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["Job", "ProcessResult", "Interrupts", "JobProcess", "child_env", "python_cmd", "tail",
-           "error_summary"]
+           "error_summary", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _libc_prctl():
+    """libc's ``prctl`` (``None`` off Linux or where libc cannot be loaded)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(parent_pid: int, prctl=None):
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child is killed (SIGKILL) when the
+    process ``parent_pid`` dies. Linux only (elsewhere a no-op). If the parent died between the
+    fork and this call, the signal would never come, so the child then exits at once."""
+    prctl = prctl if prctl is not None else _libc_prctl()
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(137)
+
+    return preexec
 
 
 @dataclass
@@ -93,6 +126,9 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+_PRCTL = _libc_prctl()  # looked up here, not in the forked child
+
+
 class JobProcess:
     """One started :class:`Job`: :meth:`poll` until it returns ``True``; then :attr:`result` is final.
 
@@ -109,7 +145,8 @@ class JobProcess:
             log.write(f"$ {' '.join(job.cmd)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=die_with_parent(os.getpid(), _PRCTL))
         self.result = ProcessResult(returncode=None, wall_s=0.0, peak_rss_mib=None)
         self._termed_at: Optional[float] = None
         self.done = False

@@ -3,7 +3,9 @@
 A variant's entry (:func:`.aggregate.aggregate`) holds the mean of each number over its seeds,
 its standard deviation (``std``) and count (``n``), and the per-seed entries (``runs``). The table
 shows ``mean ± std`` and says how many seeds each number rests on; a second table has one row
-per seed.
+per seed. What makes the columns unlike (:mod:`.caveats`) is said where it applies: every ratio
+that rests on an incomplete run is marked, and when the runs trained different numbers of epochs
+the variants are also compared at the last epoch all of them reached.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .caveats import CURVE_METRICS, common_epoch, incomplete_runs, stage_two_missed
+
 __all__ = ["write_report", "markdown", "plot_curves", "ratio", "ratios", "convergence"]
 
 ORDER = ("upstream", "gaunt")
+INCOMPLETE = " (incomplete run)"  # appended to every ratio that rests on an incomplete run
 TEST_ROWS = (("E MAE / RMSE (meV)", "e_mae_meV", "e_rmse_meV"),
              ("E MAE / RMSE (meV/atom)", "e_mae_meV_per_atom", "e_rmse_meV_per_atom"),
              ("F MAE / RMSE (meV/Å)", "f_mae_meV_per_A", "f_rmse_meV_per_A"))
@@ -114,6 +119,12 @@ def _header(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
         text = f"{minutes:g} min of training per run"
     else:
         text = "as configured"
+    equal = report.get("at_common_epoch")
+    if equal:
+        spans = [f"{n} {min(e)}" + (f"–{max(e)}" if max(e) != min(e) else "")
+                 for n, e in equal["trained"].items()]
+        text += (f"; the runs ended after different numbers of epochs ({', '.join(spans)}), so the variants are "
+                 f"also compared at epoch {equal['epoch']} (see \"At equal epochs\")")
     seeds = report.get("seeds") or [report.get("seed")]
     lines.append(f"- config: `{report['config']}`; budget: {text}")
     if len(seeds) > 1:
@@ -143,7 +154,10 @@ def _header(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
         if kept:
             lines.append(f"- {report.get('labels', {}).get(n, n)}: results of an earlier run (started "
                          f"{kept.get('started')}, `{kept.get('command')}`, budget {kept.get('budget')}, seeds "
-                         f"{kept.get('seeds')}), kept by `--only`")
+                         f"{kept.get('seeds')}), kept by `--only` (trained with the same settings)")
+    for n, runs in (report.get("incomplete") or {}).items():
+        lines.append(f"- incomplete, so every ratio resting on it is marked \"{INCOMPLETE.strip()}\": "
+                     + "; ".join(runs))
     return lines + [""]
 
 
@@ -152,10 +166,13 @@ def _main_table(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
     labels = report.get("labels", {})
     pair = len(names) == 2
     rat = report.get("ratios", {})
+    mark = INCOMPLETE if report.get("incomplete") else ""
     lines = ["| | " + " | ".join(labels.get(n, n) for n in names) + (" | gaunt / upstream |" if pair else " |"),
              "|---" * (len(names) + 1 + pair) + "|"]
 
     def add(title, cells, ratio_text=""):
+        if mark and ratio_text and any(ch.isdigit() for ch in ratio_text):
+            ratio_text += mark
         end = (f" | {ratio_text} |" if ratio_text else " | |") if pair else " |"
         lines.append(f"| {title} | " + " | ".join(cells) + end)
 
@@ -235,6 +252,29 @@ def _seed_table(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
     return lines + [""]
 
 
+def _equal_epoch_lines(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
+    """The comparison at equal epochs (:func:`.caveats.common_epoch`), when the budget bound."""
+    equal = report.get("at_common_epoch")
+    if not equal:
+        return []
+    labels = report.get("labels", {})
+    mark = INCOMPLETE if report.get("incomplete") else ""
+    trained = "; ".join(f"{labels.get(n, n)}: {', '.join(map(str, e))}" for n, e in equal["trained"].items())
+    lines = ["At equal epochs:", "",
+             f"The runs trained different numbers of epochs ({trained}; the time budget, not the epoch count, ended "
+             "some of them), so the test errors above compare models trained for different numbers of epochs. At "
+             f"epoch {equal['epoch']}, the last one every run validated, their validation errors (from the learning "
+             "curves) were:", "",
+             f"| validation set, epoch {equal['epoch']} | " + " | ".join(labels.get(n, n) for n in names)
+             + " | gaunt / upstream |", "|---" * (len(names) + 2) + "|"]
+    for key, metric in equal["metrics"].items():
+        cells = [_cell(metric[n]["mean"], metric[n]["std"], metric[n]["n"], len(equal["trained"][n])) for n in names]
+        ratio_text = _ratio_cell(metric.get("ratio"))
+        lines.append(f"| {CURVE_METRICS.get(key, key)} | " + " | ".join(cells) + f" | {ratio_text}"
+                     + (mark if metric.get("ratio") is not None else "") + " |")
+    return lines + [""]
+
+
 def _convergence_lines(report: Dict[str, Any], names: Sequence[str]) -> List[str]:
     lines = []
     labels = report.get("labels", {})
@@ -262,13 +302,18 @@ def _convergence_lines(report: Dict[str, Any], names: Sequence[str]) -> List[str
 
 
 def markdown(report: Dict[str, Any], plot_name: Optional[str] = "learning_curves.png") -> str:
+    report = dict(report, incomplete=incomplete_runs(report), at_common_epoch=common_epoch(report))
     variants = report["variants"]
     names = [v for v in ORDER if v in variants]
     labels = report.get("labels", {})
     lines = _header(report, names) + _main_table(report, names)
     if any(len(variants[n].get("runs") or {}) > 1 for n in names):
         lines += _seed_table(report, names)
+    lines += _equal_epoch_lines(report, names)
     lines += _convergence_lines(report, names)
+    missed = stage_two_missed(report)
+    if missed:
+        lines += ["Stage two:", ""] + [f"- {line}." for line in missed] + [""]
     if report["framework"] == "mace":
         step_note = "MACE's own per-step timer (results file: forward, forces, loss, backward, optimiser step)"
         model_note = ("the model MACE saved (`<name>.model`, its best-validation checkpoint, or "
@@ -379,6 +424,8 @@ def plot_curves(report: Dict[str, Any], path: Path) -> bool:
 def write_report(report: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report["ratios"] = ratios(report["variants"])
+    report["incomplete"] = incomplete_runs(report)
+    report["at_common_epoch"] = common_epoch(report)
     png = out_dir / "learning_curves.png"
     try:
         report["plot"] = plot_curves(report, png)

@@ -232,7 +232,11 @@ class FakeFramework(Framework):
         return "cpu"
 
     def variant_config(self, variant, folder, seed):
-        return {"seed": seed, "tensor_product": "gaunt" if variant == "gaunt" else None}
+        cfg = {"seed": seed, "tensor_product": "gaunt" if variant == "gaunt" else None,
+               "max_num_epochs": self.epoch_limit() or self.configured_epochs()}
+        cfg.update(self.options.set_both)
+        cfg.update(self.options.set_variant.get(variant, {}))
+        return cfg
 
     def job(self, variant, folder, seed):
         folder.mkdir(parents=True, exist_ok=True)
