@@ -33,7 +33,7 @@ import copy
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -123,8 +123,13 @@ def convert_checkpoint(
     """
     if method not in METHODS:
         raise GauntConfigError(f"--method {method!r}: choose one of {METHODS}")
-    if "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise GauntConfigError("not a fairchem checkpoint: it has no 'config' and 'state_dict' entries")
+    if not isinstance(checkpoint, Mapping):
+        raise GauntConfigError(_not_a_checkpoint(checkpoint))
+    if not isinstance(checkpoint.get("config"), Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise GauntConfigError(
+            "not a fairchem checkpoint: expected a dict with 'config' and 'state_dict' entries, as fairchem's "
+            f"trainer writes; it has {sorted(map(str, checkpoint))[:8]}"
+        )
     config = _normalise_config(checkpoint["config"])
     sections = model_sections(config)
     stock = [(s, key) for s, key in sections if s[key] in STOCK_BACKBONE_NAMES + STOCK_FLAT_NAMES and not wants_gaunt(s)]
@@ -199,8 +204,37 @@ def _convert_ema(ema: Dict[str, Any], stock_model: torch.nn.Module, gaunt_model:
     return out
 
 
+def _not_a_checkpoint(obj: Any) -> str:
+    """Why ``obj`` (what a file held) is not a fairchem checkpoint, naming what it is."""
+    kind = type(obj)
+    what = f"a {kind.__module__}.{kind.__qualname__} object"
+    hint = ""
+    if kind.__module__.split(".")[0] == "mace":
+        hint = "; this is a MACE model: convert it with gaunt-convert-mace"
+    elif isinstance(obj, torch.nn.Module):
+        hint = "; a whole pickled model is not a checkpoint"
+    return (f"not a fairchem checkpoint: it holds {what}, expected a dict with 'config' and 'state_dict' "
+            f"entries, as fairchem's trainer writes{hint}")
+
+
 def _load(path: Path) -> Dict[str, Any]:
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+    """``torch.load`` a checkpoint; a file that is missing, a folder, or not a ``torch.save`` archive
+    (truncated, text, empty) raises :class:`GauntConfigError` saying so."""
+    path = Path(path)
+    if not path.exists():
+        raise GauntConfigError("no such file; expected a fairchem checkpoint (.pt)")
+    if path.is_dir():
+        raise GauntConfigError("is a folder; expected a fairchem checkpoint file (.pt)")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # torch.load fails with RuntimeError, UnpicklingError, EOFError, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise GauntConfigError(
+            f"cannot be read as a PyTorch checkpoint ({reason[:200]}); expected a fairchem checkpoint (.pt) "
+            "written by torch.save, complete"
+        ) from None
 
 
 def convert_file(
@@ -279,14 +313,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from ._files import check_output, save_atomically
 
+    def fail(path: Path, exc: object) -> int:
+        message = " ".join(str(exc).split())  # one line (load_state_dict's errors span several)
+        where = "" if str(path) in message else f"{path}: "
+        print(f"gaunt-convert-equiformer-v2: error: {where}{message}", file=sys.stderr)
+        return 2
+
     try:
         check_output(args.src, args.dst, args.force)
+    except FileExistsError as exc:
+        return fail(args.dst, exc)
+    if args.dst.is_dir():
+        return fail(args.dst, "is a folder; give the path of the checkpoint file to write")
+    try:
         src = _load(args.src)
         new, report = convert_checkpoint(src, method=args.method, keep_name=args.keep_name)
+    except (GauntConfigError, RuntimeError, TypeError, ValueError, KeyError) as exc:
+        # a config or weights that do not describe a buildable EquiformerV2
+        return fail(args.src, exc)
+    try:
         save_atomically(new, args.dst)
-    except (GauntConfigError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
-        print(f"gaunt-convert-equiformer-v2: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        return fail(args.dst, f"cannot be written ({exc.strerror or exc})")
     print(
         f"wrote {args.dst}: {report['from']} -> Gaunt EquiformerV2 (method {report['method']}); "
         f"{len(report['new_parameters'])} new tensors, parameters {report['n_parameters_stock']} -> "

@@ -195,12 +195,81 @@ def test_cli_never_writes_over_the_input_and_writes_through_a_temporary_file(tmp
         raise OSError("rename failed")
 
     monkeypatch.setattr(files.os, "replace", failing_rename)
-    with pytest.raises(OSError, match="rename failed"):
-        main([str(src), str(dst), "--force"])
+    capsys.readouterr()
+    assert main([str(src), str(dst), "--force"]) == 2
     monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert str(dst) in err and "rename failed" in err and len(err.splitlines()) == 1, err
     ((tmp, target, record),) = renames
     assert target == str(dst) and tmp != target and tmp.startswith(str(tmp_path)) and record
     assert dst.read_bytes() == b"earlier conversion"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaunt.pt", "stock.pt"]
     assert main([str(src), str(dst), "--force"]) == 0
     assert torch.load(dst, weights_only=False)["gaunt_conversion"]
+
+
+def _one_line_error(capsys, path, *needles):
+    """The CLI's stderr: one line naming ``path`` and each of ``needles``, no traceback."""
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("gaunt-convert-equiformer-v2: error: ") and str(path) in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_cli_names_the_file_and_what_was_expected_for_unreadable_inputs(tmp_path, capsys):
+    """Inputs that are not a fairchem checkpoint -- a whole pickled model (as MACE saves one), a
+    truncated checkpoint, a text file, an empty file, a folder, a missing file -- each give exit status
+    2 and one line naming the file and saying a fairchem checkpoint was expected; nothing is written."""
+    config = hydra_model_config("equiformer_v2_backbone")
+    good = tmp_path / "stock.pt"
+    torch.save(_fake_checkpoint(config, build_model(config), with_ema=False), good)
+    model = tmp_path / "model.model"
+    torch.save(torch.nn.Linear(2, 2), model)  # a whole module, not a checkpoint dict
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "structures.xyz"
+    text.write_text("2\nLattice=\"5 0 0 0 5 0 0 0 5\"\nCu 0 0 0\nO 0 0 1.8\n")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = {
+        model: ("not a fairchem checkpoint", "torch.nn.modules.linear.Linear", "'config' and 'state_dict'"),
+        truncated: ("cannot be read as a PyTorch checkpoint", "expected a fairchem checkpoint"),
+        text: ("cannot be read as a PyTorch checkpoint", "expected a fairchem checkpoint"),
+        empty: ("cannot be read as a PyTorch checkpoint", "expected a fairchem checkpoint"),
+        folder: ("is a folder", "expected a fairchem checkpoint"),
+        tmp_path / "missing.pt": ("no such file", "expected a fairchem checkpoint"),
+    }
+    for src, needles in cases.items():
+        dst = tmp_path / f"out-{src.name}"
+        capsys.readouterr()
+        assert main([str(src), str(dst)]) == 2, src
+        _one_line_error(capsys, src, *needles)
+        assert not dst.exists()
+    # a checkpoint dict without the two entries says which entries it has
+    torch.save({"model": {}, "optimizer": {}}, tmp_path / "other.pt")
+    assert main([str(tmp_path / "other.pt"), str(tmp_path / "out.pt")]) == 2
+    _one_line_error(capsys, tmp_path / "other.pt", "'config' and 'state_dict'", "['model', 'optimizer']")
+
+
+def test_a_mace_model_is_pointed_to_the_mace_converter():
+    """A MACE model object (what ``torch.load`` gives for a ``.model`` file) is named as such and
+    pointed to gaunt-convert-mace, instead of failing inside the checkpoint's entries."""
+    mace_like = type("ScaleShiftMACE", (torch.nn.Module,), {"__module__": "mace.modules.models"})()
+    with pytest.raises(GauntConfigError, match=r"mace\.modules\.models\.ScaleShiftMACE.*gaunt-convert-mace"):
+        convert_checkpoint(mace_like)
+
+
+def test_cli_refuses_a_folder_as_output(tmp_path, capsys):
+    config = hydra_model_config("equiformer_v2_backbone")
+    src = tmp_path / "stock.pt"
+    torch.save(_fake_checkpoint(config, build_model(config), with_ema=False), src)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main([str(src), str(out), "--force"]) == 2
+    _one_line_error(capsys, out, "is a folder")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
