@@ -154,8 +154,6 @@ def _library(cc: str, flags: list[str]) -> ctypes.CDLL:
             warnings.warn(f"gaunt_plugins CPU kernels: not loading the cached library: {refused}; rebuilding it",
                           RuntimeWarning)
         return _build(cc, flags, folder, name, install=True)
-    except _BuildFailed:
-        raise
     except OSError as exc:
         where = f" {folder}" if folder is not None else ""
         warnings.warn(f"gaunt_plugins CPU kernels: the cache{where} cannot be used ({exc}); building them in a "
