@@ -13,7 +13,12 @@ variants the same light instrumentation is added, and nothing else changes:
   :class:`~gaunt_plugins.compare._budget.TrainingBudget` (epochs and/or wall-clock) and logs the
   model's parameter count through MACE's own logger;
 - ``train_one_epoch`` is timed: its wall time and the number of optimisation steps are logged
-  (``gaunt-compare: epoch N trained in S s``) and written to the stats file after every epoch.
+  (``gaunt-compare: epoch N trained in S s``) and written to the stats file after every epoch;
+- with ``swa: true`` (MACE's stage two), a budget that ends training before stage two has saved a
+  checkpoint leaves MACE to save and evaluate its stage-one model only, as it does without
+  stage two (MACE itself would fail reloading the stage-two checkpoint that does not exist); the
+  log says so (``gaunt-compare: stage two (from epoch N) not reached ...``) and the stats file
+  records ``stage_two: {start, reached}``.
 
 MACE's own outputs (log, results file with one row per step and per validation, checkpoints,
 ``<name>.model``) are written where the YAML says.
@@ -22,19 +27,52 @@ MACE's own outputs (log, results file with one row per step and per validation, 
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import logging
+import os
 import sys
 import time
 
-from ._child import RunRecorder
+from ._child import PREFIX, RunRecorder
+
+
+def _has_stage_two_checkpoint(handler) -> bool:
+    """Whether MACE's checkpoint handler has saved a stage-two (``..._epoch-N_swa.pt``) checkpoint."""
+    io = handler.io
+    return bool(glob.glob(os.path.join(io.directory, f"{glob.escape(io.tag)}_epoch-*_swa.pt")))
+
+
+def _settle_stage_two(recorder: RunRecorder, swa, handler, swas) -> None:
+    """After the training loop: if stage two was configured but has no checkpoint (the budget
+    ended training first), MACE evaluates its stage-one model only (``swas``, the list its
+    end-of-run loop walks, loses its stage-two entry)."""
+    if swa is None or handler is None:
+        return
+    reached = _has_stage_two_checkpoint(handler)
+    recorder.stats.update(stage_two={"start": int(swa.start), "reached": reached})
+    if reached or swas is None or True not in swas:
+        return
+    swas[:] = [s for s in swas if not s]
+    epochs = len(recorder.budget.epoch_starts)
+    logging.info(f"{PREFIX} stage two (from epoch {swa.start + 1}) not reached: training stopped after {epochs} epochs "
+                 f"({recorder.budget.stop_reason or 'stopped'}); the stage-one model is saved and evaluated")
 
 
 def _instrument(recorder: RunRecorder) -> None:
     import mace.tools
+    from mace.cli import run_train as run_train_module
 
     train_module = importlib.import_module("mace.tools.train")
     original_train = train_module.train
     original_epoch = train_module.train_one_epoch
+    original_get_swa = run_train_module.get_swa
+    state = {}
+
+    def get_swa(*args, **kwargs):  # run_train's ``swa, swas = get_swa(...)``: keep its ``swas`` list
+        result = original_get_swa(*args, **kwargs)
+        state["swas"] = result[1]
+        return result
 
     def train(*args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
@@ -42,9 +80,11 @@ def _instrument(recorder: RunRecorder) -> None:
         recorder.training_starts(model, int(kwargs["max_num_epochs"]), start_epoch=kwargs.get("start_epoch", 0))
         kwargs["max_num_epochs"] = recorder.budget
         try:
-            return original_train(*args, **kwargs)
+            result = original_train(*args, **kwargs)
         finally:
             recorder.training_ends()
+        _settle_stage_two(recorder, kwargs.get("swa"), kwargs.get("checkpoint_handler"), state.get("swas"))
+        return result
 
     def train_one_epoch(*args, **kwargs):
         loader = kwargs.get("data_loader")
@@ -61,6 +101,7 @@ def _instrument(recorder: RunRecorder) -> None:
     train_module.train = train
     train_module.train_one_epoch = train_one_epoch
     mace.tools.train = train  # ``tools.train(...)`` as run_train calls it
+    run_train_module.get_swa = get_swa
 
 
 def main(argv=None) -> int:
