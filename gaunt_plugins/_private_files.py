@@ -108,7 +108,7 @@ def read_private_file(path: PathLike) -> bytes:
     """The content of ``path`` if it is a regular file (not a symlink), owned by this user and writable
     by nobody else; ``NotPrivate`` (why) otherwise, ``FileNotFoundError`` if there is none."""
     path = Path(path)
-    fd = _open_nofollow(path, os.O_RDONLY)
+    fd = _open_nofollow(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     try:
         problem = _problem(os.fstat(fd), directory=False)
         if problem is not None:
