@@ -8,7 +8,10 @@ the trainer). The patch wraps ``Registry.get_model_class`` so that
   that builds the stock class unchanged, or the Gaunt variant when the section has
   ``tensor_product: gaunt``;
 - ``equiformer_v2_gaunt_backbone`` and ``equiformer_v2_gaunt`` name the Gaunt classes;
-- every other name resolves exactly as before.
+- every other name resolves to its class behind a guard: a subclass whose constructor refuses
+  ``tensor_product``/``gaunt_*`` keys with an error naming the model and the supported ones (fairchem
+  itself says ``unexpected keyword``, or ignores them), and otherwise returns an instance of the class
+  itself, built as before. Classes whose constructor names ``tensor_product`` are returned as they are.
 
 Nothing of fairchem is imported by :meth:`FairchemPatch.apply`: if ``fairchem.core.common.registry``
 is not imported yet, a one-shot post-import hook patches it the moment it is (so ``gaunt-run`` can
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import inspect
 import logging
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .base import FrameworkPatch, MissingTargetError, UnsupportedVersionError
 
@@ -130,7 +134,7 @@ class FairchemPatch(FrameworkPatch):
         def get_model_class(cls, name: str):
             target = _STOCK_SELECTORS.get(name) or _GAUNT_NAMES.get(name)
             if target is None:
-                return original_fn(cls, name)
+                return _guarded(name, original_fn(cls, name))
             from gaunt_plugins.adapters import equiformer_v2 as adapter
 
             return getattr(adapter, target)
@@ -140,6 +144,62 @@ class FairchemPatch(FrameworkPatch):
         get_model_class.__gaunt_plugins__ = True
         self._replace(registry_cls, "get_model_class", classmethod(get_model_class))
         logger.debug("gaunt-plugins: fairchem Registry.get_model_class wrapped")
+
+
+_GUARDS: Dict[Tuple[str, type], type] = {}
+_GUARD_METACLASSES: Dict[type, type] = {}
+
+
+def _guard_metaclass(meta: type) -> type:
+    """``meta`` (the guarded class's metaclass) with ``isinstance(obj, guard)`` meaning
+    ``isinstance(obj, guarded class)``: the guard's instances are the guarded class's own."""
+    found = _GUARD_METACLASSES.get(meta)
+    if found is None:
+        def __instancecheck__(cls, obj: Any) -> bool:
+            return isinstance(obj, cls.__gaunt_plugins_guards__)
+
+        found = type(f"Guarded{meta.__name__}", (meta,), {"__instancecheck__": __instancecheck__,
+                                                            "__module__": __name__})
+        _GUARD_METACLASSES[meta] = found
+    return found
+
+
+def _takes_tensor_product(model_cls: type) -> bool:
+    """Whether ``model_cls`` serves ``tensor_product`` itself: a Gaunt class, or a constructor that
+    names the keyword."""
+    if getattr(model_cls, "tensor_product", None) == "gaunt":
+        return True
+    try:
+        return "tensor_product" in inspect.signature(model_cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _guarded(name: str, model_cls: Any) -> Any:
+    """``model_cls`` behind a guard against ``tensor_product``/``gaunt_*`` keys (one class per name,
+    made once); what it builds is an instance of ``model_cls`` itself."""
+    if not isinstance(model_cls, type) or _takes_tensor_product(model_cls):
+        return model_cls
+    guard = _GUARDS.get((name, model_cls))
+    if guard is not None:
+        return guard
+    hydra = name == "hydra" or model_cls.__name__ == "HydraModel"
+
+    def __new__(guard_cls, *args: Any, **kwargs: Any):
+        from gaunt_plugins.adapters.equiformer_v2_config import check_no_gaunt_keys
+
+        check_no_gaunt_keys(name, kwargs, hydra=hydra)
+        # an instance of model_cls, not of the guard: Python then does not run __init__ again
+        return model_cls(*args, **kwargs)
+
+    namespace = {"__new__": __new__, "__module__": model_cls.__module__, "__qualname__": model_cls.__qualname__,
+                 "__doc__": model_cls.__doc__, "__gaunt_plugins_guards__": model_cls}
+    try:
+        guard = _guard_metaclass(type(model_cls))(model_cls.__name__, (model_cls,), namespace)
+    except TypeError:  # a class that cannot be subclassed: returned as it is
+        return model_cls
+    _GUARDS[(name, model_cls)] = guard
+    return guard
 
 
 def require_equiformer_v2() -> str:

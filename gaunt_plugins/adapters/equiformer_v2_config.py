@@ -7,7 +7,9 @@ A fairchem-core 1.x model section (the flat ``model:`` of the deprecated ``equif
     gaunt_method: auto             # optional: auto | grid | fourier (gaunt_plugins.gaunt_product)
     gaunt_zero_init: false         # optional: start the self-mix output at zero
 
-Everything else is passed to fairchem's constructor untouched. This module does not import
+An empty ``tensor_product:`` is an error, as is either key on a fairchem model that is not an
+EquiformerV2 (:func:`check_no_gaunt_keys`). Everything else is passed to fairchem's constructor
+untouched. This module does not import
 fairchem, so the converter and the patch can read configs cheaply.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "split_gaunt_kwargs",
     "wants_gaunt",
     "check_gaunt_supported",
+    "check_no_gaunt_keys",
+    "SUPPORTED_MODELS",
     "model_sections",
 ]
 
@@ -51,6 +55,11 @@ STOCK_BACKBONE_NAMES = ("equiformer_v2_backbone", STOCK_BACKBONE_PATH)
 STOCK_FLAT_NAMES = ("equiformer_v2", STOCK_FLAT_PATH)
 GAUNT_BACKBONE_NAME = "equiformer_v2_gaunt_backbone"
 GAUNT_FLAT_NAME = "equiformer_v2_gaunt"
+#: The fairchem model names that take ``tensor_product: gaunt`` (the stock names need the patch).
+SUPPORTED_MODELS = (
+    f"{STOCK_BACKBONE_NAMES[0]} (a hydra model's backbone), {STOCK_FLAT_NAMES[0]} (flat), "
+    f"{GAUNT_BACKBONE_NAME}, {GAUNT_FLAT_NAME}, {GAUNT_BACKBONE_PATH}, {GAUNT_FLAT_PATH}"
+)
 
 
 class GauntConfigError(ValueError):
@@ -76,9 +85,11 @@ class GauntOptions:
 def wants_gaunt(section: Mapping[str, Any]) -> bool:
     """Whether a model section selects the Gaunt variant (``tensor_product: gaunt``).
 
-    Raises :class:`GauntConfigError` for another ``tensor_product`` value, or for ``gaunt_*`` keys
-    given without ``tensor_product: gaunt`` (they would otherwise be silently ignored).
+    Raises :class:`GauntConfigError` for an empty or another ``tensor_product`` value, or for
+    ``gaunt_*`` keys given without ``tensor_product: gaunt`` (they would otherwise be silently ignored).
     """
+    if TENSOR_PRODUCT_KEY in section and _is_empty(section[TENSOR_PRODUCT_KEY]):
+        raise GauntConfigError(_EMPTY)
     value = section.get(TENSOR_PRODUCT_KEY)
     if value is None:
         stray = sorted(k for k in section if str(k).startswith("gaunt_"))
@@ -96,6 +107,39 @@ def wants_gaunt(section: Mapping[str, Any]) -> bool:
     return True
 
 
+_EMPTY = (
+    f"`{TENSOR_PRODUCT_KEY}:` is empty; write `{TENSOR_PRODUCT_KEY}: {GAUNT}` for the Gaunt EquiformerV2, "
+    "or leave the key out for the stock model"
+)
+
+
+def _is_empty(value: Any) -> bool:
+    """A YAML key with nothing after it (``None``) or a blank string."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_no_gaunt_keys(name: str, section: Mapping[str, Any], hydra: bool = False) -> None:
+    """Refuse ``tensor_product`` and ``gaunt_*`` keys in the section of a fairchem model ``name`` that
+    is not an EquiformerV2 (fairchem would fail with ``unexpected keyword`` or ignore them).
+
+    ``hydra``: the model is fairchem's hydra model, whose ``backbone:`` section is where the keys go.
+    """
+    keys = [str(k) for k in section if k == TENSOR_PRODUCT_KEY or str(k).startswith("gaunt_")]
+    if not keys:
+        return
+    given = ", ".join(
+        f"`{k}: {section[k]}`" if not _is_empty(section[k]) else f"`{k}:` (empty)" for k in keys)
+    them = "it" if len(keys) == 1 else "them"
+    where = (
+        f"; put {them} in the hydra model's `backbone:` section, whose `model:` names an EquiformerV2 backbone"
+        if hydra else f"; remove {them} for {name!r}"
+    )
+    raise GauntConfigError(
+        f"fairchem model {name!r} got {given}: the Gaunt tensor product exists only for EquiformerV2, "
+        f"supported models: {SUPPORTED_MODELS}{where}"
+    )
+
+
 def split_gaunt_kwargs(kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], GauntOptions]:
     """Split a Gaunt model section into fairchem's keyword arguments and :class:`GauntOptions`.
 
@@ -103,7 +147,9 @@ def split_gaunt_kwargs(kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], Gaunt
     known ones.
     """
     value = kwargs.get(TENSOR_PRODUCT_KEY, GAUNT)
-    if value is None or str(value).lower() != GAUNT:
+    if _is_empty(value):
+        raise GauntConfigError(_EMPTY)
+    if str(value).lower() != GAUNT:
         raise GauntConfigError(
             f"the Gaunt EquiformerV2 got `{TENSOR_PRODUCT_KEY}: {value}`; it only accepts `{GAUNT}`"
         )

@@ -55,11 +55,16 @@ def test_patched_registry_routes_names(patched):
     assert registry.get_model_class("equiformer_v2_gaunt") is adapter.GauntEquiformerV2
     assert registry.get_model_class("equiformer_v2_backbone") is adapter.EquiformerV2BackboneSelector
     assert registry.get_model_class("equiformer_v2") is adapter.EquiformerV2Selector
-    # everything else is untouched
+    # every other name resolves to its class behind a guard (one per name), which builds the class itself
     from fairchem.core.models.base import HydraModel
 
-    assert registry.get_model_class("hydra") is HydraModel
-    assert Registry.get_model_class("hydra") is HydraModel
+    from eqv2_testing import build_model, hydra_model_config
+
+    hydra = registry.get_model_class("hydra")
+    assert Registry.get_model_class("hydra") is hydra and issubclass(hydra, HydraModel)
+    assert (hydra.__name__, hydra.__module__) == (HydraModel.__name__, HydraModel.__module__)
+    model = build_model(hydra_model_config("equiformer_v2_backbone"))
+    assert type(model) is HydraModel and isinstance(model, hydra)
 
 
 def test_apply_revert_idempotent_and_exact(unpatched):
@@ -186,3 +191,49 @@ def test_autopatch_hook_patches_fairchem_in_a_fresh_interpreter(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "EquiformerV2BackboneSelector", res.stdout + res.stderr[-2000:]
+
+
+SUPPORTED = ("equiformer_v2_backbone", "equiformer_v2 (flat)", "equiformer_v2_gaunt_backbone", "equiformer_v2_gaunt")
+
+
+def test_gaunt_keys_on_other_fairchem_models_name_the_model_and_the_supported_ones(patched):
+    """`tensor_product: gaunt` (or a gaunt_* key, or an empty `tensor_product:`) on a fairchem model that
+    is not an EquiformerV2 is refused before anything is built, naming the model and the supported ones
+    (fairchem alone says `unexpected keyword argument`); on a hydra model's top level the error says
+    the key belongs in its backbone section."""
+    from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError
+
+    from eqv2_testing import build_model, hydra_model_config
+
+    cases = [
+        (hydra_model_config("escn_backbone", tensor_product="gaunt"), "'escn_backbone'", "`tensor_product: gaunt`"),
+        ({"name": "schnet", "tensor_product": "gaunt"}, "'schnet'", "remove it for 'schnet'"),
+        ({"name": "schnet", "gaunt_method": "grid"}, "'schnet'", "`gaunt_method: grid`"),
+        ({"name": "schnet", "tensor_product": None}, "'schnet'", "`tensor_product:` (empty)"),
+        ({**hydra_model_config("equiformer_v2_backbone"), "tensor_product": "gaunt"}, "'hydra'", "`backbone:` section"),
+    ]
+    for config, model, detail in cases:
+        with pytest.raises(GauntConfigError) as info:
+            build_model(config)
+        message = str(info.value)
+        assert model in message and detail in message, message
+        assert all(name in message for name in SUPPORTED), message
+
+
+def test_empty_tensor_product_is_an_error_naming_the_value(patched):
+    """An empty `tensor_product:` on an EquiformerV2 (stock name, Gaunt name, dotted path; flat or
+    backbone) is an error naming `gaunt`, not a silent stock model."""
+    from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError, wants_gaunt
+
+    from eqv2_testing import GAUNT_BACKBONE_PATH, build_model, flat_model_config, hydra_model_config
+
+    for empty in (None, "", "  "):
+        with pytest.raises(GauntConfigError, match=r"`tensor_product:` is empty; write `tensor_product: gaunt`"):
+            wants_gaunt({"tensor_product": empty})
+        for config in (hydra_model_config("equiformer_v2_backbone", tensor_product=empty),
+                       hydra_model_config(GAUNT_BACKBONE_PATH, tensor_product=empty),
+                       flat_model_config("equiformer_v2", tensor_product=empty),
+                       flat_model_config("equiformer_v2_gaunt", tensor_product=empty)):
+            with pytest.raises(GauntConfigError, match="is empty"):
+                build_model(config)
+    assert wants_gaunt({}) is False and wants_gaunt({"tensor_product": "gaunt"}) is True
