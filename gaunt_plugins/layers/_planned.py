@@ -5,7 +5,8 @@ setting)``, the executor the dispatch chose (:func:`gaunt_plugins.backends.dispa
 derived state, rebuilt on demand and never pickled or deep-copied. The layer also registers its tables as
 buffers for TorchScript and ``torch.compile`` (which trace the PyTorch reference on them); after a dtype or
 device change those buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built
-under a float32 default computes from float64 tables, not from float32-rounded ones.
+under a float32 default computes from float64 tables, not from float32-rounded ones. Layers can be built and
+run on the ``meta`` device (shapes only): the dispatch gives them the PyTorch reference.
 """
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ class PlannedModule(torch.nn.Module):
     def _build_plan(self):
         raise NotImplementedError
 
+    def _register_plan_buffers(self, tables: Dict[str, torch.Tensor], names: Tuple[str, ...]) -> None:
+        """Register ``tables[name]`` as buffers on the current default device (so a layer built under
+        ``with torch.device("meta"):`` is wholly on ``meta``, for shape inference; ``to_empty`` then refills
+        the tables from the plan, see :meth:`_apply`)."""
+        device = torch.empty(0).device
+        for name in names:
+            self.register_buffer(name, tables[name].to(device=device, copy=True))
+
     @property
     def plan(self):
         """The layer's plan (cached; rebuilt from the irreps after unpickling)."""
@@ -105,7 +114,7 @@ class PlannedModule(torch.nn.Module):
             buf = self._buffers.get(name)
             if buf is not None and buf.is_floating_point():
                 exact = masters[name].to(device=buf.device, dtype=buf.dtype)
-                if not torch.equal(exact, buf):
+                if buf.device.type == "meta" or not torch.equal(exact, buf):  # meta tensors hold no values
                     self._buffers[name] = exact
         self.__dict__.pop("_executors", None)
         return module

@@ -77,9 +77,8 @@ class GauntConvolution(PlannedModule):
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
         self.weight_numel = plan.weight_numel
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
-        for name in ("to_grid1", "to_grid2", "from_grid", "deg_mask2", "index_in1", "index_in2", "index_out", "deg1",
-                     "deg3"):
-            self.register_buffer(name, t[name].clone())
+        self._register_plan_buffers(t, ("to_grid1", "to_grid2", "from_grid", "deg_mask2", "index_in1", "index_in2",
+                                        "index_out", "deg1", "deg3"))
 
     def _build_plan(self):
         irreps_out = o3.Irreps([(self.channels, ir) for _, ir in self.irreps_out])

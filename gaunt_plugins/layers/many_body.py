@@ -75,8 +75,7 @@ class GauntManyBody(PlannedModule):
         self.compact_in = plan.compact_width
         self.dim_out = fo.dim
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
-        for name in ("to_grid", "from_grids", "index_in", "index_out", "deg_in", "deg_out"):
-            self.register_buffer(name, t[name].clone())
+        self._register_plan_buffers(t, ("to_grid", "from_grids", "index_in", "index_out", "deg_in", "deg_out"))
         lanes = chains * self.channels
         weights_in = torch.ones(num_elements, correlation, self.k_in, lanes)
         # chains after the first start apart from it, so that they learn different couplings

@@ -63,9 +63,8 @@ class GauntTensorProduct(PlannedModule):
         self.internal_weights = internal_weights
         self.shared_weights = shared_weights
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
-        for name in ("to_grid1", "to_grid2", "from_grid", "index_in1", "index_in2", "index_out", "deg1", "deg2",
-                     "deg3"):
-            self.register_buffer(name, t[name].clone())
+        self._register_plan_buffers(t, ("to_grid1", "to_grid2", "from_grid", "index_in1", "index_in2", "index_out",
+                                        "deg1", "deg2", "deg3"))
         if internal_weights:
             self.weight = torch.nn.Parameter(torch.ones(self.k1 + self.k2 + self.k3, self.channels))
         else:

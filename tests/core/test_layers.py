@@ -369,3 +369,35 @@ def test_tensor_product_on_no_rows_and_with_wrong_per_sample_weights():
     shared = GauntTensorProduct(natural(2, 1), natural(2, 1), internal_weights=False, shared_weights=True)
     with pytest.raises(ValueError, match="shared weight needs 12 elements"):
         shared(x, x, torch.randn(11))
+
+
+_META_LAYERS = {
+    "tp": lambda: GauntTensorProduct(natural(3, 2), natural(3, 2)),
+    "conv": lambda: GauntConvolution(natural(3, 1), sh_irreps(2), natural(3, 2), products=2),
+    "many_body": lambda: GauntManyBody(natural(3, 1), natural(3, 1), 3, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_META_LAYERS))
+def test_layers_build_and_run_on_the_meta_device_and_materialise(name):
+    """Built under ``with torch.device("meta")`` or moved with ``.to("meta")``, a layer is wholly on ``meta`` and
+    its forward gives the output shape (and the message step's); ``to_empty`` plus the state dict of a real layer
+    then computes what that layer computes."""
+    make = _META_LAYERS[name]
+    real = make()
+    with torch.device("meta"):
+        built = make()
+    for layer in (built, make().to("meta")):
+        assert {t.device.type for t in list(layer.parameters()) + list(layer.buffers())} == {"meta"}
+        args, _ = _inputs(name, layer, 5, torch.float32)
+        out = layer(*[a.to("meta") for a in args])
+        assert out.device.type == "meta" and out.shape == real(*_inputs(name, real, 5, torch.float32)[0]).shape
+    if name == "conv":
+        nodes = torch.empty(4, built.dim_in1, device="meta")
+        edges = torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 0]], device="meta")
+        args, _ = _inputs(name, built, 5, torch.float32)
+        assert built(nodes, args[1].to("meta"), args[2].to("meta"), edges).shape == (4, built.dim_out)
+    built.to_empty(device="cpu")
+    built.load_state_dict(real.state_dict())
+    args, _ = _inputs(name, real, 5, torch.float32)
+    assert torch.equal(built(*args), real(*args))
