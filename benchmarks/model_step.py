@@ -358,8 +358,9 @@ def mace_variants(stock, cuda: bool, plan, device) -> List[Variant]:
     for i, (targets, k, p) in enumerate(plan):
         fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p}
         for backend in (("triton", "torch") if cuda and i == 0 else ("triton",) if cuda else ("torch",)):
+            # on CPU "gaunt-torch" is the automatic choice (the C kernels); a forced "torch" is the reference
             variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p}", f"gaunt-{backend}",
-                                    convert(targets, k, p), backend, fields, gaunt=True))
+                                    convert(targets, k, p), backend if cuda else None, fields, gaunt=True))
     if cuda and cueq_available(device) is None:
         def to_cueq():
             from mace.cli.convert_e3nn_cueq import run as run_e3nn_to_cueq
@@ -667,7 +668,7 @@ def bench_eqv2(device, dtype, lmaxes, channels, layers, n_slabs, warmup, iters, 
                 return make
 
             variants = [Variant("stock", "stock", build("equiformer_v2_backbone")),
-                        Variant("gaunt-torch", "gaunt-torch", build(gaunt_path), "torch", gaunt=True)]
+                        Variant("gaunt-torch", "gaunt-torch", build(gaunt_path), "torch" if cuda else None, gaunt=True)]
             if cuda:
                 variants.append(Variant("gaunt-triton", "gaunt-triton", build(gaunt_path), "triton", gaunt=True))
             rows += run_variants(case, variants, lambda m: eqv2_step(m, batch), warmup, iters, device, log)

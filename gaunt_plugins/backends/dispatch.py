@@ -5,11 +5,11 @@ The backend setting is resolved as for the dense ops of :mod:`.registry` (the ca
 :func:`~.registry.set_backend`, then ``$GAUNT_BACKEND``, then ``auto``):
 
 - ``triton`` (forced): the Triton executor, or ``ValueError`` saying why it cannot serve (never a fallback);
-- ``torch`` (forced): for a convolution of scalar node features the coefficient-wise executor (a degree-0
-  factor is a scaling); else the CPU kernels where they serve the plan (CPU, float32/float64, eager, within
-  the kernels' limits), else the PyTorch reference;
-- ``auto``: CUDA -> Triton where it serves (else the reference, with a one-time warning naming the reason);
-  CPU -> as ``torch``.
+- ``torch`` (forced): the PyTorch reference, on every device (no C kernel, no Triton);
+- ``auto``: CUDA -> Triton where it serves (else PyTorch, with a one-time warning naming the reason); CPU ->
+  for a convolution of scalar node features the coefficient-wise executor (a degree-0 factor is a scaling),
+  else the CPU kernels where they serve the plan (float32/float64, eager, within the kernels' limits), else
+  the reference.
 
 :func:`refusals` lists, for a plan, why each executor that would not run it cannot.
 """
@@ -44,7 +44,8 @@ def scalar_node_executor(kind: str, plan, device: torch.device, dtype: torch.dty
     return GatherScatterMessage(conv, "torch", conv.name, deterministic)
 
 
-def _torch_executor(kind: str, plan, device: torch.device, dtype: torch.dtype, deterministic: bool) -> Executor:
+def _auto_executor(kind: str, plan, device: torch.device, dtype: torch.dtype, deterministic: bool) -> Executor:
+    """Outside Triton: the fastest PyTorch or C executor that serves the plan here."""
     scalar = scalar_node_executor(kind, plan, device, dtype, deterministic)
     if scalar is not None:
         return scalar
@@ -80,9 +81,11 @@ def executor_for(kind: str, plan, device: torch.device, dtype: torch.dtype, back
             registry._WARNED.add(reason)
             warnings.warn(f"Gaunt {op}: running the PyTorch backend on CUDA because {reason}", RuntimeWarning,
                           stacklevel=3)
-    elif choice not in ("auto", "torch"):
+    elif choice == "torch":
+        return reference_executor(kind, plan, device, dtype, deterministic)
+    elif choice != "auto":
         raise ValueError(f"{op}: backend {choice!r} serves no Gaunt plans; choose 'auto', 'torch' or 'triton'")
-    return _torch_executor(kind, plan, device, dtype, deterministic)
+    return _auto_executor(kind, plan, device, dtype, deterministic)
 
 
 def refusals(kind: str, plan, device: torch.device, dtype: torch.dtype) -> Dict[str, Optional[str]]:

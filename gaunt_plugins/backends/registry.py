@@ -5,7 +5,11 @@ Selection, for each call (first match wins):
 1. the call's ``backend=`` argument, when it is ``"torch"`` or ``"triton"``;
 2. :func:`set_backend` / the :func:`use_backend` context (process-wide setting);
 3. the environment variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``);
-4. ``auto``: CUDA tensors go to Triton, everything else to PyTorch.
+4. ``auto``: CUDA tensors go to Triton, everything else to PyTorch (on CPU tensors in eager mode with the
+   fused C grid kernel where it serves).
+
+``torch`` means the PyTorch reference (:mod:`.torch_ops`) on every device: forced, it never runs a C or
+Triton kernel (the layers' plans follow the same rule, :mod:`.dispatch`).
 
 A forced ``triton`` never falls back: when the kernels cannot serve the call the backend's
 ``validate`` raises a ``ValueError`` that says why. Under ``auto`` a CUDA call that Triton cannot
@@ -51,14 +55,18 @@ BACKEND_CHOICES = ("auto", "torch", "triton")
 
 
 class TorchBackend:
-    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype; the dense
-    ``weighted_product`` runs the fused CPU grid kernel on float32/float64 CPU tensors in eager mode. (The
-    layers reach the CPU convolution and many-body kernels through their plans: :mod:`.dispatch`.)"""
+    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype, what a forced
+    ``torch`` runs. With ``kernels=True`` (the ``auto`` choice off CUDA) the dense ``weighted_product`` runs the
+    fused CPU grid kernel on float32/float64 CPU tensors in eager mode. (The layers reach the CPU convolution
+    and many-body kernels through their plans: :mod:`.dispatch`.)"""
 
     name = "torch"
     capabilities = {"dtypes": "any floating", "double_backward": True, "fused_message": False,
                     "deterministic_message": True}
     available = True
+
+    def __init__(self, kernels: bool = False):
+        self.kernels = kernels
 
     def unavailable_reason(self) -> Optional[str]:
         return None
@@ -67,7 +75,7 @@ class TorchBackend:
         return None
 
     def weighted_product(self, *args):
-        return cpu_ops.weighted_product(*args)
+        return cpu_ops.weighted_product(*args) if self.kernels else torch_ops.weighted_product(*args)
 
     def conv_product(self, *args):
         return torch_ops.conv_product(*args)
@@ -91,6 +99,7 @@ class TorchBackend:
 
 
 _BACKENDS: Dict[str, object] = {"torch": TorchBackend(), "triton": TritonBackend()}
+_AUTO_TORCH = TorchBackend(kernels=True)  # what "auto" runs off CUDA
 _SETTING: List[Optional[str]] = [None]
 _LAST: Dict[str, str] = {}
 _LAST_EXECUTOR: Dict[str, str] = {}
@@ -175,7 +184,7 @@ def select_backend(op: str, tensors: Dict[str, Optional[torch.Tensor]], backend:
                       else ("set_backend()" if _SETTING[0] is not None else f"{BACKEND_ENV}={choice}"))
             raise ValueError(f"{exc} [{source} forces it; use 'auto' or 'torch' to run elsewhere]") from exc
     else:
-        chosen = _BACKENDS["torch"]
+        chosen = _AUTO_TORCH
         if _devices(tensors) == {"cuda"}:
             triton_backend = _BACKENDS["triton"]
             try:

@@ -116,3 +116,63 @@ def test_the_reference_serves_what_the_kernels_refuse():
     reasons = refusals("many_body", plan, CPU, torch.float64)
     assert "correlation 6" in reasons["cpu-kernels"] and reasons["torch-reference"] is None
     assert executor_for("many_body", plan, CPU, torch.float64).name == "torch-reference"
+
+
+@pytest.mark.parametrize("setting", ["GAUNT_BACKEND", "use_backend"])
+def test_a_forced_torch_backend_runs_only_the_pytorch_reference(monkeypatch, setting):
+    """``GAUNT_BACKEND=torch`` (or ``use_backend("torch")``) is the PyTorch reference for every layer, the message
+    step, the dense ``weighted_product`` and ``gaunt_product``: no C kernel is reached, and the dispatch records
+    the reference; ``auto`` on CPU still chooses the C kernels."""
+    import contextlib
+
+    from gaunt_plugins import GauntConvolution, GauntManyBody, GauntTensorProduct, gaunt_product
+    from gaunt_plugins.backends import dispatch, last_executor, registry
+    from gaunt_plugins.backends.cpu import ops as cpu_ops
+    from gaunt_plugins.backends.cpu.build import cpu_kernels_unavailable_reason
+
+    tp = GauntTensorProduct("2x0e+2x1o+2x2e", "2x0e+2x1o+2x2e").double()
+    conv = GauntConvolution("2x0e+2x1o", "1x0e+1x1o+1x2e", "2x0e+2x1o+2x2e").double()
+    scalar = GauntConvolution("2x0e", "1x0e+1x1o", "2x0e+2x1o").double()
+    mb = GauntManyBody("2x0e+2x1o", "2x0e+2x1o", 3, 2).double()
+    r = lambda *shape: torch.randn(*shape, dtype=torch.float64)
+    edges = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    x, w, d = r(3, 2, 9), [r(3, 3, 2), r(3, 3, 2), r(3, 2)], torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2])
+    tables = tp.plan.tensors.get(torch.float64, CPU)
+    args = {
+        "weighted_product": (tp, r(3, tp.dim_in1), r(3, tp.dim_in2)),
+        "conv_product": (conv, r(3, conv.dim_in1), r(3, 9), r(3, conv.weight_numel)),
+        "conv_message": (conv, r(3, conv.dim_in1), r(3, 9), r(3, conv.weight_numel), edges),
+        "scalar nodes": (scalar, r(3, 2), r(3, 4), r(3, scalar.weight_numel)),
+        "many_body_product": (mb, r(3, 2, 4), torch.eye(2, dtype=torch.float64)[[0, 1, 1]]),
+        "gaunt_product": (gaunt_product, x, x, 2),
+        "dense weighted_product": (registry.weighted_product, x, x, *w, d, d, d, tables["to_grid1"],
+                                   tables["to_grid2"], tables["from_grid"]),
+    }
+    calls = {name: (lambda a=a: a[0](*a[1:])) for name, a in args.items()}
+    under_auto = {name: fn() for name, fn in calls.items()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a C kernel ran under a forced torch backend")
+
+    with monkeypatch.context() as forced:
+        forced.setattr(dispatch, "cpu_executor", refuse)
+        forced.setattr(cpu_ops, "grid_product_fused", refuse)
+        if setting == "GAUNT_BACKEND":
+            forced.setenv("GAUNT_BACKEND", "torch")
+            scope = contextlib.nullcontext()
+        else:
+            forced.delenv("GAUNT_BACKEND", raising=False)
+            scope = registry.use_backend("torch")
+        with scope:
+            for name, fn in calls.items():
+                out = fn()
+                assert torch.allclose(out, under_auto[name], rtol=1e-10, atol=1e-12), name
+                if name in ("weighted_product", "conv_product", "conv_message", "many_body_product", "gaunt_product"):
+                    assert last_executor(name) == "torch-reference", name
+
+    monkeypatch.delenv("GAUNT_BACKEND", raising=False)
+    if cpu_kernels_unavailable_reason() is not None:
+        pytest.skip(f"the C kernels are unavailable here: {cpu_kernels_unavailable_reason()}")
+    for name in ("weighted_product", "conv_product", "conv_message", "many_body_product"):
+        calls[name]()
+        assert last_executor(name) == "cpu-kernels", name
