@@ -208,7 +208,7 @@ def suite_report(folder: Path) -> str:
         out.append(f"- {note}")
     out += ["", "| stage | status | seconds | budget (s) | result |", "|---|---|---|---|---|"]
     for st in suite.get("stages", []):
-        out.append(f"| {st['name']} | {st['status']} | {_num(st.get('seconds'), '{:.0f}')} | "
+        out.append(f"| {st['name']} | {st.get('status', 'running')} | {_num(st.get('seconds'), '{:.0f}')} | "
                    f"{_num(st.get('budget_s'), '{:.0f}')} | {_short_error(st.get('summary', ''), 120)} |")
     for st in suite.get("stages", []):
         tests = st.get("tests")

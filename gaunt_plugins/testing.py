@@ -12,8 +12,10 @@ __all__ = ["random_rotation", "wigner_d", "equivariance_error"]
 
 
 def random_rotation(dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniformly random rotation matrix ``[3, 3]`` built in float64 (orthogonal to 1e-15)."""
-    q = torch.randn(4, dtype=torch.float64, generator=generator)
+    """A uniformly random rotation matrix ``[3, 3]`` built in float64 (orthogonal to 1e-15), on the default
+    device; ``generator`` draws it (on the generator's own device)."""
+    device = generator.device if generator is not None else None  # a CPU generator draws on the CPU
+    q = torch.randn(4, dtype=torch.float64, generator=generator, device=device)
     q = q / q.norm()
     a, b, c, d = q
     rot = torch.stack([
@@ -21,7 +23,7 @@ def random_rotation(dtype: torch.dtype = torch.float64, generator: torch.Generat
         torch.stack([2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)]),
         torch.stack([2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d]),
     ])
-    return rot.to(dtype)
+    return rot.to(device=torch.get_default_device(), dtype=dtype)
 
 
 def wigner_d(irreps, rot: torch.Tensor, exact: bool = True) -> torch.Tensor:

@@ -90,7 +90,8 @@ contiguous (the channel stride is I, so a block of channels is one contiguous sp
 MAX_PADDED_WIDTH = 128
 """Largest padded coefficient width served (I, Io <= 128, i.e. L <= 10): the [M, I] and [M, Io]
 accumulators live in registers for the whole program; past 128 they spill. ``validate`` refuses
-wider features with this reason."""
+wider features with this reason. In float64 the limit is 64 (L <= 7): at 128 the forward product's
+dot tiles asked for 344,064 bytes of shared memory on an H200, whose blocks have 232,448."""
 
 MAX_CORRELATION = 4
 """Largest many-body correlation order: the kernels keep one accumulator per power explicitly

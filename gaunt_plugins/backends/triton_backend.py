@@ -22,6 +22,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # mirrored from gaunt_plugins.triton_kernels.constants (kept here so that validate() needs no Triton)
 _MAX_PADDED_WIDTH = 128
 _MAX_CORRELATION = 4
+# float64 dot tiles of padded width 128 asked for 344,064 bytes of shared memory on an H200 (limit 232,448)
+_MAX_PADDED_WIDTH_FLOAT64 = 64
 
 
 @torch.compiler.assume_constant_result
@@ -143,6 +145,13 @@ class TritonBackend:
             if _padded(w) > _MAX_PADDED_WIDTH:
                 raise ValueError(f"{where}: {k} has {w} coefficients; the kernels keep per-row accumulators of "
                                  f"at most {_MAX_PADDED_WIDTH} coefficients in registers (L <= 10)")
+        if torch.float64 in dtypes:
+            wide = {k: w for k, w in (widths or {}).items() if _padded(w) > _MAX_PADDED_WIDTH_FLOAT64}
+            if wide:
+                k, w = next(iter(wide.items()))
+                raise ValueError(f"{where}: {k} has {w} coefficients; in float64 the kernels serve at most "
+                                 f"{_MAX_PADDED_WIDTH_FLOAT64} (L <= 7): wider float64 tiles need more shared "
+                                 f"memory than a GPU block has (336 KiB at 128 on an H200, which has 227 KiB)")
         if correlation is not None and not 1 <= correlation <= _MAX_CORRELATION:
             raise ValueError(f"{where}: correlation {correlation} is outside 1..{_MAX_CORRELATION} "
                              f"(one register accumulator per power is written out in the kernel)")

@@ -235,3 +235,13 @@ def test_torch_scatter_shim_matches_torch_scatter():
                               torch_scatter.scatter(src, full, -2, reduce=reduce)), reduce
     with pytest.raises(ValueError, match="unknown reduce 'median'"):
         shim.scatter(src, idx, 0, reduce="median")
+
+
+def test_tables_of_a_suite_folder_written_while_a_stage_runs(tmp_path):
+    """suite.json is saved when a stage starts, before it has a status: the tables show it as running."""
+    folder = tmp_path / "suite"
+    _write_suite_folder(folder)
+    suite = json.loads((folder / "suite.json").read_text())
+    suite["stages"].append({"name": "eqv2-step", "what": "EquiformerV2", "budget_s": 50})
+    (folder / "suite.json").write_text(json.dumps(suite))
+    assert "| eqv2-step | running |" in result_tables.suite_report(folder)

@@ -80,6 +80,7 @@ def test_forced_triton_without_triton_installed(monkeypatch):
     ("int", "dtype torch.int32"),
     ("mixed", "mixed dtypes"),
     ("wide", "at most 128 coefficients"),
+    ("wide64", "in float64 the kernels serve at most 64"),
     ("nu", "correlation 5"),
     ("edges", "edge_index must be"),
 ])
@@ -93,6 +94,8 @@ def test_validate_reasons(tk, device, case, match):
             b.validate("op", {"x1": x, "w1": x.double()})
         elif case == "wide":
             b.validate("op", {"x": x}, widths={"x": 13 * 13})
+        elif case == "wide64":
+            b.validate("op", {"x": x.double()}, widths={"x": 9 * 9})
         elif case == "nu":
             b.validate("op", {"x": x}, correlation=5)
         else:
