@@ -50,7 +50,7 @@ def check_kept(previous: Mapping[str, Any], now: Mapping[str, Mapping[str, Any]]
     rerun = list(rerun)
     recorded = previous.get("settings") or {}
     for name, entry in (previous.get("variants") or {}).items():
-        if name in rerun or entry.get("status") == "not run":
+        if name in rerun or name not in now or entry.get("status") == "not run":
             continue
         how = (f"rerun both variants with these settings (`--overwrite` instead of `--only {','.join(rerun)}`), "
                f"or repeat the earlier run's own command (`{previous.get('command', '?')}`) with `--only "

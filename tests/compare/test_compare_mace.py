@@ -184,8 +184,8 @@ def test_a_second_run_into_the_folder_shows_only_its_own_numbers(compared, tmp_p
     for key in ("tests", "parameters", "time_per_step_s", "median_step_s", "time_per_epoch_s"):
         assert key not in gaunt, key  # nothing of the first run's gaunt model
     assert gaunt["steps"] == 0 and "kept_from" not in gaunt
-    assert sorted(p.name for p in reused.iterdir()) == ["gaunt", "learning_curves.png", "report.json", "report.md",
-                                                          "upstream"]
+    assert sorted(p.name for p in reused.iterdir()) == ["gaunt", "gaunt-compare-files.json", "learning_curves.png",
+                                                          "report.json", "report.md", "upstream"]
     assert not (reused / "gaunt" / "eval.json").exists() and not list((reused / "gaunt").glob("*.model"))
     assert up["status"] == "ok" and up["tests"]["hot"]["f_mae_meV_per_A"] > 0
     # 0.3 s of training: the first epoch always runs, the budget stops the loop after it
