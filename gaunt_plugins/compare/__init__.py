@@ -5,7 +5,8 @@ Given the config a user already trains with (a ``mace_run_train`` YAML, or a fai
 model and the Gaunt variant on the same data, seeds and budget (``--epochs N`` and/or
 ``--max-minutes M``; ``--seeds N`` runs per variant), each run in its own process, and writes to
 ``--out`` (a new or empty folder; ``--overwrite`` replaces an earlier report, ``--only`` reruns one
-variant and keeps the other's results):
+variant and keeps the other's results if they were trained with the same settings; only files
+gaunt-compare wrote are ever removed, see :mod:`.outdir`):
 
 - ``report.md``: a side-by-side table (status, parameters, epochs and steps, time per epoch and per
   step, steps per second, peak memory, energy and force MAE/RMSE on every test set, with the
@@ -20,10 +21,13 @@ Numbers come from what the frameworks log themselves (MACE's results file and lo
 validation metrics), plus light instrumentation in the child process (epoch wall time, parameter
 count, the wall-clock budget) that logs through the framework's own logger. Layout:
 :mod:`.framework` (the interface, and what is computed from a run's record), :mod:`.mace` and
-:mod:`.fairchem` (its two implementations), :mod:`.harness` (running the runs), :mod:`.outdir`,
-:mod:`.aggregate` and :mod:`.report`; the ``_*child`` modules run inside the training processes. A
-crashed run is reported with its error and the others' results are kept; Ctrl-C stops the running
-runs after their current epoch (they are then evaluated and marked interrupted) and skips the rest.
+:mod:`.fairchem` (its two implementations), :mod:`.harness` (running the runs), :mod:`.process`
+(the child processes), :mod:`.outdir`, :mod:`.settings` (what each variant was trained with),
+:mod:`.aggregate`, :mod:`.caveats` (incomplete runs, unequal epochs) and :mod:`.report`; the
+``_*child`` modules run inside the training processes. A crashed run is reported with its error
+and the others' results are kept; Ctrl-C stops the running runs after their current epoch (they
+are then evaluated and marked interrupted) and skips the rest; if gaunt-compare is killed, its
+children die with it.
 """
 
 __all__ = ["main"]
