@@ -1,13 +1,15 @@
 """Child processes under ``gaunt-compare``'s control: timeout, Ctrl-C, peak memory.
 
 Children are started in their own session (and so their own process group), so the terminal's
-Ctrl-C reaches only ``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child to stop after its
-current epoch (SIGTERM, see :mod:`gaunt_plugins.compare._budget`) and the comparison stops after
-it; a second one kills the child (SIGKILL). A hard timeout does the same: SIGTERM, then SIGKILL
-after a grace period. A child never outlives ``gaunt-compare``: on Linux it is started with a
-parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so if ``gaunt-compare`` itself is
-killed (even with SIGKILL, which it cannot handle) the kernel kills the child too, and it stops
-writing into the report folder.
+Ctrl-C reaches only ``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child
+to stop after its current epoch (SIGTERM, see :mod:`gaunt_plugins.compare._budget`) and the
+comparison stops after it; a second one kills the child and what it started (SIGKILL to its
+process group). A hard timeout does the same: SIGTERM, then SIGKILL after a grace period.
+
+A child never outlives ``gaunt-compare``: on Linux it is started with a parent-death signal
+(``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so if ``gaunt-compare`` itself is killed (even with
+SIGKILL, which it cannot handle) the kernel kills the child too, and it stops writing into the
+report folder.
 
 The child's resource usage comes from ``os.wait4``: ``peak_rss_mib`` is the peak resident set size
 of the child process itself (``ru_maxrss``), whatever way it ended.
@@ -126,6 +128,15 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL to the child and everything it started (its process group: the child leads its own
+    session); only called while the child has not been reaped, so the group is still its own."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        _signal(pid, signal.SIGKILL)
+
+
 _PRCTL = _libc_prctl()  # looked up here, not in the forked child
 
 
@@ -164,7 +175,7 @@ class JobProcess:
             self._termed_at = time.time()
             times -= 1
         if times > 0 and not self.result.killed:
-            _signal(self.proc.pid, signal.SIGKILL)
+            _kill_group(self.proc.pid)
             self.result.killed = True
 
     def poll(self) -> bool:
@@ -182,7 +193,7 @@ class JobProcess:
                     _signal(self.proc.pid, signal.SIGTERM)
                     self._termed_at = now
             if self._termed_at is not None and now - self._termed_at > self.grace_s and not self.result.killed:
-                _signal(self.proc.pid, signal.SIGKILL)
+                _kill_group(self.proc.pid)
                 self.result.killed = True
                 self.result.notes.append(f"killed {self.grace_s:.0f} s after SIGTERM")
             return False
