@@ -9,7 +9,7 @@ acetylacetone molecules (15 atoms each; ../shared/data/acac, or random 15-atom c
                 ``[conv, product]``, ``[conv]``, ``[product]``) and, for the sets with ``conv``, each
                 number K of Gaunt products per channel in the convolution (--conv-products; only K = 1
                 when this gaunt-plugins has no ``conv_products`` option); backend forced to ``torch``
-                (on CUDA only for ``[conv, product]``, K = 1: the unfused reference)
+                on CUDA (the reference, what ``auto`` runs there), the automatic choice on CPU
   gaunt-triton  the same Gaunt models with the backend forced to ``triton`` (CUDA only)
   cueq          the stock model converted by MACE's ``run_e3nn_to_cueq`` (CUDA only, only when
                 cuequivariance_torch and its ops package import)
@@ -355,9 +355,9 @@ def mace_variants(stock, cuda: bool, plan, device) -> List[Variant]:
         return lambda: (gauntify_model(copy.deepcopy(stock), gaunt_options(targets, k, p))[0], {})
 
     variants = [Variant("e3nn", "e3nn", lambda: (stock, {}))]
-    for i, (targets, k, p) in enumerate(plan):
+    for targets, k, p in plan:
         fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p}
-        for backend in (("triton", "torch") if cuda and i == 0 else ("triton",) if cuda else ("torch",)):
+        for backend in (("torch", "triton") if cuda else ("torch",)):
             # on CPU "gaunt-torch" is the automatic choice (the C kernels); a forced "torch" is the reference
             variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p}", f"gaunt-{backend}",
                                     convert(targets, k, p), backend if cuda else None, fields, gaunt=True))

@@ -5,8 +5,8 @@
 
 ``weighted_product``, ``conv_product``, ``many_body_product`` here take the arguments of their
 :mod:`.torch_ops` namesakes plus ``backend=None|"auto"|"torch"|"triton"``; ``conv_message`` is the
-fused MACE message step (gather, convolution, scatter-sum). CUDA tensors go to Triton, CPU tensors
-to PyTorch; ``GAUNT_BACKEND`` or :func:`set_backend` force one; a forced ``triton`` that cannot serve
+fused MACE message step (gather, convolution, scatter-sum). ``auto`` runs PyTorch (with the C kernels on
+CPU; on CUDA the reference, measured faster per training step than the Triton kernels); ``GAUNT_BACKEND`` or :func:`set_backend` force one; a forced ``triton`` that cannot serve
 a call raises ``ValueError`` with the reason instead of falling back. :func:`select_backend` returns
 the backend that will run, :func:`last_backend` the one that ran.
 """

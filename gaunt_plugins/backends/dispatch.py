@@ -6,16 +6,16 @@ The backend setting is resolved as for the dense ops of :mod:`.registry` (the ca
 
 - ``triton`` (forced): the Triton executor, or ``ValueError`` saying why it cannot serve (never a fallback);
 - ``torch`` (forced): the PyTorch reference, on every device (no C kernel, no Triton);
-- ``auto``: CUDA -> Triton where it serves (else PyTorch, with a one-time warning naming the reason); CPU ->
-  for a convolution of scalar node features the coefficient-wise executor (a degree-0 factor is a scaling),
-  else the CPU kernels where they serve the plan (float32/float64, eager, within the kernels' limits), else
-  the reference.
+- ``auto``: CUDA -> the PyTorch reference (on an H200 it trained MACE 1.3x faster per step than the Triton
+  kernels, whose backward takes 6x their forward: ``benchmarks/results/gpu_h200``); CPU -> for a convolution
+  of scalar node features the coefficient-wise executor (a degree-0 factor is a scaling), else the CPU
+  kernels where they serve the plan (float32/float64, eager, within the kernels' limits), else the
+  reference.
 
 :func:`refusals` lists, for a plan, why each executor that would not run it cannot.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Dict, Optional
 
 import torch
@@ -73,15 +73,7 @@ def executor_for(kind: str, plan, device: torch.device, dtype: torch.dtype, back
                       else ("set_backend()" if registry._SETTING[0] is not None else f"{registry.BACKEND_ENV}=triton"))
             raise ValueError(f"{reason} [{source} forces it; use 'auto' or 'torch' to run elsewhere]")
         return triton.plan_executor(kind, plan, device, dtype, deterministic)
-    if choice == "auto" and device.type == "cuda":
-        reason = triton.plan_refusal(kind, plan, device, dtype)
-        if reason is None:
-            return triton.plan_executor(kind, plan, device, dtype, deterministic)
-        if reason not in registry._WARNED:
-            registry._WARNED.add(reason)
-            warnings.warn(f"Gaunt {op}: running the PyTorch backend on CUDA because {reason}", RuntimeWarning,
-                          stacklevel=3)
-    elif choice == "torch":
+    if choice == "torch":
         return reference_executor(kind, plan, device, dtype, deterministic)
     elif choice != "auto":
         raise ValueError(f"{op}: backend {choice!r} serves no Gaunt plans; choose 'auto', 'torch' or 'triton'")

@@ -5,23 +5,21 @@ Selection, for each call (first match wins):
 1. the call's ``backend=`` argument, when it is ``"torch"`` or ``"triton"``;
 2. :func:`set_backend` / the :func:`use_backend` context (process-wide setting);
 3. the environment variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``);
-4. ``auto``: CUDA tensors go to Triton, everything else to PyTorch (on CPU tensors in eager mode with the
-   fused C grid kernel where it serves).
+4. ``auto``: PyTorch (on CPU tensors in eager mode with the fused C grid kernel where it serves). CUDA tensors
+   run the PyTorch reference too: on an H200 it trained MACE faster per step than the Triton kernels
+   (``benchmarks/results/gpu_h200``), which a forced ``triton`` still runs.
 
 ``torch`` means the PyTorch reference (:mod:`.torch_ops`) on every device: forced, it never runs a C or
 Triton kernel (the layers' plans follow the same rule, :mod:`.dispatch`).
 
 A forced ``triton`` never falls back: when the kernels cannot serve the call the backend's
-``validate`` raises a ``ValueError`` that says why. Under ``auto`` a CUDA call that Triton cannot
-serve (Triton missing, a width past the kernels' limits, ...) runs on PyTorch and warns once per
-reason. The backend actually chosen is returned by :func:`select_backend` and recorded per op in
+``validate`` raises a ``ValueError`` that says why. The backend actually chosen is returned by :func:`select_backend` and recorded per op in
 :func:`last_backend` (eager calls only).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -99,11 +97,10 @@ class TorchBackend:
 
 
 _BACKENDS: Dict[str, object] = {"torch": TorchBackend(), "triton": TritonBackend()}
-_AUTO_TORCH = TorchBackend(kernels=True)  # what "auto" runs off CUDA
+_AUTO_TORCH = TorchBackend(kernels=True)  # what "auto" runs
 _SETTING: List[Optional[str]] = [None]
 _LAST: Dict[str, str] = {}
 _LAST_EXECUTOR: Dict[str, str] = {}
-_WARNED: set = set()
 
 
 def register_backend(backend) -> None:
@@ -166,10 +163,6 @@ def last_executor(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
     return dict(_LAST_EXECUTOR) if op is None else _LAST_EXECUTOR.get(op)
 
 
-def _devices(tensors: Dict[str, Optional[torch.Tensor]]) -> set:
-    return {t.device.type for t in tensors.values() if isinstance(t, torch.Tensor)}
-
-
 def select_backend(op: str, tensors: Dict[str, Optional[torch.Tensor]], backend: Optional[str] = None, **info):
     """The backend object that will run ``op`` on ``tensors`` (see the module docstring for the order)."""
     if backend is not None:
@@ -185,17 +178,6 @@ def select_backend(op: str, tensors: Dict[str, Optional[torch.Tensor]], backend:
             raise ValueError(f"{exc} [{source} forces it; use 'auto' or 'torch' to run elsewhere]") from exc
     else:
         chosen = _AUTO_TORCH
-        if _devices(tensors) == {"cuda"}:
-            triton_backend = _BACKENDS["triton"]
-            try:
-                triton_backend.validate(op, tensors, **info)
-                chosen = triton_backend
-            except ValueError as exc:
-                reason = str(exc)
-                if reason not in _WARNED:
-                    _WARNED.add(reason)
-                    warnings.warn(f"Gaunt {op}: running the PyTorch backend on CUDA because {reason}",
-                                  RuntimeWarning, stacklevel=3)
     if not torch.compiler.is_compiling():
         _LAST[op] = chosen.name
     return chosen
