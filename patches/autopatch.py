@@ -16,7 +16,10 @@ framework starts as fast as without the hook. The patches themselves are importe
 
 Variables: ``GAUNT_PLUGINS_AUTOPATCH`` (``1``/``true``/``yes``/``on`` to enable),
 ``GAUNT_PLUGINS_PATCHES`` (optional comma-separated subset of patch names),
-``GAUNT_PLUGINS_DISABLED`` (names to skip, see :mod:`.loader`).
+``GAUNT_PLUGINS_DISABLED`` (names to skip, see :mod:`.loader`). A disabled patch is not applied, and when
+its framework is imported the hook says so on stderr (one warning line naming the variable), so that
+the framework's own error about an unknown option (MACE's ``unrecognized arguments: --tensor_product``)
+is not the only thing the user sees.
 """
 
 from __future__ import annotations
@@ -130,11 +133,12 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
     def __init__(self):
         self.watched: Set[str] = set()  # top-level modules = names of the patches they trigger
+        self.disabled: Set[str] = set()  # top-level modules whose patch is disabled: a notice on import
         self._busy = set()
         self._lock = threading.RLock()
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.watched or fullname in self._busy:
+        if (fullname not in self.watched and fullname not in self.disabled) or fullname in self._busy:
             return None
         with self._lock:
             self._busy.add(fullname)
@@ -157,10 +161,14 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
     def _fire(self, module_name: str) -> None:
         with self._lock:
             fire = module_name in self.watched
+            notice = module_name in self.disabled
             self.watched.discard(module_name)
+            self.disabled.discard(module_name)
         if fire:
             _apply([module_name])
-        if not self.watched:
+        if notice:
+            _notice_disabled(module_name)
+        if not self.watched and not self.disabled:
             _remove_finder()
 
 
@@ -171,6 +179,13 @@ def _apply(names: List[str]) -> None:
         apply_patches(names)
     except Exception as exc:  # never break the user's import
         logger.warning("gaunt-plugins: automatic patching of %s failed: %r", names, exc)
+
+
+def _notice_disabled(name: str) -> None:
+    """One warning line: the patch ``name`` is disabled by ``GAUNT_PLUGINS_DISABLED``."""
+    logger.warning("gaunt-plugins: the %r patch is disabled by %s=%s: %s runs unpatched, without the "
+                   "gaunt-plugins options (e.g. tensor_product: gaunt)", name, DISABLED_ENV,
+                   os.environ.get(DISABLED_ENV, ""), name)
 
 
 def _remove_finder() -> None:
@@ -202,23 +217,30 @@ def install(names: Optional[List[str]] = None) -> List[str]:
     """
     wanted = names if names is not None else _wanted_names()
     disabled = disabled_patches()
-    chosen = []
+    chosen, off = [], []
     for ep in entry_points():
         if wanted is not None and ep.name not in wanted:
             continue
-        if "all" in disabled or ep.name.lower() in disabled or ep.name in chosen:
+        if ep.name in chosen or ep.name in off:
             continue
-        chosen.append(ep.name)
+        (off if "all" in disabled or ep.name.lower() in disabled else chosen).append(ep.name)
     now = [n for n in chosen if n in sys.modules]
     later = [n for n in chosen if n not in sys.modules]
     if now:
         _apply(now)
-    if later:
+    for name in off:
+        if name in sys.modules:
+            _notice_disabled(name)
+    later_off = [n for n in off if n not in sys.modules]
+    if later or later_off:
         finder = _active_finder()
         if finder is None:
             finder = _PostImportFinder()
             sys.meta_path.insert(0, finder)
         finder.watched.update(later)
+        if not hasattr(finder, "disabled"):  # a finder installed by an older copy of this module
+            finder.disabled = set()
+        finder.disabled.update(later_off)
     return chosen
 
 

@@ -78,7 +78,9 @@ def apply_patches(names: Optional[Iterable[str]] = None) -> Dict[str, FrameworkP
     result: Dict[str, FrameworkPatch] = {}
     for name in dict.fromkeys(candidates):
         if "all" in disabled or name.lower() in disabled:
-            logger.info("gaunt-plugins: patch %r disabled by %s", name, DISABLED_ENV)
+            log = logger.info if names is None else logger.warning  # asked for by name: say why it is not applied
+            log("gaunt-plugins: patch %r disabled by %s=%s: not applied", name, DISABLED_ENV,
+                ",".join(disabled))
             continue
         try:
             cls = get_patch(name)

@@ -8,15 +8,25 @@ Applying it (``gaunt_plugins.patch("mace")``, ``gaunt-run``, or the automatic ho
   configs naming them resolve);
 - ``mace.tools.build_default_arg_parser`` (the one ``mace_run_train`` calls) also accepts
   ``--tensor_product {e3nn,gaunt}``, ``--gaunt_targets``, ``--gaunt_method`` and the Gaunt
-  interaction names; a YAML passed with ``--config`` may carry the same keys;
+  interaction names; a YAML passed with ``--config`` may carry the same keys (one left empty is refused,
+  as are ``gaunt_*`` keys without ``tensor_product: gaunt``);
 - ``configure_model`` (as imported by ``mace.cli.run_train``): with ``tensor_product: gaunt``
   the arguments are checked (natural-parity hidden irreps, no cuEquivariance/OpenEquivariance) and
   MACE's own constructors build the chosen blocks as Gaunt blocks directly
   (:func:`gaunt_plugins.adapters.mace_blocks.gaunt_construction`: MACE's CG instructions and
-  U-matrices for them are never computed); fine-tuning from a foundation model builds MACE's model,
-  loads the foundation's weights and converts the chosen parts with
-  :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`. Without the key (or ``tensor_product:
+  U-matrices for them are never computed); fine-tuning from an e3nn foundation model builds MACE's
+  model, loads the foundation's weights and converts the chosen parts with
+  :func:`gaunt_plugins.adapters.mace_blocks.gauntify_model`. Fine-tuning from a foundation model with
+  Gaunt blocks (with or without the key) rebuilds those blocks as they are
+  (:mod:`gaunt_plugins.adapters.mace_finetune`). Otherwise, without the key (or ``tensor_product:
   e3nn``) the original function runs untouched.
+- ``load_foundations_elements`` (as imported by ``configure_model``): MACE's element subsetting and weight
+  copying, extended to the Gaunt blocks; models without them take MACE's function untouched.
+- ``remove_pt_head`` (as ``mace.cli.run_train`` uses it): the single-head copy of a multi-head Gaunt foundation
+  model keeps its Gaunt blocks.
+- ``main`` of ``mace.cli.run_train`` (the ``mace_run_train`` command): a setting the patch refuses
+  (:class:`~gaunt_plugins.adapters.mace_config.GauntSettingsError`, a restart from another model's or an
+  unreadable checkpoint) ends the command with its message on one line and status 2, not a traceback.
 - ``restart_latest`` (any ``tensor_product``): the checkpoints record the run's Gaunt settings
   (``CheckpointBuilder.create_checkpoint``) and a restart from a checkpoint of another model is
   refused once the model is built, before MACE could swallow the mismatch and write over the
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 from .base import FrameworkPatch
 
@@ -47,6 +58,7 @@ def _wrap_parser_builder(original):
 
         parser = original(*args, **kwargs)
         add_arguments(parser)
+        _check_config_files(parser)
         names = {stock.__name__: gaunt.__name__ for stock, gaunt in GAUNT_INTERACTIONS.items()}
         for action in parser._actions:  # pylint: disable=protected-access
             if action.dest in ("interaction", "interaction_first") and action.choices:
@@ -58,11 +70,38 @@ def _wrap_parser_builder(original):
     return build_default_arg_parser
 
 
+def _check_config_files(parser) -> None:
+    """After parsing, refuse a Gaunt key left empty in the ``--config`` YAML (the config parser drops it)."""
+    parse_known_args = parser.parse_known_args
+
+    @functools.wraps(parse_known_args)
+    def checked(*args, **kwargs):
+        from gaunt_plugins.adapters.mace_config import GauntSettingsError, check_config_file
+
+        namespace, rest = parse_known_args(*args, **kwargs)
+        config = getattr(namespace, "config", None)
+        for path in config if isinstance(config, (list, tuple)) else [config] if config else []:
+            try:
+                check_config_file(path)
+            except GauntSettingsError as exc:
+                parser.error(str(exc))
+        return namespace, rest
+
+    parser.parse_known_args = checked
+
+
 def _wrap_configure_model(original):
     @functools.wraps(original)
     def configure_model(args, *rest, **kwargs):
-        from gaunt_plugins.adapters.mace_config import check_backends, check_irreps, options_from_args
+        from gaunt_plugins.adapters.mace_config import (GauntSettingsError, check_backends, check_irreps,
+                                                        options_from_args)
 
+        foundation = rest[2] if len(rest) > 2 else kwargs.get("model_foundation")
+        found = None
+        if foundation is not None:
+            from gaunt_plugins.adapters.mace_finetune import resolve_settings
+
+            found = resolve_settings(args, foundation)  # the foundation's Gaunt blocks are kept as they are
         options = options_from_args(args)
         if options is None:
             return original(args, *rest, **kwargs)
@@ -74,13 +113,12 @@ def _wrap_configure_model(original):
         if getattr(args, "hidden_irreps", None) is not None:
             check_irreps(args.hidden_irreps)
         if getattr(args, "use_so3", False):
-            raise ValueError(
+            raise GauntSettingsError(
                 "tensor_product: gaunt cannot be combined with use_so3: True (the SO(3) spherical "
                 "harmonics carry pseudotensor parities)"
             )
         from gaunt_plugins.adapters.mace_blocks import built_blocks, gaunt_construction, gauntify_model
 
-        foundation = rest[2] if len(rest) > 2 else kwargs.get("model_foundation")
         if foundation is None:  # a new model: MACE's constructors build the Gaunt blocks directly
             interactions = (getattr(args, "interaction", None), getattr(args, "interaction_first", None))
             with gaunt_construction(options, tuple(name for name in interactions if name)):
@@ -90,9 +128,15 @@ def _wrap_configure_model(original):
             for line in built_blocks(model):
                 logging.info("gaunt-plugins:   %s", line)
             return model, output_args
-        # fine-tuning: MACE loads the foundation's weights into its own blocks, which are then converted
-        model, output_args = original(args, *rest, **kwargs)
+        if found is not None:  # a Gaunt foundation: MACE rebuilds its Gaunt blocks and loads them (patched)
+            logging.info("gaunt-plugins: the foundation model's Gaunt blocks are kept: %s", found.describe())
+            with gaunt_construction(found):
+                model, output_args = original(args, *rest, **kwargs)
+        else:  # an e3nn foundation: MACE loads its weights into its own blocks, which are then converted
+            model, output_args = original(args, *rest, **kwargs)
         model, report = gauntify_model(model, options)
+        if found is not None and not report.converted_blocks:
+            return model, output_args  # every block asked for came from the foundation
         logging.info(
             "gaunt-plugins: %s; %d tensors kept, %d parameters freshly initialised",
             options.describe(),
@@ -141,6 +185,55 @@ def _wrap_create_checkpoint(original):
     return staticmethod(create_checkpoint)
 
 
+def _wrap_load_foundations(original):
+    """MACE's element subsetting of a foundation model's weights, extended to the Gaunt blocks."""
+
+    @functools.wraps(original)
+    def load_foundations_elements(model, model_foundations, table, *args, **kwargs):
+        from gaunt_plugins.adapters.mace_finetune import load_foundations_elements as load
+
+        return load(original, model, model_foundations, table, *args, **kwargs)
+
+    load_foundations_elements.__gaunt_original__ = original
+    return load_foundations_elements
+
+
+def _wrap_remove_pt_head(original):
+    """MACE's single-head copy of a multi-head foundation model rebuilds it from its extracted config, which
+    names its interaction classes but not its product block: rebuild the Gaunt blocks as they are."""
+
+    @functools.wraps(original)
+    def remove_pt_head(model, *args, **kwargs):
+        from gaunt_plugins.adapters.mace_blocks import gaunt_construction
+        from gaunt_plugins.adapters.mace_finetune import foundation_options
+
+        found = foundation_options(model)
+        if found is None:
+            return original(model, *args, **kwargs)
+        with gaunt_construction(found):
+            return original(model, *args, **kwargs)
+
+    remove_pt_head.__gaunt_original__ = original
+    return remove_pt_head
+
+
+def _wrap_main(original):
+    """``mace_run_train``: a refused setting is one line on stderr and exit status 2, not a traceback."""
+
+    @functools.wraps(original)
+    def main(*args, **kwargs):
+        from gaunt_plugins.adapters.mace_config import GauntSettingsError
+
+        try:
+            return original(*args, **kwargs)
+        except GauntSettingsError as exc:
+            print(f"mace_run_train: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    main.__gaunt_original__ = original
+    return main
+
+
 def _wrap_init_distributed(original):
     """MACE initialises a process group only for cuda (nccl) and xpu (ccl): on CPU ``--distributed``
     fails. Add the gloo group for ``--device cpu`` (nothing changes on GPUs)."""
@@ -187,6 +280,7 @@ class MacePatch(FrameworkPatch):
         import mace.tools
         import mace.tools.arg_parser
         import mace.tools.checkpoint
+        import mace.tools.finetuning_utils
         import mace.tools.model_script_utils
         import mace.cli.run_train
 
@@ -203,6 +297,11 @@ class MacePatch(FrameworkPatch):
         configure = _wrap_restart_check(configure)  # restart_latest only from a checkpoint of this model
         self._replace(mace.tools.model_script_utils, "configure_model", configure)
         self._replace(mace.cli.run_train, "configure_model", configure)
+        loader = _wrap_load_foundations(mace.tools.finetuning_utils.load_foundations_elements)
+        self._replace(mace.tools.finetuning_utils, "load_foundations_elements", loader)
+        self._replace(mace.tools.model_script_utils, "load_foundations_elements", loader)
+        self._replace(mace.cli.run_train, "main", _wrap_main(mace.cli.run_train.main))
+        self._replace(mace.cli.run_train, "remove_pt_head", _wrap_remove_pt_head(mace.cli.run_train.remove_pt_head))
         builder = mace.tools.checkpoint.CheckpointBuilder
         self._replace(builder, "create_checkpoint", _wrap_create_checkpoint(builder.create_checkpoint))
 

@@ -14,7 +14,9 @@ the MACE patch applied:
   restart from: their recorded settings (a checkpoint without a record was written by upstream
   MACE, with no Gaunt layers) and the names and shapes of their tensors. On any difference it stops
   with a :class:`RestartMismatchError` naming both settings and the checkpoint, before anything is
-  trained or written.
+  trained or written;
+- a checkpoint that cannot be read (truncated, or not written by ``torch.save``), which MACE would also
+  skip before training from epoch 0, stops the run with a :class:`RestartMismatchError` naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import re
 import weakref
 from typing import Any, Dict, List, Optional
 
+from gaunt_plugins.adapters.mace_config import GauntSettingsError
+
 __all__ = ["RestartMismatchError", "run_settings", "describe", "remember_settings", "settings_of",
            "check_restart", "RECORD_KEY"]
 
@@ -32,8 +36,9 @@ RECORD_KEY = "gaunt_plugins"
 _SETTINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> run settings
 
 
-class RestartMismatchError(ValueError):
-    """``restart_latest`` found a checkpoint of another model."""
+class RestartMismatchError(GauntSettingsError):
+    """``restart_latest`` found a checkpoint of another model, or one it cannot read (``mace_run_train``
+    prints the message on one line, see :mod:`gaunt_plugins.patches.mace`)."""
 
 
 def run_settings(args: Any) -> Dict[str, Any]:
@@ -102,6 +107,23 @@ def _tensor_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[
     return out
 
 
+def _read_checkpoint(path: str):
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RestartMismatchError(
+            f"restart_latest: cannot read the checkpoint {os.path.abspath(path)} ({os.path.getsize(path)} bytes: "
+            f"{reason}); expected a checkpoint written by mace_run_train (torch.save), and this one is truncated or "
+            "damaged. MACE would skip it and train again from epoch 0, writing over that run's checkpoints. Move "
+            "the file away to restart from the checkpoint before it, or remove restart_latest") from None
+
+
 def check_restart(args: Any, model) -> None:
     """Raise :class:`RestartMismatchError` if ``restart_latest`` would load a checkpoint of another
     model than ``model`` (built from ``args``); nothing to do without ``restart_latest``."""
@@ -113,7 +135,7 @@ def check_restart(args: Any, model) -> None:
     settings = run_settings(args)
     current = model.state_dict()
     for path in _latest_checkpoints(str(args.checkpoints_dir), get_tag(name=args.name, seed=args.seed)):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = _read_checkpoint(path)
         recorded = checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
         differences = _tensor_differences(checkpoint.get("model", {}), current) if isinstance(checkpoint, dict) else []
         if differences or (recorded is not None and recorded != settings):

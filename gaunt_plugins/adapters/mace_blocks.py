@@ -277,9 +277,12 @@ class ConversionReport:
     copied: List[str] = field(default_factory=list)
     fresh: List[str] = field(default_factory=list)
     converted_blocks: List[str] = field(default_factory=list)
+    already_gaunt: List[str] = field(default_factory=list)  # target blocks that were Gaunt blocks already
 
     def summary(self) -> str:
         lines = [f"converted blocks: {', '.join(self.converted_blocks) or 'none'}"]
+        if self.already_gaunt:
+            lines.append(f"already Gaunt blocks (unchanged): {', '.join(self.already_gaunt)}")
         lines.append(f"copied ({len(self.copied)} tensors):")
         lines += [f"  {n}" for n in self.copied]
         lines.append(f"freshly initialised ({len(self.fresh)} parameters):")
@@ -394,6 +397,7 @@ def gauntify_model(
         if options.conv:
             for i, block in enumerate(model.interactions):
                 if isinstance(block, gaunt_classes):
+                    report.already_gaunt.append(f"interactions.{i}")
                     continue
                 target = GAUNT_INTERACTIONS.get(type(block))
                 if target is None:
@@ -410,6 +414,7 @@ def gauntify_model(
         if options.product:
             for i, block in enumerate(model.products):
                 if isinstance(block, GauntProductBasisBlock):
+                    report.already_gaunt.append(f"products.{i}")
                     continue
                 if type(block) is not EquivariantProductBasisBlock:
                     raise ValueError(

@@ -6,7 +6,7 @@ the argument parser can be extended without building anything.
 
 Options (command line ``--name value`` or YAML ``name: value``):
 
-``tensor_product``   ``e3nn`` (default: MACE exactly as upstream) or ``gaunt``.
+``tensor_product``   ``e3nn`` (default: MACE exactly as upstream) or ``gaunt``; a key left empty is refused.
 ``gaunt_targets``    which parts become Gaunt products: ``conv`` (the interaction's edge
                      convolution), ``product`` (the symmetric contraction); default ``[product]``
                      (``DEFAULT_TARGETS``: the Gaunt convolution trains to larger force errors than
@@ -24,6 +24,10 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      the number of independent power chains per channel in the Gaunt many-body product
                      (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
                      basis, at a proportional cost.
+
+The ``gaunt_*`` keys configure Gaunt products: without ``tensor_product: gaunt`` they are refused
+(:class:`GauntSettingsError`), never ignored. ``gaunt_conv_products`` and ``gaunt_product_chains`` are
+at most :data:`MAX_CONV_PRODUCTS` and :data:`MAX_PRODUCT_CHAINS`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ from dataclasses import dataclass
 from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Union
 
 __all__ = [
+    "GauntSettingsError",
     "TENSOR_PRODUCTS",
+    "GAUNT_KEYS",
+    "MAX_CONV_PRODUCTS",
+    "MAX_PRODUCT_CHAINS",
     "GAUNT_TARGETS",
     "DEFAULT_TARGETS",
     "GauntOptions",
@@ -47,6 +55,7 @@ __all__ = [
     "options_from_args",
     "check_irreps",
     "check_backends",
+    "check_config_file",
     "add_arguments",
     "build_options",
     "current_build_options",
@@ -57,6 +66,21 @@ GAUNT_TARGETS = ("conv", "product")
 DEFAULT_TARGETS = ("product",)
 DEFAULT_CONV_PRODUCTS = 1
 DEFAULT_PRODUCT_CHAINS = 1
+GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains")
+
+MAX_CONV_PRODUCTS = 16
+"""The largest ``gaunt_conv_products``. Each product adds ``C (K1 + K2 + Ko)`` radial-MLP outputs per edge and
+one grid product per channel; a rank-``K`` decomposition of per-path weights over degrees up to ``L`` never needs
+more than ``(L + 1)^2`` products, 16 at ``L = 3`` (``K = 3`` already reproduces MACE's ``uvu`` weights there)."""
+MAX_PRODUCT_CHAINS = 16
+"""The largest ``gaunt_product_chains``. Each chain is one more many-body product per channel (time and
+activations grow in proportion); two chains already represent MACE's correlation-2 contraction exactly."""
+_MAXIMA = {"gaunt_conv_products": MAX_CONV_PRODUCTS, "gaunt_product_chains": MAX_PRODUCT_CHAINS}
+
+
+class GauntSettingsError(ValueError):
+    """A ``mace_run_train`` setting the MACE patch refuses; the command prints the message as one line and
+    exits with status 2 (see :mod:`gaunt_plugins.patches.mace`)."""
 
 
 def gaunt_methods() -> Sequence[str]:
@@ -83,17 +107,17 @@ class GauntOptions:
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
         if unknown:
-            raise ValueError(
+            raise GauntSettingsError(
                 f"gaunt_targets: unknown target(s) {sorted(unknown)}; choose from {list(GAUNT_TARGETS)}"
             )
         if not self.targets:
-            raise ValueError(
+            raise GauntSettingsError(
                 "gaunt_targets is empty: name at least one of conv, product "
                 "(or use tensor_product: e3nn)"
             )
         methods = gaunt_methods()
         if self.method not in methods:
-            raise ValueError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
+            raise GauntSettingsError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
         object.__setattr__(self, "conv_products", parse_whole_number(self.conv_products, "gaunt_conv_products"))
         object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
 
@@ -120,15 +144,18 @@ _COUNTS = {"gaunt_conv_products": "products per channel in the Gaunt convolution
 
 
 def parse_whole_number(value: Any, name: str) -> int:
-    """``gaunt_conv_products`` / ``gaunt_product_chains``: a whole number >= 1 (``"3"`` from a command line
-    is accepted).
+    """``gaunt_conv_products`` / ``gaunt_product_chains``: a whole number from 1 to its maximum
+    (:data:`MAX_CONV_PRODUCTS`, :data:`MAX_PRODUCT_CHAINS`; ``"3"`` from a command line is accepted).
 
     >>> parse_whole_number("3", "gaunt_conv_products")
     3
     """
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{name}: expected a whole number >= 1 ({_COUNTS.get(name, name)}), got {value!r}")
+    top = _MAXIMA.get(name)
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1 or (top is not None and int(text) > top):
+        allowed = f"from 1 to {top}" if top is not None else ">= 1"
+        raise GauntSettingsError(f"{name}: expected a whole number {allowed} ({_COUNTS.get(name, name)}), "
+                                 f"got {value!r}")
     return int(text)
 
 
@@ -159,14 +186,22 @@ def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
 def options_from_args(args: Any) -> Optional[GauntOptions]:
     """The Gaunt options an ``argparse.Namespace`` asks for, or ``None`` for stock MACE.
 
-    Raises ``ValueError`` for an unknown ``tensor_product`` value, unknown targets or method.
-    A namespace without ``tensor_product`` (made by an unpatched parser) means ``e3nn``.
+    Raises :class:`GauntSettingsError` (a ``ValueError``) for an unknown or empty ``tensor_product``
+    value, unknown targets or method, and for ``gaunt_*`` keys given without ``tensor_product: gaunt``.
+    ``tensor_product`` absent or ``None`` (the patched parser's default, or a namespace made by an unpatched
+    parser) means ``e3nn``; a ``gaunt_*`` key that is ``None`` was not given.
     """
     tp = getattr(args, "tensor_product", None)
     tp = "e3nn" if tp is None else str(tp).strip().lower()
     if tp not in TENSOR_PRODUCTS:
-        raise ValueError(f"tensor_product: unknown value {tp!r}; choose one of {list(TENSOR_PRODUCTS)}")
+        raise GauntSettingsError(f"tensor_product: unknown value {tp!r}; choose one of {list(TENSOR_PRODUCTS)}")
     if tp == "e3nn":
+        given = [key for key in GAUNT_KEYS if getattr(args, key, None) is not None]
+        if given:
+            raise GauntSettingsError(
+                f"{given[0]} is set but tensor_product is e3nn (the default): the gaunt_* keys configure Gaunt "
+                f"tensor products and take effect only with them. Add `tensor_product: gaunt` (command line "
+                f"`--tensor_product gaunt`), or remove {', '.join(given)}")
         return None
     products = getattr(args, "gaunt_conv_products", None)
     chains = getattr(args, "gaunt_product_chains", None)
@@ -194,7 +229,7 @@ def check_irreps(hidden_irreps: Any, what: str = "hidden_irreps") -> None:
     irreps = o3.Irreps(str(hidden_irreps))
     odd = [str(ir) for _, ir in irreps if _twist(ir.l, ir.p) != 1]
     if odd:
-        raise ValueError(
+        raise GauntSettingsError(
             f"tensor_product: gaunt cannot serve {what} {irreps} (pseudotensor irreps {odd}): a Gaunt "
             f"product multiplies spherical functions, so it only produces natural-parity features "
             f"(0e, 1o, 2e, ...) and has no path with l1+l2+l3 odd. Use natural-parity hidden irreps "
@@ -202,7 +237,7 @@ def check_irreps(hidden_irreps: Any, what: str = "hidden_irreps") -> None:
         )
     muls = {mul for mul, _ in irreps}
     if len(muls) > 1:
-        raise ValueError(
+        raise GauntSettingsError(
             f"tensor_product: gaunt needs one multiplicity for every irrep of {what}, got {irreps}"
         )
 
@@ -212,26 +247,48 @@ def check_backends(enable_cueq: bool = False, enable_oeq: bool = False, only_cue
     chosen = [n for n, on in (("--enable_cueq", enable_cueq), ("--only_cueq", only_cueq),
                               ("--enable_oeq", enable_oeq)) if on]
     if chosen:
-        raise ValueError(
+        raise GauntSettingsError(
             f"tensor_product: gaunt cannot be combined with {' / '.join(chosen)}: the Gaunt layers "
             f"replace the tensor products those backends accelerate. Drop {' and '.join(chosen)} "
             f"or use tensor_product: e3nn."
         )
 
 
+def check_config_file(path: Any) -> None:
+    """Raise :class:`GauntSettingsError` for a ``tensor_product`` or ``gaunt_*`` key left empty in the YAML
+    ``path`` (``tensor_product:`` with no value): the config parser would drop it without a word."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            cfg = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return  # the config parser reports an unreadable file itself
+    if not isinstance(cfg, dict):
+        return
+    for key in ("tensor_product",) + GAUNT_KEYS:
+        if key in cfg and (cfg[key] is None or (isinstance(cfg[key], str) and not cfg[key].strip())):
+            allowed = {"tensor_product": f"one of {list(TENSOR_PRODUCTS)}",
+                       "gaunt_targets": f"a list of {list(GAUNT_TARGETS)}",
+                       "gaunt_method": f"one of {list(gaunt_methods())}"}.get(key, "a whole number")
+            then = "MACE runs as upstream, e3nn" if key == "tensor_product" else "its default applies"
+            raise GauntSettingsError(f"{key} is empty in {path}: give {allowed}, or remove the key (then {then})")
+
+
 def add_arguments(parser: Any) -> Any:
     """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products``,
-    ``--gaunt_product_chains`` to MACE's parser."""
+    ``--gaunt_product_chains`` to MACE's parser. Their defaults are ``None`` (not given): ``tensor_product``
+    then means ``e3nn`` and each ``gaunt_*`` key its documented default (see :func:`options_from_args`)."""
 
     def _tensor_product(value: str) -> str:
         return str(value).strip().lower()
 
     parser.add_argument(
         "--tensor_product",
-        help="tensor-product implementation: e3nn (upstream MACE) or gaunt (Gaunt tensor "
+        help="tensor-product implementation: e3nn (upstream MACE, the default) or gaunt (Gaunt tensor "
         "products from gaunt-plugins)",
         type=_tensor_product,
-        default="e3nn",
+        default=None,
         choices=list(TENSOR_PRODUCTS),
     )
     parser.add_argument(
@@ -240,13 +297,13 @@ def add_arguments(parser: Any) -> Any:
         f"{' '.join(DEFAULT_TARGETS)})",
         nargs="+",
         type=str,
-        default=list(DEFAULT_TARGETS),
+        default=None,
     )
     parser.add_argument(
         "--gaunt_method",
-        help="with --tensor_product gaunt: how the Gaunt products are computed",
+        help="with --tensor_product gaunt: how the Gaunt products are computed (default auto)",
         type=lambda v: str(v).strip().lower(),
-        default="auto",
+        default=None,
         choices=list(gaunt_methods()),
     )
     def _whole_number(name: str):
@@ -260,16 +317,16 @@ def add_arguments(parser: Any) -> Any:
     parser.add_argument(
         "--gaunt_conv_products",
         help="with --tensor_product gaunt: independent Gaunt products per channel in the convolution "
-        f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS})",
+        f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS}, at most {MAX_CONV_PRODUCTS})",
         type=_whole_number("gaunt_conv_products"),
-        default=DEFAULT_CONV_PRODUCTS,
+        default=None,
     )
     parser.add_argument(
         "--gaunt_product_chains",
         help="with --tensor_product gaunt: independent power chains per channel in the Gaunt many-body "
-        f"product (default {DEFAULT_PRODUCT_CHAINS})",
+        f"product (default {DEFAULT_PRODUCT_CHAINS}, at most {MAX_PRODUCT_CHAINS})",
         type=_whole_number("gaunt_product_chains"),
-        default=DEFAULT_PRODUCT_CHAINS,
+        default=None,
     )
     return parser
 

@@ -12,9 +12,11 @@ Usage::
 
     gaunt-convert-mace in.model out.model [--targets conv,product] [--method auto] [--seed 0] [--force]
 
-Prints what was copied and what was freshly initialised. ``out.model`` is written through a
-temporary file in its folder; an existing file (the input included) is replaced only with
-``--force``. The input is the pickled ``<name>.model``: the ``<name>_compiled.model`` MACE writes
+Prints what was copied and what was freshly initialised, and says so when every block chosen by
+``--targets`` was a Gaunt block already (``out.model`` is then an unchanged copy). ``out.model`` is written
+through a temporary file in its folder; an existing file (the input included) is replaced only with
+``--force``. An input that is not a readable model, an output that is a folder, or a ``--device`` this
+machine does not have is refused with one line naming the file or device and what was expected (status 2). The input is the pickled ``<name>.model``: the ``<name>_compiled.model`` MACE writes
 beside it is a TorchScript export, which holds compiled code rather than the modules to convert.
 """
 
@@ -75,27 +77,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device(name: str) -> torch.device:
+    """``--device``: a device this machine has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (torch.cuda.is_available() is False); "
+                         "use --device cpu (the default)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _load_model(path: str, device: torch.device) -> torch.nn.Module:
+    """The MACE model saved at ``path`` (``ValueError`` naming the file and what was expected otherwise)."""
+    from ._files import is_torchscript_archive
+
+    expected = "expected a MACE model saved with torch.save (the <name>.model mace_run_train writes)"
+    source = Path(path)
+    if not source.exists():
+        raise ValueError(f"{path} does not exist: {expected}")
+    if source.is_dir():
+        raise ValueError(f"{path} is a folder: {expected}")
+    if is_torchscript_archive(path):
+        raise ValueError(_torchscript_message(path))
+    try:
+        model = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (whatever the file holds, the user gets one line)
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        raise ValueError(f"{path} cannot be read as a model ({type(exc).__name__}: {reason}; {source.stat().st_size} "
+                         f"bytes): {expected}; this file is truncated, damaged or of another format") from None
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "interactions"):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a MACE model: {expected}")
+    return model
+
+
+def _check_output_path(path: str) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder: give the path of the model file to write "
+                         f"(e.g. {Path(path) / 'gaunt.model'})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     import mace.modules  # noqa: F401  (before e3nn: see gaunt_plugins._e3nn)
 
-    from ._files import check_output, is_torchscript_archive, save_atomically
+    from ._files import check_output, save_atomically
 
     try:
+        _check_output_path(args.output)
         check_output(args.input, args.output, args.force)
-        if is_torchscript_archive(args.input):
-            raise ValueError(_torchscript_message(args.input))
-        model = torch.load(args.input, map_location=args.device, weights_only=False)
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "interactions"):
-            raise ValueError(f"{args.input} is not a MACE model (torch.save of the module)")
+        device = _device(args.device)
+        model = _load_model(args.input, device)
         gaunt, report, unchanged = convert(model, args.targets, args.method, args.seed)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"gaunt-convert-mace: {exc}", file=sys.stderr)
         return 2
-    save_atomically(gaunt, args.output)
+    try:
+        save_atomically(gaunt, args.output)
+    except OSError as exc:
+        print(f"gaunt-convert-mace: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         for line in report.converted_blocks:
             print(f"converted {line}")
+        if report.already_gaunt:
+            print(f"already Gaunt blocks, unchanged: {', '.join(report.already_gaunt)}")
         print(f"copied unchanged ({len(unchanged)} tensors outside the converted blocks):")
         for name in unchanged:
             print(f"  {name}")
@@ -105,8 +154,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"freshly initialised ({len(report.fresh)} parameters):")
         for name in report.fresh:
             print(f"  {name}")
+    if not report.converted_blocks:
+        print(f"gaunt-convert-mace: nothing to convert: the blocks --targets {args.targets} chooses "
+              f"({', '.join(report.already_gaunt) or 'none'}) are Gaunt blocks already; wrote {args.output} as an "
+              "unchanged copy of the input")
+        return 0
+    already = f"; already Gaunt, unchanged: {', '.join(report.already_gaunt)}" if report.already_gaunt else ""
     print(f"gaunt-convert-mace: wrote {args.output}: {len(unchanged) + len(report.copied)} tensors copied, "
-          f"{len(report.fresh)} parameters freshly initialised")
+          f"{len(report.fresh)} parameters freshly initialised{already}")
     return 0
 
 

@@ -130,8 +130,9 @@ def _build_tiny_model(hidden, max_ell, correlation, residual_first, num_interact
     )
 
 
-def acac_batch(n: int = 3, rotation=None, name: str = "train_300K.xyz"):
-    """A MACE batch dict of ``n`` acac configurations, optionally rotated by ``rotation [3, 3]``."""
+def acac_batch(n: int = 3, rotation=None, name: str = "train_300K.xyz", zs=None):
+    """A MACE batch dict of ``n`` acac configurations, optionally rotated by ``rotation [3, 3]``; one-hot
+    over the elements ``zs`` (default H, C, O)."""
     import ase.io
     from mace import data, tools
     from mace.tools import torch_geometric
@@ -141,7 +142,7 @@ def acac_batch(n: int = 3, rotation=None, name: str = "train_300K.xyz"):
         rot = np.asarray(rotation, dtype=np.float64)
         for a in atoms:
             a.positions = a.positions @ rot.T
-    table = tools.AtomicNumberTable(Z)
+    table = tools.AtomicNumberTable(Z if zs is None else list(zs))
     ds = [data.AtomicData.from_config(data.config_from_atoms(a), z_table=table, cutoff=4.0) for a in atoms]
     loader = torch_geometric.dataloader.DataLoader(ds, batch_size=len(ds), shuffle=False)
     batch = next(iter(loader)).to_dict()

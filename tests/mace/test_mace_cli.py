@@ -152,7 +152,7 @@ def test_restart_continues_from_the_checkpoint(trained, acac_subset):
     assert 2 in losses and 0 in losses  # the new epoch was appended to the same run
 
 
-MISMATCH = "gaunt_plugins.patches.mace_restart.RestartMismatchError: "
+MISMATCH = "mace_run_train: error: "  # a refused setting: this one line on stderr, no traceback
 
 
 def _snapshot(work: Path):
@@ -189,7 +189,7 @@ def test_restart_across_a_switch_of_the_gaunt_settings_is_refused(trained, switc
     before = _snapshot(work)
     proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg_switch.yaml"], cwd=work, env=hooked_env(),
                           capture_output=True, text=True, timeout=900)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (message,) = [line for line in proc.stderr.splitlines() if line.startswith(MISMATCH)]
     assert "restart_latest: the checkpoint " + str(work / "checkpoints" / "gaunt_run-1_epoch-") in message
     assert f"was written with {describe(recorded)}, and this run has {describe(settings)}" in message
@@ -212,7 +212,7 @@ def test_restart_of_an_upstream_run_as_gaunt_is_refused_and_as_e3nn_continues(ac
     (tmp_path / "cfg_gaunt.yaml").write_text(_restart_config(cfg, tensor_product="gaunt"))
     proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg_gaunt.yaml"], cwd=tmp_path,
                           env=hooked_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (message,) = [line for line in proc.stderr.splitlines() if line.startswith(MISMATCH)]
     assert str(tmp_path / "checkpoints" / "up_run-1_epoch-0.pt") in message
     assert "written with no gaunt-plugins record (written by MACE without the patch: tensor_product: e3nn)" in message
@@ -226,6 +226,51 @@ def test_restart_of_an_upstream_run_as_gaunt_is_refused_and_as_e3nn_continues(ac
     log = "".join(p.read_text() for p in (tmp_path / "logs").glob("up_run-*.log"))
     assert "Loading checkpoint" in log and "epoch-0" in log
     assert 1 in eval_losses(tmp_path, "up")  # the second epoch, trained after the restart
+
+
+def test_restart_from_a_truncated_checkpoint_names_the_file(trained, tmp_path):
+    """``restart_latest`` whose newest checkpoint is truncated: one line naming the file and what was expected,
+    status 2, no traceback, and nothing of the earlier run is overwritten (MACE would skip the file and train
+    again from epoch 0)."""
+    import shutil
+
+    work = tmp_path / "run"
+    shutil.copytree(trained[0], work)
+    newest = max((work / "checkpoints").glob("gaunt_run-1_epoch-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (work / "cfg_cut.yaml").write_text((work / "cfg.yaml").read_text() + "restart_latest: True\n")
+    before = _snapshot(work)
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg_cut.yaml"], cwd=work, env=hooked_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (message,) = [line for line in proc.stderr.splitlines() if line.startswith(MISMATCH)]
+    assert f"restart_latest: cannot read the checkpoint {newest} (1000 bytes" in message
+    assert "expected a checkpoint written by mace_run_train" in message
+    assert _snapshot(work) == before
+
+
+def test_gaunt_keys_without_tensor_product_end_the_run_with_one_line(acac_subset, tmp_path):
+    """``gaunt_targets`` without ``tensor_product: gaunt``: refused (not ignored) before training, one line
+    naming the key and what to add, status 2."""
+    (tmp_path / "cfg.yaml").write_text(tiny_config(acac_subset, "keys", gaunt_targets=["conv"], dry_run=True))
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], cwd=tmp_path, env=hooked_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mace_run_train: error: gaunt_targets is set but tensor_product is e3nn (the default): the gaunt_* keys "
+        "configure Gaunt tensor products and take effect only with them. Add `tensor_product: gaunt` (command line "
+        "`--tensor_product gaunt`), or remove gaunt_targets")
+
+
+def test_a_disabled_patch_says_so(acac_subset, tmp_path):
+    """``GAUNT_PLUGINS_DISABLED=mace`` under the hook: besides MACE's own "unrecognized arguments" the user is
+    told that the patch is disabled, and by which variable."""
+    (tmp_path / "cfg.yaml").write_text(tiny_config(acac_subset, "off", tensor_product="gaunt", dry_run=True))
+    env = dict(hooked_env(), GAUNT_PLUGINS_DISABLED="mace")
+    proc = subprocess.run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "unrecognized arguments: --tensor_product=gaunt" in proc.stderr
+    assert "the 'mace' patch is disabled by GAUNT_PLUGINS_DISABLED=mace: mace runs unpatched" in proc.stderr
 
 
 def test_launcher_and_stock_without_hook(acac_subset, tmp_path):

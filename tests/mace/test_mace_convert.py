@@ -97,8 +97,8 @@ def test_a_failed_write_leaves_the_existing_output_intact(tmp_path, float64, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", save_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        main([str(tmp_path / "up.model"), str(tmp_path / "out.model"), "--force", "-q"])
+    assert main([str(tmp_path / "up.model"), str(tmp_path / "out.model"), "--force", "-q"]) == 2
+    assert f"cannot write {tmp_path / 'out.model'}: disk full" in capsys.readouterr().err
     (tmp,) = written
     assert Path(tmp).parent == tmp_path and Path(tmp).name != "out.model"
     assert (tmp_path / "out.model").read_bytes() == b"earlier conversion"
@@ -117,3 +117,58 @@ def test_a_compiled_model_is_refused_with_what_to_convert_instead(tmp_path, floa
     assert "TorchScript export" in err and "Convert the pickled model instead" in err
     assert str(tmp_path / "acac.model") in err
     assert not (tmp_path / "gaunt.model").exists()
+
+
+def _tiny_saved(tmp_path) -> Path:
+    src = tmp_path / "up.model"
+    torch.save(tiny_model(), src)
+    return src
+
+
+@pytest.mark.parametrize("case", ["output folder", "xyz input", "truncated input", "folder input", "cuda device"])
+def test_bad_paths_and_devices_get_one_line_naming_the_file(case, tmp_path, float64, capsys):
+    """A folder as output (even with --force), an .xyz, truncated or folder input, and --device cuda on a machine
+    without CUDA: status 2 and one line naming the file or device and what was expected, nothing written."""
+    src = _tiny_saved(tmp_path)
+    xyz = tmp_path / "data.xyz"
+    xyz.write_text("1\nenergy=-1.0\nH 0 0 0\n")
+    truncated = tmp_path / "cut.model"
+    truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    (tmp_path / "folder").mkdir()
+    argv, named, expected = {
+        "output folder": ([src, tmp_path / "folder", "--force"], tmp_path / "folder", "is a folder: give the path of "
+                          "the model file to write"),
+        "xyz input": ([xyz, tmp_path / "o.model"], xyz, "cannot be read as a model (UnpicklingError"),
+        "truncated input": ([truncated, tmp_path / "o.model"], truncated, "cannot be read as a model (RuntimeError"),
+        "folder input": ([tmp_path / "folder", tmp_path / "o.model"], tmp_path / "folder", "is a folder: expected a "
+                         "MACE model saved with torch.save"),
+        "cuda device": ([src, tmp_path / "o.model", "--device", "cuda"], "--device cuda",
+                        "no CUDA device is available"),
+    }[case]
+    if case == "cuda device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([str(a) for a in argv] + ["-q"]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"gaunt-convert-mace: {named}") and expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not list((tmp_path / "folder").iterdir())
+
+
+def test_converting_an_already_converted_model_says_nothing_changed(tmp_path, float64, capsys):
+    """``--targets product`` on a model whose products are Gaunt blocks already: the summary says nothing was
+    converted and names the blocks, and the output is a copy of the input's weights."""
+    src = _tiny_saved(tmp_path)
+    assert main([str(src), str(tmp_path / "p.model"), "--targets", "product", "-q"]) == 0
+    capsys.readouterr()
+    assert main([str(tmp_path / "p.model"), str(tmp_path / "again.model"), "--targets", "product"]) == 0
+    out = capsys.readouterr().out
+    assert ("gaunt-convert-mace: nothing to convert: the blocks --targets product chooses (products.0, products.1) "
+            "are Gaunt blocks already") in out
+    once, twice = torch.load(tmp_path / "p.model", weights_only=False), torch.load(tmp_path / "again.model",
+                                                                                    weights_only=False)
+    assert all(torch.equal(t, twice.state_dict()[n]) for n, t in once.state_dict().items())
+    assert main([str(tmp_path / "p.model"), str(tmp_path / "both.model"), "--targets", "conv,product"]) == 0
+    out = capsys.readouterr().out
+    assert "already Gaunt blocks, unchanged: products.0, products.1" in out
+    assert out.strip().splitlines()[-1].endswith("already Gaunt, unchanged: products.0, products.1")

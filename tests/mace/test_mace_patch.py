@@ -175,7 +175,7 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         assert args.gaunt_product_chains == 2 and options.product_chains == 2
         with pytest.raises(SystemExit):
             _parse(["--tensor_product", "gaunt", "--gaunt_conv_products", "2.5"])
-        assert "gaunt_conv_products: expected a whole number >= 1" in capsys.readouterr().err
+        assert "gaunt_conv_products: expected a whole number from 1 to" in capsys.readouterr().err
         args = _parse(["--tensor_product", "GAUNT", "--gaunt_targets", "conv"])
         assert options_from_args(args).targets == frozenset({"conv"})
         assert options_from_args(_parse([])) is None  # default: stock MACE
@@ -194,8 +194,8 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         (dict(enable_oeq=True), "--enable_oeq"),
         (dict(gaunt_targets=["conv", "edges"]), "unknown target"),
         (dict(tensor_product="cuda-magic"), "unknown value 'cuda-magic'"),
-        (dict(gaunt_conv_products=0), "gaunt_conv_products: expected a whole number >= 1"),
-        (dict(gaunt_product_chains="two"), "gaunt_product_chains: expected a whole number >= 1"),
+        (dict(gaunt_conv_products=0), "gaunt_conv_products: expected a whole number from 1 to"),
+        (dict(gaunt_product_chains="two"), "gaunt_product_chains: expected a whole number from 1 to"),
     ],
 )
 def test_configure_model_errors(extra, message):
@@ -211,6 +211,47 @@ def test_configure_model_errors(extra, message):
         setattr(args, key, value)
     with pytest.raises(ValueError, match=message):
         _wrap_configure_model(original)(args, None, None)
+
+
+def test_an_empty_tensor_product_in_the_yaml_is_refused_naming_the_allowed_values(tmp_path, capsys, mace_patched):
+    """``tensor_product:`` with no value: the config parser drops empty keys, so without a check the run would
+    train upstream MACE without a word."""
+    cfg = tmp_path / "cfg.yaml"
+    for key, allowed in (("tensor_product", "one of ['e3nn', 'gaunt']"), ("gaunt_targets", "a list of")):
+        cfg.write_text(f"tensor_product: gaunt\n{key}:\n")
+        with pytest.raises(SystemExit) as info:
+            _parse(["--config", str(cfg)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{key} is empty in {cfg}: give {allowed}" in err
+
+
+def test_gaunt_keys_without_tensor_product_gaunt_are_refused_naming_the_key(mace_patched):
+    """``gaunt_*`` keys without ``tensor_product: gaunt`` are refused (as the EquiformerV2 adapter does), not
+    ignored; without them the run is stock MACE."""
+    from gaunt_plugins.adapters.mace_config import GauntSettingsError, options_from_args
+
+    for argv, key in ((["--gaunt_targets", "conv"], "gaunt_targets"),
+                      (["--tensor_product", "e3nn", "--gaunt_conv_products", "2"], "gaunt_conv_products"),
+                      (["--gaunt_method", "grid"], "gaunt_method")):
+        with pytest.raises(GauntSettingsError, match=f"{key} is set but tensor_product is e3nn") as info:
+            options_from_args(_parse(argv))
+        assert "Add `tensor_product: gaunt`" in str(info.value)
+    assert options_from_args(_parse([])) is None
+
+
+@pytest.mark.parametrize("key", ["gaunt_conv_products", "gaunt_product_chains"])
+def test_product_counts_have_a_documented_maximum(key, capsys, mace_patched):
+    """``--gaunt_conv_products 100000000`` is refused at parsing with the allowed range (it used to reach a
+    tens-of-gigabytes allocation)."""
+    from gaunt_plugins.adapters import mace_config
+
+    top = {"gaunt_conv_products": mace_config.MAX_CONV_PRODUCTS,
+           "gaunt_product_chains": mace_config.MAX_PRODUCT_CHAINS}[key]
+    assert getattr(_parse(["--tensor_product", "gaunt", f"--{key}", str(top)]), key) == top
+    with pytest.raises(SystemExit):
+        _parse(["--tensor_product", "gaunt", f"--{key}", "100000000"])
+    assert f"{key}: expected a whole number from 1 to {top}" in capsys.readouterr().err
 
 
 def test_configure_model_without_the_key_is_untouched():
