@@ -27,15 +27,19 @@ with ``training=True`` as ``MACECalculator(compile_mode=...)`` calls it).
 Each case (system, L, C, dtype, threads, mode) runs in its own child process with that many threads; its
 variants are built, warmed up and timed round-robin (A B C A B C ...: ``model_step.interleaved_ms``), so
 a change in the machine's load hits all alike. Per variant: the median ms per MD step, atom-steps per
-second, and the memory of one step: ``step_mib``, the resident-set high-water mark during one step over
-the resident set before it (free heap returned with ``malloc_trim`` and the mark reset through
-``/proc/self/clear_refs`` first), plus ``model_mib`` (parameters and buffers); ``peak_mib`` is their sum.
+second, and the memory of one step (the last warm-up call): ``step_mib``, the resident-set high-water mark
+during the step over the resident set before it (free heap returned with ``malloc_trim`` and the mark
+reset through ``/proc/self/clear_refs`` first), plus ``model_mib`` (parameters and buffers); ``peak_mib``
+is their sum.
 Ratios: ``speedup`` = upstream ms / variant ms (= the ratio of atom-steps per second), ``memory_ratio``
 = variant peak / upstream peak. ``scaling``: the exponent b of ms = a * atoms^b, fitted per variant on the
-boxes. A variant whose steps would pass ``--case-budget`` (predicted from its one-step time, or linearly
-from the next smaller box) is recorded as skipped, with the reason.
+boxes. Each variant of a case has ``--case-budget`` seconds: long steps get fewer timed rounds (at least
+one), and a variant whose warm-up and one round would pass it (measured, or predicted linearly from the
+next smaller box) is recorded as skipped, with the reason. ``--time-budget`` caps the whole grid.
 
-    python benchmarks/md_speed.py                                     # the default grid (~20 min on 2 cores)
+    python benchmarks/md_speed.py                                     # the default grid (L 0-3, C 128, 100 and
+                                                                      # 1,000 atoms, eager + script, float32,
+                                                                      # 1 and 2 threads; at most 40 min)
     python benchmarks/md_speed.py --lmax 1 --channels 64 --atoms 100 --modes eager --dtypes float32 --threads 1
     python benchmarks/md_speed.py --modes compile --atoms 100 --lmax 1 --no-molecule
     python benchmarks/md_speed.py --dry-run                           # the plan only
@@ -280,13 +284,10 @@ def run_case(spec: dict) -> List[dict]:
             else:
                 step = _md_step(fn, training, spec["dtype"], chunk, spec["seed"])
             row["setup_s"] = time.perf_counter() - t_variant
-            row["first_call_s"], rounds_left = _warm_up(step, spec, t_variant)
+            row["first_call_s"], step_mib, rounds_left = _warm_up(step, spec, t_variant)
             if spec["mode"] == "eager" and variant != "upstream":
                 from gaunt_plugins.backends.registry import last_executor
                 row["served_by"] = dict(last_executor())
-            t0 = time.perf_counter()
-            step_mib = step_peak_mib(step)  # a steady-state call, before the timed rounds
-            rounds_left = min(rounds_left, _rounds(time.perf_counter() - t0, spec, t_variant))
             if step_mib is not None:
                 row["step_mib"] = step_mib
                 row["peak_mib"] = step_mib + row["model_mib"]
@@ -318,26 +319,31 @@ def _rounds(step_s: float, spec: dict, t_variant: float) -> int:
 
 
 def _warm_up(step, spec: dict, t_variant: float):
-    """The untimed calls (checking the first one's output); ``(first call s, rounds affordable)``. Raises
-    ``_Skip`` when not even the memory call and one timed round fit the variant's budget."""
+    """The untimed calls: ``warmup`` of them (TorchScript: at least 2, its profiling runs), the first one's
+    output checked, the last one's memory measured. Returns ``(first call s, step MiB, timed rounds the
+    variant's budget still affords)``; raises ``_Skip`` when not even one round fits."""
     import torch
 
-    first, rounds_left = None, spec["iters"]
-    for i in range(max(1, spec["warmup"])):
+    calls = max(1, spec["warmup"], 2 if spec["mode"] == "script" else 1)
+    first, step_mib = None, None
+    for i in range(calls):
         t0 = time.perf_counter()
-        out = step()
+        if i == calls - 1:
+            holder = []
+            step_mib = step_peak_mib(lambda: holder.append(step()))
+            out = holder[0]
+        else:
+            out = step()
         took = time.perf_counter() - t0
         if i == 0:
             first = took
             if spec["system"] == "box" and not all(bool(torch.isfinite(t).all()) for t in out):
                 raise RuntimeError("non-finite energy or forces")
-        calls_left = max(0, spec["warmup"] - i - 1) + 1  # the warm-ups left and the memory call
-        left = spec["budget_s"] - (time.perf_counter() - t_variant) - took * calls_left
+        left = spec["budget_s"] - (time.perf_counter() - t_variant) - took * (calls - i - 1)
         if left < took:
-            raise _Skip(f"one step took {took:.1f} s: the memory call and one timed round would pass the "
-                        f"budget of {spec['budget_s']:g} s per variant")
-        rounds_left = int(min(spec["iters"], left // took))
-    return first, rounds_left
+            raise _Skip(f"one step took {took:.1f} s: the warm-up and one timed round would pass the budget of "
+                        f"{spec['budget_s']:g} s per variant")
+    return first, step_mib, int(min(spec["iters"], left // took))
 
 
 class _Skip(Exception):
@@ -365,12 +371,12 @@ def plan_cases(args) -> List[dict]:
 
 
 def predicted_skips(spec: dict, rows: Sequence[dict]) -> Dict[str, str]:
-    """Variants whose warm-up, memory call and one timed round, predicted linearly in the atoms from the
+    """Variants whose warm-up and one timed round, predicted linearly in the atoms from the
     largest smaller box of the same settings, would pass the budget per variant."""
     if spec["system"] != "box":
         return {}
     atoms = 15 * spec["k"] ** 3
-    steps = spec["warmup"] + 2  # the warm-ups, the memory call and one timed round
+    steps = max(1, spec["warmup"], 2 if spec["mode"] == "script" else 1) + 1  # the warm-ups and one timed round
     out = {}
     for variant in spec["variants"]:
         prior = [r for r in rows if r.get("system") == "box" and r["variant"] == variant and r["atoms"] < atoms
@@ -536,14 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--variants", nargs="+", default=d["variants"], choices=VARIANTS,
                     help="default: all (upstream, product, conv,product)")
     ap.add_argument("--seed", type=int, default=0, help="torch.manual_seed before each model is built")
-    ap.add_argument("--warmup", type=int, default=1, help="box: untimed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="box: untimed calls per variant, the last one measuring memory (TorchScript: at least 2)")
     ap.add_argument("--iters", type=int, default=3, help="box: timed rounds (median)")
-    ap.add_argument("--md-warmup", type=int, default=2, help="molecule: untimed calls per variant")
+    ap.add_argument("--md-warmup", type=int, default=2, help="molecule: untimed calls per variant (as --warmup)")
     ap.add_argument("--md-iters", type=int, default=5, help="molecule: timed rounds (median)")
     ap.add_argument("--md-chunk", type=int, default=10, help="molecule: MD steps per timed call")
-    ap.add_argument("--case-budget", type=float, default=60.0,
+    ap.add_argument("--case-budget", type=float, default=200.0,
                     help="seconds each variant of a case may take: fewer timed rounds when steps are long, skipped "
-                         "when not even one fits (default 60)")
+                         "when not even one fits (default 200)")
     ap.add_argument("--time-budget", type=float, default=2400.0,
                     help="seconds for the whole grid; the cases left when it is spent are recorded as skipped "
                          "(default 2400; 0: none)")
