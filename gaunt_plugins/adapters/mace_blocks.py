@@ -47,7 +47,7 @@ from mace.tools.torch_tools import default_dtype
 from gaunt_plugins._e3nn import compile_mode, o3
 from gaunt_plugins.layers import GauntConvolution, GauntManyBody
 
-from .mace_config import GauntOptions, build_options, check_irreps, current_build_options
+from .mace_config import GauntOptions, GauntSettingsError, build_options, check_irreps, current_build_options
 
 from e3nn import nn as e3nn_nn  # after mace (see above)
 
@@ -71,7 +71,7 @@ def _refuse_accelerated_backends(block: torch.nn.Module) -> None:
     if (cueq is not None and getattr(cueq, "enabled", False)) or (
         oeq is not None and getattr(oeq, "enabled", False)
     ):
-        raise ValueError(
+        raise GauntSettingsError(
             f"{type(block).__name__}: Gaunt blocks cannot run under cuEquivariance or "
             f"OpenEquivariance (enable_cueq / enable_oeq); they are their own backend"
         )
@@ -236,7 +236,7 @@ def gaunt_construction(options: GauntOptions, interactions: Tuple[str, ...] = ()
         gaunt_names = {gaunt.__name__ for gaunt in GAUNT_INTERACTIONS.values()}
         unknown = [name for name in interactions if name not in supported | gaunt_names]
         if unknown:
-            raise ValueError(
+            raise GauntSettingsError(
                 f"tensor_product: gaunt has no Gaunt version of interaction {unknown[0]}; supported: "
                 f"{sorted(supported)}. Use gaunt_targets: [product] to keep this interaction's e3nn convolution."
             )
@@ -401,7 +401,7 @@ def gauntify_model(
                     continue
                 target = GAUNT_INTERACTIONS.get(type(block))
                 if target is None:
-                    raise ValueError(
+                    raise GauntSettingsError(
                         f"tensor_product: gaunt has no Gaunt version of interaction "
                         f"{type(block).__name__} (layer {i}); supported: "
                         f"{sorted(c.__name__ for c in GAUNT_INTERACTIONS)}. Use gaunt_targets: "
@@ -417,7 +417,7 @@ def gauntify_model(
                     report.already_gaunt.append(f"products.{i}")
                     continue
                 if type(block) is not EquivariantProductBasisBlock:
-                    raise ValueError(
+                    raise GauntSettingsError(
                         f"tensor_product: gaunt cannot replace product block {type(block).__name__} "
                         f"(layer {i})"
                     )
