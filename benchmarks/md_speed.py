@@ -37,9 +37,10 @@ boxes. Each variant of a case has ``--case-budget`` seconds: long steps get fewe
 one), and a variant whose warm-up and one round would pass it (measured, or predicted linearly from the
 next smaller box) is recorded as skipped, with the reason. ``--time-budget`` caps the whole grid.
 
-    python benchmarks/md_speed.py                                     # the default grid (L 0-3, C 128, 100 and
-                                                                      # 1,000 atoms, eager + script, float32,
-                                                                      # 1 and 2 threads; at most 40 min)
+    python benchmarks/md_speed.py                     # the default grid: L 0-3, C 128, the molecule and the
+                                                      # 100- and 1,000-atom boxes, eager, float32, 1 and 2
+                                                      # threads (~20 min on 2 idle cores, at most 40)
+    python benchmarks/md_speed.py --modes script --out benchmarks/results/md_speed_cpu_script.json
     python benchmarks/md_speed.py --lmax 1 --channels 64 --atoms 100 --modes eager --dtypes float32 --threads 1
     python benchmarks/md_speed.py --modes compile --atoms 100 --lmax 1 --no-molecule
     python benchmarks/md_speed.py --dry-run                           # the plan only
@@ -56,8 +57,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -76,7 +79,7 @@ AVOGADRO = 6.02214076e23
 MAX_ELL, CORRELATION = 3, 3
 MD_TIMESTEP_FS = 0.5
 
-DEFAULTS = dict(lmax=[0, 1, 2, 3], channels=[128], atoms=[100, 1000], modes=["eager", "script"],
+DEFAULTS = dict(lmax=[0, 1, 2, 3], channels=[128], atoms=[100, 1000], modes=["eager"],
                 dtypes=["float32"], threads=[1, 2], variants=list(VARIANTS))
 
 
@@ -125,6 +128,15 @@ def acac_box(k: int, density: float = 1.0, seed: int = 0, tries: int = 64):
                       pbc=True)
     return atoms, {"molecules": n, "side_A": round(side, 3), "density_g_cm3": density,
                    "closest_contact_A": round(float(closest), 3), "source": source}
+
+
+def thermalize(atoms, temperature_K: float, rng) -> None:
+    """Maxwell-Boltzmann momenta: ASE's ``thermalize_momenta`` (3.29+), else ``MaxwellBoltzmannDistribution``."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
 
 
 def acac_molecule():
@@ -218,7 +230,6 @@ def _box_step(model, training: bool, batch):
 def _md_step(model, training: bool, dtype: str, steps: int, seed: int):
     """``steps`` velocity-Verlet steps of one acac molecule through MACECalculator."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
     from mace.calculators import MACECalculator
 
@@ -227,7 +238,7 @@ def _md_step(model, training: bool, dtype: str, steps: int, seed: int):
     calc = MACECalculator(models=[model], device="cpu", default_dtype=dtype)
     calc.use_compile = training  # MACE's compile route calls the model with training=True
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    thermalize(atoms, temperature_K=300, rng=np.random.default_rng(seed))
     start, momenta = atoms.get_positions(), atoms.get_momenta()
     dyn = VelocityVerlet(atoms, timestep=MD_TIMESTEP_FS * units.fs)
 
@@ -394,11 +405,12 @@ def predicted_skips(spec: dict, rows: Sequence[dict]) -> Dict[str, str]:
     return out
 
 
-def run_child(spec: dict, timeout: float) -> List[dict]:
-    """Run one case in a child process with ``spec["threads"]`` threads; rows, or error rows when it fails
-    or runs past ``timeout``."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+def run_child(spec: dict, timeout: float, script: Path) -> List[dict]:
+    """Run one case in a child process (``script``: this file as it was when the grid started) with
+    ``spec["threads"]`` threads; rows, or error rows when it fails or runs past ``timeout``."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
+               PYTHONPATH=os.pathsep.join([str(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    cmd = [sys.executable, str(script), "--child", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -536,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="box sizes, rounded to k^3 molecules (default 100 1000; none: no boxes)")
     ap.add_argument("--no-molecule", dest="molecule", action="store_false",
                     help="leave out the one-molecule MD through MACECalculator")
-    ap.add_argument("--modes", nargs="+", default=d["modes"], choices=MODES, help="default eager script")
+    ap.add_argument("--modes", nargs="+", default=d["modes"], choices=MODES, help="default eager")
     ap.add_argument("--dtypes", nargs="+", default=d["dtypes"], choices=DTYPES, help="default float32")
     ap.add_argument("--threads", type=int, nargs="+", default=d["threads"], help="default 1 2")
     ap.add_argument("--variants", nargs="+", default=d["variants"], choices=VARIANTS,
@@ -634,6 +646,9 @@ def main(argv=None) -> int:
         result["loadavg_end" if final else "loadavg_now"] = os.getloadavg()
         write_result(args.out, result)
 
+    # the children run a copy of this file: an edit while the grid runs cannot reach them
+    snapshot = Path(tempfile.mkdtemp(prefix="md_speed_")) / "md_speed.py"
+    shutil.copyfile(Path(__file__).resolve(), snapshot)
     print(f"# md_speed: {len(cases)} cases, load average {load_start[0]:.2f} at start", flush=True)
     for spec in cases:
         if deadline is not None and time.monotonic() > deadline:
@@ -646,7 +661,7 @@ def main(argv=None) -> int:
             new = [dict(_case_fields(spec), variant=v, skipped=spec["skip"][v]) for v in spec["variants"]]
         else:
             spec["loadavg"] = os.getloadavg()[0]
-            new = run_child(spec, timeout=len(spec["variants"]) * args.case_budget + 180)
+            new = run_child(spec, len(spec["variants"]) * args.case_budget + 180, snapshot)
             for r in new:
                 r["loadavg_1min"] = spec["loadavg"]
         rows.extend(new)
