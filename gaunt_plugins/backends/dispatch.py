@@ -65,6 +65,8 @@ def executor_for(kind: str, plan, device: torch.device, dtype: torch.dtype, back
     if backend is not None:
         registry._check_choice(backend, f"{op}(backend=...)")
     choice = backend if backend not in (None, "auto") else registry.backend_setting()
+    if device.type == "meta":  # shape inference: no values, so no kernel; the reference under every setting
+        return reference_executor(kind, plan, device, dtype, deterministic)
     triton = registry.get_backend("triton")
     if choice == "triton":
         reason = triton.plan_refusal(kind, plan, device, dtype)

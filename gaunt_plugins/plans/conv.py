@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ..irreps import ChannelIrreps, channel_irreps, output_irreps
+from ._cache import cached_plan
 from ._cast import CastCache
 from ._shape import TwoInputSizes
 from ._layout import dense_gather, flat_gather, offsets_from_gather, offsets_from_scatter
@@ -43,7 +43,7 @@ class ConvPlan(TwoInputSizes):
         return sum(self.num_degrees) * self.lanes
 
 
-@lru_cache(maxsize=256)
+@cached_plan
 def conv_plan(irreps_in1: str, irreps_in2: str, irreps_out: str, products: int = 1,
               normalize: bool = True) -> ConvPlan:
     """The (cached) plan; ``irreps_out`` has multiplicity ``C`` (one copy per degree and product)."""

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from ..math import grid_tables
 from ..math.fourier import fourier_to_sh_dense, sh_to_fourier_dense
+from ._cache import cached_plan
 from ._cast import CastCache
 
 __all__ = ["FunctionalPlan", "functional_plan", "fourier_torus_size"]
@@ -65,7 +65,7 @@ def _half_spectrum_from(lu: int, lo: int, n: int) -> np.ndarray:
     return out.reshape(n * h, -1)
 
 
-@lru_cache(maxsize=256)
+@cached_plan
 def functional_plan(l1: int, l2: int, lo: int, method: str) -> FunctionalPlan:
     """``method`` is ``"grid"`` or ``"fourier"`` (validated by the caller, with the degrees)."""
     reach = min(lo, l1 + l2)  # the product has degree <= L1 + L2

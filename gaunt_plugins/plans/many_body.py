@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ..irreps import ChannelIrreps, channel_irreps
+from ._cache import cached_plan
 from ._cast import CastCache
 from ._layout import compact_gather, flat_gather, offsets_from_scatter
 from .tables import power_grids
@@ -51,7 +51,7 @@ class ManyBodyPlan:
         return (self.feat.lmax + 1) ** 2, (self.out.lmax + 1) ** 2
 
 
-@lru_cache(maxsize=256)
+@cached_plan
 def many_body_plan(irreps_in: str, irreps_out: str, correlation: int, normalize: bool = True,
                    chains: int = 1) -> ManyBodyPlan:
     fi = channel_irreps(irreps_in, "irreps_in")

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ..irreps import ChannelIrreps, channel_irreps
+from ._cache import cached_plan
 from ._cast import CastCache
 from ._shape import TwoInputSizes
 from ._layout import dense_gather, flat_gather
@@ -31,7 +31,7 @@ class ProductPlan(TwoInputSizes):
     tensors: CastCache
 
 
-@lru_cache(maxsize=256)
+@cached_plan
 def product_plan(irreps_in1: str, irreps_in2: str, irreps_out: str, normalize: bool = True) -> ProductPlan:
     """The (cached) plan for validated irreps strings."""
     f1 = channel_irreps(irreps_in1, "irreps_in1")

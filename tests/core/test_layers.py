@@ -327,7 +327,7 @@ def test_a_float32_layer_moved_to_float64_computes_with_float64_tables():
     rot = random_rotation(torch.float64, generator=torch.Generator().manual_seed(3))
     err = equivariance_error(layer, (x1, x2), [layer.irreps_in1, layer.irreps_in2], layer.irreps_out, rot)
     assert err < 1e-12
-    assert torch.equal(layer.to_grid1, layer.plan.tensors.get(torch.float64, torch.device("cpu"))["to_grid1"])
+    assert torch.equal(layer.to_grid1, layer.plan.tensors.get(torch.float64, layer.to_grid1.device)["to_grid1"])
 
 
 @pytest.mark.parametrize("make, args", [
@@ -401,3 +401,27 @@ def test_layers_build_and_run_on_the_meta_device_and_materialise(name):
     built.load_state_dict(real.state_dict())
     args, _ = _inputs(name, real, 5, torch.float32)
     assert torch.equal(built(*args), real(*args))
+
+
+@pytest.mark.parametrize("setting", ["torch", "triton", "auto"])
+def test_meta_shape_inference_runs_under_every_backend_setting(setting):
+    """Meta tensors carry no values, so no kernel runs on them: a forced backend still gives the output shape."""
+    from gaunt_plugins import backends
+    with torch.device("meta"):
+        layer = GauntConvolution(natural(4, 2), sh_irreps(2), natural(4, 2))
+    args, _ = _inputs("conv", layer, 5, torch.float32)
+    with backends.use_backend(setting):
+        out = layer(*[a.to("meta") for a in args])
+    assert out.device.type == "meta" and out.shape == (5, layer.dim_out)
+
+
+def test_plans_first_built_under_another_default_device_keep_their_tables_on_the_cpu():
+    """A plan is cached for every later caller: built first under ``torch.device("meta")``, its float64 masters
+    are still real CPU tensors, and a layer built afterwards on the CPU computes with them."""
+    irreps = "7x0e+7x1o+7x2e+7x3o"  # used by no other test, so this is the plan's first build
+    with torch.device("meta"):
+        meta_layer = GauntTensorProduct(irreps, irreps)
+    assert {t.device.type for t in meta_layer.plan.tensors.get(torch.float64, torch.device("cpu")).values()} == {"cpu"}
+    layer = GauntTensorProduct(irreps, irreps)
+    x = torch.randn(3, layer.dim_in1)
+    assert torch.isfinite(layer(x, x)).all()
