@@ -42,3 +42,37 @@ def test_gaunt_example_builds_with_gaunt_run(tmp_path):
     log = next((tmp_path / "logs").glob("acac_gaunt_run-*.log")).read_text()
     assert "gaunt-plugins: Gaunt tensor products for conv and product (method auto)" in log
     assert "32x0e+32x1o+32x2e" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [False, True], ids=["eager", "torchscript"])
+def test_md_example_runs_a_saved_gaunt_model_and_prints_its_speed(tmp_path, script):
+    """``examples/mace/md.py``: NVE MD of acac through MACECalculator with a saved Gaunt model (as
+    TorchScript too), energies printed per step, the speed and the energy deviation at the end."""
+    import re
+
+    import mace  # noqa: F401
+    import torch
+
+    from conftest import tiny_model
+    from gaunt_plugins.adapters.mace_blocks import gauntify_model
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, _ = gauntify_model(tiny_model("8x0e+8x1o"))
+    finally:
+        torch.set_default_dtype(previous)
+    torch.save(model, tmp_path / "gaunt.model")
+    cmd = [sys.executable, str(EXAMPLES / "md.py"), "--model", str(tmp_path / "gaunt.model"), "--structure",
+           str(ACAC / "train_300K.xyz"), "--steps", "4", "--print-every", "2", "--timestep", "0.25", "--threads", "1"]
+    proc = subprocess.run(cmd + (["--script"] if script else []), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [int(m.group(1)) for m in re.finditer(r"^step\s+(\d+)\s", proc.stdout, re.M)]
+    assert steps == [0, 2, 4], proc.stdout
+    speed = re.search(r"^speed: ([\d.]+) ms/step, ([\d,]+) atom-steps/s, ([\d.]+) ns/day \(15 atoms, (\w+), float64",
+                      proc.stdout, re.M)
+    assert speed and float(speed.group(1)) > 0, proc.stdout
+    assert speed.group(4) == ("TorchScript" if script else "eager")
+    drift = float(re.search(r"largest \|E_tot - E_tot\(0\)\| = (\S+) eV", proc.stdout).group(1))
+    assert drift < 1e-3, proc.stdout  # 4 steps of 0.25 fs: a wrong force would show far more

@@ -5,7 +5,7 @@ with Maxwell-Boltzmann velocities (300 K, fixed seed). The models are small (8x0
 correlation 3, 2 interactions) with random weights; the Gaunt model is the upstream one with its product
 basis made Gaunt (``tensor_product: gaunt``'s default ``[product]``; every other weight shared). Random
 weights give weak forces, so each model's interaction energy is scaled until the largest force on the
-starting configuration is ``F_START`` eV/A, a realistic size for acac.
+starting configuration is ``F_START`` eV/A.
 
 With forces that are the exact gradient of a smooth energy, velocity Verlet's total energy only
 oscillates, by an amount of order dt^2: halving dt divides the largest deviation by about 4. Forces that
@@ -26,10 +26,19 @@ import torch
 
 from conftest import ACAC, tiny_model
 
-F_START = 1.0  # eV/A, the largest force on the starting configuration
+F_START = 1.0  # eV/A, the largest force on the starting configuration (typical of acac at 300 K)
 DT_FS = 0.25
 STEPS = 300
 CH_PERIOD_FS = 11.0
+
+
+def thermalize(atoms, temperature_K: float, rng) -> None:
+    """Maxwell-Boltzmann momenta: ASE's ``thermalize_momenta`` (3.29+), else ``MaxwellBoltzmannDistribution``."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
 
 
 def _models():
@@ -44,13 +53,11 @@ def _models():
 
 def _start():
     import ase.io
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
     path = ACAC / "train_300K.xyz"
     if not path.exists():
         pytest.skip(f"acac dataset not found at {path}")
     atoms = ase.io.read(path, index=0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))
     return atoms
 
 
