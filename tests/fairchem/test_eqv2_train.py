@@ -37,7 +37,10 @@ def emt_data(tmp_path_factory):
     return train, val
 
 
-def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data):
+def test_train_two_epochs_save_resume_and_calculator(tmp_path, emt_data, patched):
+    """(``patched``: in this process the calculator's trainer runs fairchem's ``setup_imports``, which
+    without the patch stops at the first model file whose optional dependency, ``torch_sparse``, is
+    missing -- unless an earlier test in the same process happened to run it first.)"""
     train_db, val_db = emt_data
     config = train_config(train_db, val_db, max_epochs=2)
     ckpt, log = run_fairchem(tmp_path, config, "gaunt2")
