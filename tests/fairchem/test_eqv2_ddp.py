@@ -13,6 +13,7 @@ turns rounding noise in near-zero gradients into steps of size lr, and it and cl
 wrong overall scale away.)"""
 from __future__ import annotations
 
+import re
 from typing import Dict, List
 
 import pytest
@@ -55,6 +56,13 @@ def _norm(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], keys: List[str
     return sum(((a[k] - b[k]) ** 2).sum() for k in keys).sqrt().item()
 
 
+def _first_step_metrics(log: str) -> str:
+    """The metrics fairchem logs after the first training step (energy and force errors, loss)."""
+    found = re.search(r"\(INFO\): (energy_mae: [^\n]*?), lr: [^\n]*?step: 1\.00e\+00", log)
+    assert found, log[-3000:]
+    return found.group(1)
+
+
 def _finished(path) -> bool:
     """Training ran its last epoch (whatever its step count: the test checks that afterwards)."""
     return load_checkpoint(path)["epoch"] >= EPOCHS
@@ -83,6 +91,9 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     for ident in ("single", "ddp"):
         ckpt = load_checkpoint(runs[ident][0])
         assert (ckpt["step"], ckpt["epoch"]) == (STEPS, EPOCHS), (ident, ckpt["step"], ckpt["epoch"])
+    # the lr-0 run starts from the single run's weights: same errors and loss on the first batch
+    first = {ident: _first_step_metrics(runs[ident][1]) for ident in ("initial", "single")}
+    assert first["initial"] == first["single"], f"the runs did not start from the same weights: {first}"
     w0, a, b = (_weights(runs[ident][0]) for ident in ("initial", "single", "ddp"))
     assert a.keys() == b.keys() == w0.keys()
     mix = [k for k in a if ".gaunt_mix." in k]
