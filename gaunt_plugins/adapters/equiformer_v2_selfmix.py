@@ -15,6 +15,17 @@ A node-wise, channel-wise residual branch added to every transformer block::
 - ``linear``: a per-degree channel mix ``[lmax+1, C, C]`` with a bias on ``l = 0`` (the shape of
   fairchem's ``SO3_LinearV2``); it also carries the per-degree output weights.
 
+Initialisation. The product is not normalised: for a normalised input (unit RMS per coefficient)
+its degree-``l`` output has RMS ``p_l`` of about ``(lmax+1)^2`` at ``l = 0`` (the mean of ``f^2``)
+and ``~lmax+1`` above (26, 6.3, 5.9, 5.3, 4.8 at ``lmax = 4``), so a linear drawn at fairchem's
+scale ``1/sqrt(C)`` would start the branch 100-1000x larger than the attention and feed-forward
+branches of the same block (RMS ~0.01-0.05 per coefficient). The output linear of degree ``l``
+is therefore drawn with std ``INIT_BRANCH_RMS / (sqrt(C) p_l)``, ``p_l`` the exact RMS of the
+square of a unit-variance Gaussian input (:func:`gaunt_plugins.math.normalization.product_normalization`):
+the branch starts at RMS :data:`INIT_BRANCH_RMS` (0.01, the scale of stock EquiformerV2's
+attention branch at initialisation) at every degree. Only the initial draw is scaled; the forward
+pass and the meaning of saved weights are the same as with any other initialisation.
+
 ``mmax``: EquiformerV2's ``mmax_list`` restricts the orders kept by the SO(2) edge convolutions in
 each edge's own rotated frame. Node features carry every order ``m <= l`` in the global frame and
 so does this node-wise layer: cutting orders in the global frame would break equivariance. The
@@ -36,9 +47,25 @@ from torch import nn
 
 from gaunt_plugins.ops import gaunt_product
 
-__all__ = ["GauntSelfMix", "SQRT_4PI"]
+__all__ = ["GauntSelfMix", "INIT_BRANCH_RMS", "SQRT_4PI", "product_rms"]
 
 SQRT_4PI = math.sqrt(4.0 * math.pi)
+
+#: RMS per coefficient, at every degree, of a freshly initialised branch on unit-RMS input.
+INIT_BRANCH_RMS = 0.01
+
+
+def product_rms(lmax: int) -> torch.Tensor:
+    """``[lmax+1]`` float64: the RMS of degree ``l`` of ``sqrt(4 pi) gaunt(y, y)`` truncated to
+    ``lmax``, for ``y`` with independent unit-variance Gaussian coefficients up to ``lmax``.
+
+    Exact (Isserlis): ``p_0^2 = (lmax+1)^4 + 2 (lmax+1)^2`` at ``l = 0``, ``~lmax+1`` above.
+    """
+    from gaunt_plugins.math.normalization import product_normalization
+
+    degrees = list(range(lmax + 1))
+    factors = product_normalization([degrees, degrees], degrees, identical=True)
+    return torch.from_numpy(SQRT_4PI / factors)
 
 
 def _degree_index(lmax: int) -> torch.Tensor:
@@ -59,8 +86,9 @@ class GauntSelfMix(nn.Module):
         method: forwarded to :func:`gaunt_plugins.gaunt_product` (``"auto"``, ``"grid"``,
             ``"fourier"``).
         zero_init: start the output linear at zero (the branch is then exactly zero).
-        weight_init: ``"normal"`` (std ``1/sqrt(C)``) or ``"uniform"`` (bound ``1/sqrt(C)``) for
-            the output linear when ``zero_init`` is False, as fairchem's ``eqv2_init_weights``.
+        weight_init: ``"normal"`` or ``"uniform"``: the distribution of the output linear when
+            ``zero_init`` is False (fairchem's ``weight_init`` names), both with the per-degree std
+            ``INIT_BRANCH_RMS / (sqrt(C) p_l)`` of the module docstring.
 
     Example:
         >>> mix = GauntSelfMix(lmax=2, channels=4)
@@ -94,22 +122,25 @@ class GauntSelfMix(nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.channels))
         # derived from lmax: not part of the state dict, so checkpoints carry parameters only
         self.register_buffer("expand_index", _degree_index(self.lmax), persistent=False)
+        self._check_method()  # before the initialisation, which needs the product's tables
         self.reset_parameters(zero_init=zero_init, weight_init=weight_init)
-        self._check_method()
 
     def reset_parameters(self, zero_init: bool = False, weight_init: str = "normal") -> None:
-        """Input weights to one, bias to zero, the output linear to zero or random."""
+        """Input weights to one, bias to zero, the output linear to zero or random with the
+        per-degree std ``INIT_BRANCH_RMS / (sqrt(C) p_l)`` (branch RMS ``INIT_BRANCH_RMS``)."""
         with torch.no_grad():
             self.input_weight1.fill_(1.0)
             self.input_weight2.fill_(1.0)
             self.bias.zero_()
-            bound = 1.0 / math.sqrt(self.channels)
             if zero_init:
                 self.weight.zero_()
-            elif weight_init == "normal":
-                self.weight.normal_(0.0, bound)
+                return
+            if weight_init == "normal":
+                self.weight.normal_(0.0, 1.0)
             else:
-                self.weight.uniform_(-bound, bound)
+                self.weight.uniform_(-math.sqrt(3.0), math.sqrt(3.0))  # unit variance
+            std = INIT_BRANCH_RMS / (math.sqrt(self.channels) * product_rms(self.lmax))  # [lmax+1]
+            self.weight.mul_(std.to(self.weight.dtype).view(-1, 1, 1))
 
     def _check_method(self) -> None:
         """Fail at construction, with context, if the product cannot serve this degree/method."""
