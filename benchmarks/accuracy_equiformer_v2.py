@@ -1,0 +1,296 @@
+"""Accuracy benchmark: stock EquiformerV2 vs EquiformerV2 + the Gaunt self-mix, several seeds, two data sets.
+
+For each data set the two variants are trained by ``gaunt-compare`` (fairchem's own trainer, one
+process per run, the same config, data, seeds and epochs; the Gaunt variant adds
+``tensor_product: gaunt`` to the backbone) and its best checkpoint is evaluated on held-out
+configurations. The table gives, per data set and variant, the mean +- sample std over the seeds of
+the energy MAE (meV/atom) and force MAE (meV/A, free atoms) on the test set, the median time per
+training step and the parameter count.
+
+Data sets (written here, offline, into ``--work``):
+
+  acac   acetylacetone molecules (../shared/data/acac): the first ``--n-train`` + ``--n-valid``
+         configurations of train_300K.xyz for training / validation and ``--n-test`` evenly spaced
+         ones of test_MD_300K.xyz for testing (read with the reader of examples/compare/prepare_acac.py).
+         Each molecule sits in a 30 A periodic box: with a cutoff of 6 A no atom sees an image, so
+         this is the non-periodic molecule (fairchem 1.10 builds non-periodic graphs only with pyg-lib).
+  emt    fcc(111) slabs of Cu/Pt/Au/Ni with one adsorbate (examples/equiformer_v2/make_emt_dataset.py),
+         periodic, EMT energies and forces; the test slabs are drawn with another seed.
+
+Energies are stored minus a per-element linear reference fitted by least squares on the training
+set (a fixed function of the composition: energy MAEs are those of the total energies).
+
+    python benchmarks/accuracy_equiformer_v2.py                     # 3 seeds, full size (hours on 2 cores)
+    python benchmarks/accuracy_equiformer_v2.py --short             # 3 seeds, a few epochs (~15 min)
+    python benchmarks/accuracy_equiformer_v2.py --datasets emt --seeds 5 --epochs 40
+
+Table on stdout; JSON in benchmarks/results/accuracy_equiformer_v2.json (``--out``). The reports of
+the individual comparisons (learning curves, every run's logs) stay under ``--work`` (default: a
+folder in the system's temporary directory).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "examples" / "compare"))
+sys.path.insert(0, str(ROOT / "examples" / "equiformer_v2"))
+from prepare_acac import frames as _acac_frames  # noqa: E402  (the acac reader the examples use)
+from make_emt_dataset import structure as _emt_structure  # noqa: E402  (the example's EMT slabs)
+
+BASE_CONFIG = ROOT / "examples" / "compare" / "eqv2_emt.yml"
+DATASETS = ("acac", "emt")
+VARIANTS = ("upstream", "gaunt")
+BOX = 30.0  # A: acac molecules in a periodic box larger than the molecule plus two cutoffs
+
+# model size of a full run and of --short / --smoke (the rest of the model section is BASE_CONFIG's)
+FULL_MODEL = dict(num_layers=4, sphere_channels=32, attn_hidden_channels=32, ffn_hidden_channels=64,
+                  edge_channels=32, num_distance_basis=64)
+SMALL_MODEL = dict(num_layers=2, sphere_channels=16, attn_hidden_channels=16, ffn_hidden_channels=32,
+                   edge_channels=16, num_distance_basis=32, num_heads=2, attn_alpha_channels=8,
+                   attn_value_channels=8)
+
+
+def find_acac() -> Path:
+    for candidate in (ROOT.parent / "shared" / "data" / "acac", Path("/work/shared/data/acac")):
+        if (candidate / "train_300K.xyz").exists():
+            return candidate
+    raise SystemExit("acac dataset not found (expected ../shared/data/acac beside the repository)")
+
+
+# ------------------------------------------------------------------------------------------- data
+def _acac_atoms(frame: List[str]):
+    """One acac frame (extended XYZ lines) -> ``ase.Atoms`` in a periodic box with energy and forces."""
+    import io
+
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read
+
+    atoms = read(io.StringIO("\n".join(frame) + "\n"), format="extxyz")
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.set_cell([BOX, BOX, BOX])
+    atoms.center()
+    atoms.pbc = True
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+def acac_sets(n_train: int, n_valid: int, n_test: int) -> Dict[str, list]:
+    src = find_acac()
+    train = _acac_frames(src / "train_300K.xyz")
+    if n_train + n_valid > len(train):
+        raise SystemExit(f"--n-train + --n-valid = {n_train + n_valid} exceeds the {len(train)} acac training configs")
+    test = _acac_frames(src / "test_MD_300K.xyz")
+    test = [test[int(i * len(test) / n_test)] for i in range(min(n_test, len(test)))]
+    return {"train": [_acac_atoms(f) for f in train[:n_train]],
+            "val": [_acac_atoms(f) for f in train[n_train:n_train + n_valid]],
+            "test": [_acac_atoms(f) for f in test]}
+
+
+def emt_sets(n_train: int, n_valid: int, n_test: int) -> Dict[str, list]:
+    rng, test_rng = np.random.default_rng(0), np.random.default_rng(1)
+    train = [_emt_structure(rng) for _ in range(n_train + n_valid)]
+    return {"train": train[:n_train], "val": train[n_train:], "test": [_emt_structure(test_rng) for _ in range(n_test)]}
+
+
+def element_references(structures) -> Dict[int, float]:
+    """Per-element energies ``E0[Z]`` minimising ``sum (E - sum_i E0[Z_i])^2`` over ``structures``."""
+    zs = sorted({int(z) for a in structures for z in a.numbers})
+    counts = np.array([[np.sum(a.numbers == z) for z in zs] for a in structures], dtype=float)
+    energies = np.array([a.get_potential_energy() for a in structures])
+    e0, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return dict(zip(zs, e0.tolist()))
+
+
+def write_db(path: Path, structures, e0: Dict[int, float]) -> Path:
+    """An ase db of ``structures`` with energies minus their element references (forces as they are)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.db import connect
+
+    if path.exists():
+        path.unlink()
+    with connect(str(path)) as db:
+        for atoms in structures:
+            energy = atoms.get_potential_energy() - sum(e0.get(int(z), 0.0) for z in atoms.numbers)
+            forces = atoms.get_forces(apply_constraint=False)
+            copy = atoms.copy()
+            copy.calc = SinglePointCalculator(copy, energy=energy, forces=forces)
+            db.write(copy)
+    return path
+
+
+def prepare(name: str, folder: Path, n_train: int, n_valid: int, n_test: int) -> Dict[str, Path]:
+    sets = (acac_sets if name == "acac" else emt_sets)(n_train, n_valid, n_test)
+    e0 = element_references(sets["train"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return {k: write_db(folder / f"{k}.db", v, e0) for k, v in sets.items()}
+
+
+# ------------------------------------------------------------------------------------------ config
+def fairchem_config(files: Dict[str, Path], model: Dict[str, object], batch_size: int, lr: float) -> dict:
+    """BASE_CONFIG (a plain stock fairchem config: gaunt-compare adds ``tensor_product: gaunt`` for the
+    Gaunt variant) on ``files`` with the backbone options ``model``."""
+    cfg = yaml.safe_load(BASE_CONFIG.read_text())
+    cfg["dataset"]["train"]["src"] = str(files["train"])
+    cfg["dataset"]["val"]["src"] = str(files["val"])
+    cfg["optim"].update(batch_size=batch_size, eval_batch_size=batch_size, lr_initial=lr)
+    backbone = cfg["model"]["backbone"]
+    for key in ("tensor_product", "gaunt_method", "gaunt_zero_init"):
+        backbone.pop(key, None)
+    backbone.update(model)
+    return cfg
+
+
+def run_compare(name: str, cfg: dict, test_db: Path, work: Path, seeds: Sequence[int], epochs: int,
+                jobs: int, quiet: bool) -> dict:
+    """``gaunt-compare`` on one data set; returns its report.json."""
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_path = folder / f"eqv2_{name}.yml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = folder / "report"
+    cmd = [sys.executable, "-m", "gaunt_plugins.compare.cli", str(cfg_path), "--framework", "fairchem",
+           "--epochs", str(epochs), "--seed", str(seeds[0]), "--seeds", str(len(seeds)), "--jobs", str(jobs),
+           "--test", f"{name}={test_db}", "--out", str(out), "--overwrite", "--device", "cpu"]
+    if quiet:
+        cmd.append("--quiet")
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    report = out / "report.json"
+    if not report.exists():
+        raise SystemExit(f"gaunt-compare on {name} wrote no report (exit {proc.returncode})")
+    return json.loads(report.read_text())
+
+
+# ------------------------------------------------------------------------------------------ results
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(name: str, report: dict) -> Dict[str, dict]:
+    """Per variant: per-seed runs and mean +- std of the test errors, step time and parameters."""
+    out = {}
+    for variant in VARIANTS:
+        v = report["variants"][variant]
+        runs = v.get("runs") or {str(report.get("seed")): v}  # keyed by seed
+        per_seed = []
+        for seed, run in runs.items():
+            test = (run.get("tests") or {}).get(name, {})
+            per_seed.append({
+                "seed": int(seed), "status": run.get("status"), "epochs": run.get("epochs"),
+                "e_mae_meV_per_atom": test.get("e_mae_meV_per_atom"), "f_mae_meV_per_A": test.get("f_mae_meV_per_A"),
+                "median_step_s": run.get("median_step_s"), "parameters": run.get("parameters"),
+            })
+        out[variant] = {
+            "runs": per_seed,
+            **{key: _mean_std([r[key] for r in per_seed])
+               for key in ("e_mae_meV_per_atom", "f_mae_meV_per_A", "median_step_s")},
+            "parameters": next((r["parameters"] for r in per_seed if r["parameters"]), None),
+        }
+    return out
+
+
+def _fmt(stat: Dict[str, float], scale: float = 1.0, digits: int = 1) -> str:
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean'] * scale:.{digits}f} +- {stat['std'] * scale:.{digits}f}"
+
+
+def table(results: Dict[str, Dict[str, dict]]) -> str:
+    lines = ["| data set | variant | parameters | E MAE (meV/atom) | F MAE (meV/A) | step (ms, median) |",
+             "|---|---|---|---|---|---|"]
+    for name, per_variant in results.items():
+        for variant, r in per_variant.items():
+            label = "stock EquiformerV2" if variant == "upstream" else "+ Gaunt self-mix"
+            lines.append(f"| {name} | {label} | {r['parameters'] or '-':,} | {_fmt(r['e_mae_meV_per_atom'], digits=2)} "
+                         f"| {_fmt(r['f_mae_meV_per_A'])} | {_fmt(r['median_step_s'], 1000.0, 0)} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...); >= 3 for mean +- std")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-valid", type=int, default=40)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--small-model", action="store_true", help="2 blocks of 16 channels instead of 4 of 32")
+    p.add_argument("--short", action="store_true",
+                   help="a short run: 32/8/32 configurations, 4 epochs, the small model (does not answer "
+                        "the accuracy question)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (each with one thread)")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gaunt_accuracy_equiformer_v2",
+                   help="data, configs and gaunt-compare reports (its report folders are replaced)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "accuracy_equiformer_v2.json")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.short:
+        args.n_train, args.n_valid, args.n_test, args.epochs, args.small_model = 32, 8, 32, 4, True
+    for key in ("seeds", "epochs", "n_train", "n_valid", "n_test", "batch_size", "jobs"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model = SMALL_MODEL if args.small_model else FULL_MODEL
+    seeds = list(range(args.seeds))
+    started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
+    results = {}
+    for name in args.datasets:
+        files = prepare(name, args.work / name / "data", args.n_train, args.n_valid, args.n_test)
+        cfg = fairchem_config(files, model, args.batch_size, args.lr)
+        report = run_compare(name, cfg, files["test"], args.work, seeds, args.epochs, args.jobs, args.quiet)
+        results[name] = summarise(name, report)
+    text = table(results)
+    print(text)
+    payload = {
+        "benchmark": "accuracy_equiformer_v2",
+        "short_run": bool(args.short),
+        "note": ("a short run: a few epochs on a few dozen configurations; it checks the pipeline and "
+                 "shows the early-training trend only, it does not answer whether the self-mix improves "
+                 "accuracy") if args.short else "",
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {"datasets": args.datasets, "seeds": seeds, "epochs": args.epochs, "n_train": args.n_train,
+                     "n_valid": args.n_valid, "n_test": args.n_test, "batch_size": args.batch_size, "lr": args.lr,
+                     "model": model, "base_config": str(BASE_CONFIG.relative_to(ROOT)), "threads_per_run": 1,
+                     "jobs": args.jobs},
+        "units": {"e_mae": "meV/atom", "f_mae": "meV/A (free atoms)", "step": "s (median training step)"},
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "started": started,
+        "wall_s": time.monotonic() - t0,
+        "results": results,
+        "table": text,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/accuracy_equiformer_v2.py: its data (element references, acac in a box) and one tiny end-to-end run."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fairchem.core")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy_equiformer_v2 as bench  # noqa: E402
+
+
+def test_element_references_are_the_least_squares_fit():
+    sets = bench.emt_sets(12, 0, 0)
+    e0 = bench.element_references(sets["train"])
+    resid = [a.get_potential_energy() - sum(e0[int(z)] for z in a.numbers) for a in sets["train"]]
+    # the fit's residuals are orthogonal to every element count (normal equations)
+    counts = np.array([[np.sum(a.numbers == z) for z in sorted(e0)] for a in sets["train"]], dtype=float)
+    scale = max(abs(a.get_potential_energy()) for a in sets["train"]) * counts.max()
+    assert np.abs(counts.T @ np.array(resid)).max() < 1e-8 * scale * len(resid)
+
+
+def test_acac_molecules_sit_in_a_box_where_no_atom_sees_an_image():
+    try:
+        sets = bench.acac_sets(3, 1, 2)
+    except SystemExit as exc:
+        pytest.skip(str(exc))
+    cutoff = bench.yaml.safe_load(bench.BASE_CONFIG.read_text())["model"]["backbone"]["max_radius"]
+    for atoms in sets["train"] + sets["val"] + sets["test"]:
+        assert atoms.pbc.all()
+        extent = np.ptp(atoms.positions, axis=0).max()
+        assert bench.BOX - extent > cutoff  # the nearest image of any atom is beyond the cutoff
+        assert np.isfinite(atoms.get_forces()).all() and atoms.get_forces().shape == (len(atoms), 3)
+    assert len(sets["test"]) == 2
+
+
+def test_tiny_run_writes_both_variants_errors_times_and_parameters(tmp_path):
+    out = tmp_path / "result.json"
+    code = bench.main(["--datasets", "emt", "--seeds", "1", "--epochs", "1", "--n-train", "2", "--n-valid", "1",
+                       "--n-test", "1", "--batch-size", "2", "--small-model", "--jobs", "2", "--quiet",
+                       "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    emt = data["results"]["emt"]
+    assert set(emt) == {"upstream", "gaunt"}
+    for variant in ("upstream", "gaunt"):
+        run = emt[variant]["runs"][0]
+        assert run["status"] == "ok" and run["epochs"] == 1, run
+        for key in ("e_mae_meV_per_atom", "f_mae_meV_per_A", "median_step_s"):
+            assert np.isfinite(emt[variant][key]["mean"]) and emt[variant][key]["n"] == 1
+    assert emt["gaunt"]["parameters"] > emt["upstream"]["parameters"]  # the self-mix adds parameters
+    assert data["settings"]["seeds"] == [0] and data["short_run"] is False
+    assert "| emt | + Gaunt self-mix |" in data["table"]
