@@ -3,7 +3,8 @@
 A layer keeps the plan of its product (:mod:`gaunt_plugins.plans`) and, per ``(kind, device, dtype, backend
 setting)``, the executor the dispatch chose (:func:`gaunt_plugins.backends.dispatch.executor_for`); both are
 derived state, rebuilt on demand and never pickled or deep-copied. The layer also registers its tables as
-buffers for TorchScript and ``torch.compile`` (which trace the PyTorch reference on them); after a dtype or
+buffers for TorchScript and ``torch.compile``, which call the ``torch.ops.gaunt`` CPU operators on them
+(:mod:`gaunt_plugins.backends.cpu.library`) or trace the PyTorch reference; after a dtype or
 device change those buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built
 under a float32 default computes from float64 tables, not from float32-rounded ones. Layers can be built and
 run on the ``meta`` device (shapes only): the dispatch gives them the PyTorch reference.
@@ -16,6 +17,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from ..backends import registry
+from ..backends.cpu.script import script_ops_ready
 from ..backends.dispatch import executor_for, record
 
 __all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number", "pickled_normalize"]
@@ -68,6 +70,22 @@ class PlannedModule(torch.nn.Module):
 
     _TABLES: Tuple[str, ...] = ()
     __jit_unused_properties__ = ["plan"]
+    __constants__ = ["_kernel_ops"]
+    _kernel_ops = False
+    """Whether the scripted forward calls the ``torch.ops.gaunt`` CPU operators on CPU tensors (the operators are
+    registered and the plan is within the kernels' limits): set when the layer is scripted
+    (:meth:`__prepare_scriptable__`), a constant of the script."""
+
+    def __prepare_scriptable__(self):
+        """Before ``torch.jit.script``: the operators are registered (built on first use) so that the script can
+        call them, or the script runs the PyTorch reference (the backend setting ``torch``, or no operators)."""
+        self._kernel_ops = script_ops_ready() and self._fits_kernels()
+        return self
+
+    @torch.jit.unused
+    def _fits_kernels(self) -> bool:
+        """Whether the plan is within the CPU kernels' stack limits."""
+        return False
 
     def _build_plan(self):
         raise NotImplementedError

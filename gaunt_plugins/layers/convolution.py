@@ -7,6 +7,8 @@ import torch
 
 from .._e3nn import compile_mode, o3
 from ..backends import registry, torch_ops
+from ..backends.cpu.script import (CONV_MAXI, CONV_MAXK2, CONV_MAXP, compile_ops_ready, gather_offsets,
+                                   scatter_offsets)
 from ..backends.executors import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -137,11 +139,18 @@ class GauntConvolution(PlannedModule):
 
     def _on_buffers(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
                     edge_index: Optional[torch.Tensor]) -> torch.Tensor:
-        """The reference on the registered tables, what TorchScript and ``torch.compile`` trace (compiled: through
+        """What TorchScript and ``torch.compile`` run on the registered tables: the ``torch.ops.gaunt`` CPU
+        operators on CPU tensors where they serve (:meth:`_fits_kernels`), else the reference (compiled: through
         the dense ops of :mod:`gaunt_plugins.backends`, so CUDA tensors reach the Triton kernels)."""
+        sh = flat_to_dense(x2, self.index_in2, 1, self.width2).view(x2.shape[0], self.width2)
+        if torch.jit.is_scripting():
+            if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
+                if x1.device.type == "cpu":
+                    return self._kernel_forward(x1, sh, weight, edge_index)
+        elif compile_ops_ready() and x1.device.type == "cpu" and self._fits_kernels():
+            return self._kernel_forward(x1, sh, weight, edge_index)
         compute = x1.dtype
         lanes = self.products * self.channels
-        sh = flat_to_dense(x2, self.index_in2, 1, self.width2).view(x2.shape[0], self.width2)
         w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
         a = flat_to_dense(x1, self.index_in1, lanes, self.width1)
         mask2, y1 = self.deg_mask2.to(compute), self.to_grid1.to(compute)
@@ -160,6 +169,28 @@ class GauntConvolution(PlannedModule):
             dense = registry.conv_message(a, sh, w, edge_index, x1.shape[0], self.k1, self.deg1, mask2, self.deg3,
                                           y1, y2, f)
         return dense_to_flat(dense, self.index_out)
+
+    @torch.jit.unused
+    def _fits_kernels(self) -> bool:
+        """Whether the plan is within ``conv.c``'s stack limits (the dtype is float32 or float64 here)."""
+        return (self.to_grid1.shape[1] <= CONV_MAXP and self.k2 <= CONV_MAXK2
+                and max(self.width1, self.width2, self.from_grid.shape[1]) <= CONV_MAXI)
+
+    def _kernel_forward(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
+                        edge_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows."""
+        compute = x1.dtype
+        lanes = self.products * self.channels
+        width_out = self.from_grid.shape[1]
+        offsets_in1 = gather_offsets(self.index_in1, self.dim_in1, lanes)
+        offsets_out = scatter_offsets(self.index_out, lanes, width_out)
+        deg2 = self.deg_mask2.argmax(0)
+        y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
+        if edge_index is None:
+            return torch.ops.gaunt.conv(x1, sh, weight, offsets_in1, offsets_out, self.deg1, deg2, self.deg3, y1, y2,
+                                        f, self.k1, self.k2, self.dim_out)
+        return torch.ops.gaunt.message(x1, sh, weight, edge_index, x1.shape[0], offsets_in1, offsets_out, self.deg1,
+                                       deg2, self.deg3, y1, y2, f, self.k1, self.k2, self.dim_out)
 
 
 def _normalized_plan(state: dict):

@@ -5,6 +5,7 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
+from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, compile_ops_ready, scatter_offsets
 from ..backends.executors import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
@@ -150,7 +151,14 @@ class GauntManyBody(PlannedModule):
         return self._executor("many_body", x.device, x.dtype)(x, w_in, w_out)
 
     def _on_buffers(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        """The reference on the registered tables (TorchScript; ``torch.compile`` through the dense ops)."""
+        """What TorchScript and ``torch.compile`` run on the registered tables: ``torch.ops.gaunt.many_body`` where
+        it serves (:meth:`_fits_kernels`), else the reference (compiled: through the dense ops)."""
+        if torch.jit.is_scripting():
+            if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
+                if x.device.type == "cpu":
+                    return self._kernel_forward(x, w_in, w_out)
+        elif compile_ops_ready() and x.device.type == "cpu" and self._fits_kernels():
+            return self._kernel_forward(x, w_in, w_out)
         compute = x.dtype
         xd = x
         if self.compact_in != self.width_in:
@@ -165,6 +173,23 @@ class GauntManyBody(PlannedModule):
         if self.chains > 1:
             out = out.view(out.shape[0], self.chains, self.channels, out.shape[2]).sum(1)
         return dense_to_flat(out, self.index_out)
+
+    @torch.jit.unused
+    def _fits_kernels(self) -> bool:
+        """Whether the plan is within ``many_body.c``'s stack limits (the dtype is float32 or float64 here)."""
+        return (self.to_grid.shape[1] <= MB_MAXP and self.correlation <= MB_MAXNU
+                and max(self.width_in, self.from_grids.shape[2]) <= MB_MAXI)
+
+    def _kernel_forward(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        """``torch.ops.gaunt.many_body`` on the compact rows (every chain reading its channel's coefficients)."""
+        compute = x.dtype
+        xl = x if self.chains == 1 else x.repeat(1, self.chains, 1)
+        offsets_in = torch.where(self.index_in == self.compact_in, torch.full_like(self.index_in, -1), self.index_in)
+        offsets_out = scatter_offsets(self.index_out, self.channels, self.from_grids.shape[2])
+        if self.chains > 1:
+            offsets_out = offsets_out.repeat(self.chains, 1)
+        return torch.ops.gaunt.many_body(xl, w_in, w_out, offsets_in, offsets_out, self.deg_in, self.deg_out,
+                                         self.to_grid.to(compute), self.from_grids.to(compute), self.dim_out)
 
 
 def _normalized_plan(state: dict):

@@ -7,6 +7,7 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
+from ..backends.cpu.script import GP_MAXI, GP_MAXP, compile_ops_ready
 from ..backends.executors import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -133,15 +134,38 @@ class GauntTensorProduct(PlannedModule):
 
     def _on_buffers(self, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                     w3: torch.Tensor) -> torch.Tensor:
-        """The reference on the registered tables (TorchScript; ``torch.compile`` through the dense ops)."""
+        """What TorchScript and ``torch.compile`` run on the registered tables: the reference with its grid product
+        as ``torch.ops.gaunt.grid_product`` on CPU tensors where that serves (:meth:`_fits_kernels`); compiled
+        otherwise: through the dense ops."""
         compute = a.dtype
         ad = flat_to_dense(a, self.index_in1, self.channels, self.width1)
         bd = flat_to_dense(b, self.index_in2, self.channels, self.width2)
         y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
         if torch.jit.is_scripting():
+            if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
+                if a.device.type == "cpu":
+                    return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
             out = torch_ops.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
+        elif compile_ops_ready() and a.device.type == "cpu" and self._fits_kernels():
+            return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
         else:
             out = registry.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
+        return dense_to_flat(out, self.index_out)
+
+    @torch.jit.unused
+    def _fits_kernels(self) -> bool:
+        """Whether the plan is within ``grid_product.c``'s stack limits (float32 or float64 here)."""
+        return (self.to_grid1.shape[1] <= GP_MAXP
+                and max(self.width1, self.width2, self.width_out) <= GP_MAXI)
+
+    def _kernel_forward(self, ad: torch.Tensor, bd: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                        w3: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The weighted product with its grid product as ``torch.ops.gaunt.grid_product`` on ``[N C, I]`` rows."""
+        n, c = ad.shape[0], ad.shape[1]
+        u = ad * w1.transpose(-1, -2).index_select(-1, self.deg1)
+        v = bd * w2.transpose(-1, -2).index_select(-1, self.deg2)
+        out = torch.ops.gaunt.grid_product(u.reshape(n * c, -1), v.reshape(n * c, -1), y1, y2, f)
+        out = out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, self.deg3)
         return dense_to_flat(out, self.index_out)
 
 

@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..._private_files import fresh_private_dir, private_dir, read_private_file, write_private_file
 
@@ -90,33 +90,46 @@ class _BuildFailed(Exception):
     """The compiler failed; the message is its error output."""
 
 
-def _build(cc: str, flags: list[str], folder: Path, name: str, install: bool) -> ctypes.CDLL:
-    """Compile into a private temporary folder inside ``folder``, load that file, and (``install``)
-    move it to ``folder/name`` with its digest beside it: the library loaded is the one built here,
-    whatever a concurrent builder (another DDP worker) puts in the cache meanwhile."""
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        out = Path(tmp) / name
+def _build(cc: str, flags: list[str], folder: Path, name: str, install: bool) -> tuple[ctypes.CDLL, Optional[Path]]:
+    """Compile the kernels into ``folder/name`` (see :func:`build_into`) and load them with ctypes."""
+    def compile_to(out: Path) -> None:
         proc = subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise _BuildFailed(proc.stderr.strip()[:500])
+
+    return build_into(folder, name, install, compile_to, ctypes.CDLL, "CPU kernels")
+
+
+def build_into(folder: Path, name: str, install: bool, compile_to: Callable[[Path], None],
+               loader: Callable[[str], object], what: str) -> tuple[object, Optional[Path]]:
+    """``compile_to(path)`` in a private temporary folder inside ``folder``, load that file with ``loader``, and
+    (``install``) move it to ``folder/name`` with its digest beside it: the library loaded is the one built here,
+    whatever a concurrent builder (another DDP worker) puts in the cache meanwhile. Returns ``(what loader
+    returned, the cached path or None)``; :class:`_BuildFailed` when compiling or loading fails."""
+    installed = None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        out = Path(tmp) / name
+        compile_to(out)
         os.chmod(out, 0o700)  # the linker's mode follows the umask (0777 under umask 000)
         digest = hashlib.sha256(read_private_file(out)).hexdigest()
         try:
-            lib = ctypes.CDLL(str(out))
-        except OSError as exc:
+            lib = loader(str(out))
+        except (OSError, RuntimeError) as exc:
             raise _BuildFailed(f"the library built cannot be loaded: {exc}") from None
         if install:
             try:  # the digest first: a reader never pairs the new library with an old digest
                 write_private_file(folder / (name + _DIGEST_SUFFIX), digest.encode())
                 os.replace(out, folder / name)  # atomic: other processes never see half a file
+                installed = folder / name
             except OSError as exc:
-                warnings.warn(f"gaunt_plugins CPU kernels: built and loaded, but not cached: {exc}", RuntimeWarning)
-    return lib
+                warnings.warn(f"gaunt_plugins {what}: built and loaded, but not cached: {exc}", RuntimeWarning)
+    return lib, installed
 
 
-def _cached(folder: Path, name: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    """The cached library if it is this user's, writable by nobody else, and its SHA-256 equals the
-    digest recorded when this user built it; else ``(None, why not)`` (``None``: there is none)."""
+def _cached(folder: Path, name: str,
+            loader: Callable[[str], object] = ctypes.CDLL) -> tuple[Optional[object], Optional[str]]:
+    """The cached library (loaded with ``loader``) if it is this user's, writable by nobody else, and its SHA-256
+    equals the digest recorded when this user built it; else ``(None, why not)`` (``None``: there is none)."""
     path = folder / name
     try:
         data = read_private_file(path)
@@ -133,35 +146,44 @@ def _cached(folder: Path, name: str) -> tuple[Optional[ctypes.CDLL], Optional[st
     if hashlib.sha256(data).hexdigest() != recorded:
         return None, f"{path} does not match the digest recorded when it was built (truncated or replaced)"
     try:
-        return ctypes.CDLL(str(path)), None
-    except OSError as exc:
+        return loader(str(path)), None
+    except (OSError, RuntimeError) as exc:
         return None, f"{path} cannot be loaded: {exc}"
 
 
 def _library(cc: str, flags: list[str]) -> ctypes.CDLL:
-    """Load the kernels from the private cache (or build them there); when the cache cannot be used
-    (cannot be created or written, not this user's, writable by others) build them in a private
-    temporary folder for this process, with one warning saying why."""
+    """Load the kernels from the private cache (or build them there), see :func:`cached_library`."""
     name = _library_name(cc, flags)
+    return cached_library(name, lambda folder, install: _build(cc, flags, folder, name, install), ctypes.CDLL,
+                          "CPU kernels")[0]
+
+
+def cached_library(name: str, build: Callable[[Path, bool], tuple[object, Optional[Path]]],
+                   loader: Callable[[str], object], what: str) -> tuple[object, Optional[Path]]:
+    """Load ``name`` from the private cache with ``loader``, or ``build(folder, install=True)`` it there; when the
+    cache cannot be used (cannot be created or written, not this user's, writable by others) ``build(tmp,
+    install=False)`` in a private temporary folder for this process (removed once loaded), with one warning saying
+    why. ``build`` returns what :func:`build_into` returns, and so does this: ``(the loaded library, its cached
+    path or None)``."""
     folder = None
     try:
         folder = _cache_dir()
         folder = private_dir(folder, tighten=False)
-        lib, refused = _cached(folder, name)
+        lib, refused = _cached(folder, name, loader)
         if lib is not None:
-            return lib
+            return lib, folder / name
         if refused is not None:
-            warnings.warn(f"gaunt_plugins CPU kernels: not loading the cached library: {refused}; rebuilding it",
+            warnings.warn(f"gaunt_plugins {what}: not loading the cached library: {refused}; rebuilding it",
                           RuntimeWarning)
-        return _build(cc, flags, folder, name, install=True)
+        return build(folder, True)
     except OSError as exc:
         where = f" {folder}" if folder is not None else ""
-        warnings.warn(f"gaunt_plugins CPU kernels: the cache{where} cannot be used ({exc}); building them in a "
+        warnings.warn(f"gaunt_plugins {what}: the cache{where} cannot be used ({exc}); building them in a "
                       "private temporary folder for this process (set GAUNT_PLUGINS_CACHE to a folder of yours "
                       "to keep them)", RuntimeWarning)
     tmp = fresh_private_dir(prefix="gaunt_plugins_kernels_")
     try:
-        return _build(cc, flags, tmp, name, install=False)
+        return build(tmp, False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,0 +1,611 @@
+// The CPU kernels (grid_product.c, conv.c, many_body.c) as PyTorch operators in the namespace `gaunt`, so that
+// TorchScript, torch.compile and C++ hosts (LAMMPS's pair_style mace) reach them through the dispatcher.
+//
+// Forward operators (float32/float64 CPU tensors; tables in the inputs' dtype or cast to it; int64 index tables):
+//   gaunt::grid_product(u [R, I1], v [R, I2], to_grid1 [I1, P], to_grid2 [I2, P], from_grid [P, Io]) -> [R, Io]
+//   gaunt::conv(x1 [E, D1], sh [E, I2] dense, weight [E, (K1+K2+K3) C], offsets_in1 [C, I1], offsets_out [C, Io],
+//               deg1 [I1], deg2 [I2], deg3 [Io], to_grid1, to_grid2, from_grid, k1, k2, dim_out) -> [E, dim_out]
+//   gaunt::message(x [N, D1], sh, weight, edge_index [2, E], num_nodes, <the tables of conv>, k1, k2, dim_out)
+//               -> [num_nodes, dim_out], out[v] = sum over the edges e into v of conv(x[src e], sh[e], weight[e])
+//   gaunt::many_body(x [N, C, Ic], w_in [N, NU, K, C], w_out [N, NU, Ko, C], offsets_in [I], offsets_out [C, Io],
+//               deg_in [I], deg_out [Io], to_grid [I, P], from_grids [NU, P, Io], dim_out) -> [N, dim_out]
+// Each has a `<name>_backward(grad, <the forward's inputs>)` returning the gradients of its tensor inputs (one
+// fused kernel pass). Autograd: the forward operators are differentiable once; differentiating their gradients
+// again (second derivatives, force training) raises an error that says to train the eager Python model.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstddef>
+
+extern "C" {
+#define GAUNT_DECLARE(T, SUF)                                                                                       \
+    int gp_forward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, ptrdiff_t,     \
+                         const T*, ptrdiff_t, const T*, const T*, const T*, T*);                                    \
+    int gp_backward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, ptrdiff_t,    \
+                          const T*, ptrdiff_t, const T*, const T*, const T*, const T*, const T*, const T*, T*, T*); \
+    int conv_forward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,  \
+                           ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*,   \
+                           const long*, const long*, const long*, const long*, const T*, const T*, const T*, T*);   \
+    int conv_backward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, \
+                            ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*,  \
+                            const long*, const long*, const long*, const long*, const T*, const T*, const T*,       \
+                            const T*, const T*, const T*, const T*, T*, T*, T*);                                    \
+    int msg_forward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,   \
+                          ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*,    \
+                          const long*, const long*, const long*, const long*, const T*, const T*, const T*,         \
+                          const long*, const long*, const long*, T*);                                               \
+    int msg_backward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,  \
+                           ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*,   \
+                           const long*, const long*, const long*, const long*, const T*, const T*, const T*,        \
+                           const T*, const T*, const long*, const long*, const long*, const T*, T*, T*, T*);        \
+    int mb_forward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,    \
+                         ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*, const long*,   \
+                         const long*, const long*, const T*, const T*, T*);                                         \
+    int mb_backward_##SUF(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,   \
+                          ptrdiff_t, ptrdiff_t, ptrdiff_t, const T*, const T*, const T*, const long*, const long*,  \
+                          const long*, const long*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*);
+GAUNT_DECLARE(float, f32)
+GAUNT_DECLARE(double, f64)
+#undef GAUNT_DECLARE
+}
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The kernel entry points of one dtype.
+template <typename T> struct Kernels;
+#define GAUNT_KERNELS(T, SUF)                                                                                       \
+    template <> struct Kernels<T> {                                                                                 \
+        static constexpr auto gp_forward = gp_forward_##SUF;                                                        \
+        static constexpr auto gp_backward = gp_backward_##SUF;                                                      \
+        static constexpr auto conv_forward = conv_forward_##SUF;                                                    \
+        static constexpr auto conv_backward = conv_backward_##SUF;                                                  \
+        static constexpr auto msg_forward = msg_forward_##SUF;                                                      \
+        static constexpr auto msg_backward = msg_backward_##SUF;                                                    \
+        static constexpr auto mb_forward = mb_forward_##SUF;                                                        \
+        static constexpr auto mb_backward = mb_backward_##SUF;                                                      \
+    };
+GAUNT_KERNELS(float, f32)
+GAUNT_KERNELS(double, f64)
+#undef GAUNT_KERNELS
+
+constexpr int64_t kRowsPerThread = 2048, kEdgesPerThread = 64, kNodesPerThread = 8, kManyBodyPerThread = 16;
+
+// Run `fn(begin, end)` over [0, count) on torch's intra-op threads; a non-zero return code (sizes past the
+// kernel's stack limits, see the #define lines of its source) is an error naming the operator.
+template <typename F> void run_split(int64_t count, int64_t grain, const char* what, F fn) {
+    std::atomic<int> failed{0};
+    at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+        if (fn(begin, end) != 0) failed = 1;
+    });
+    TORCH_CHECK(!failed, "gaunt::", what, ": sizes past the CPU kernel's limits");
+}
+
+void check_input(const Tensor& t, const char* op, const char* name) {
+    TORCH_CHECK(t.device().is_cpu(), "gaunt::", op, ": ", name, " must be a CPU tensor, got ", t.device());
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "gaunt::", op, ": ", name,
+                " must be float32 or float64, got ", t.scalar_type());
+}
+
+// A floating table in `dtype`, contiguous (optionally transposed first); an index table as contiguous int64.
+Tensor table(const Tensor& t, at::ScalarType dtype, bool transposed = false) {
+    return (transposed ? t.transpose(-1, -2) : t).to(dtype).contiguous();
+}
+Tensor index(const Tensor& t) { return t.to(at::kLong).contiguous(); }
+template <typename T> const T* ptr(const Tensor& t) { return t.data_ptr<T>(); }
+template <typename T> T* opt_ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+// ---- grid product --------------------------------------------------------------------------------------------
+
+Tensor grid_product_cpu(const Tensor& u_, const Tensor& v_, const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    check_input(u_, "grid_product", "u");
+    TORCH_CHECK(u_.dim() == 2 && v_.dim() == 2 && u_.size(0) == v_.size(0),
+                "gaunt::grid_product: u [R, I1] and v [R, I2] expected, got ", u_.sizes(), " and ", v_.sizes());
+    auto dtype = u_.scalar_type();
+    Tensor u = u_.contiguous(), v = v_.to(dtype).contiguous();
+    Tensor a = table(t1, dtype, true), b = table(t2, dtype, true), c = table(t3, dtype, true);
+    int64_t rows = u.size(0), i1 = u.size(1), i2 = v.size(1), p = a.size(0), io = c.size(0);
+    Tensor out = at::empty({rows, io}, u.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::grid_product", [&] {
+        run_split(rows, kRowsPerThread, "grid_product", [&](int64_t r0, int64_t r1) {
+            return Kernels<scalar_t>::gp_forward(r0, r1, i1, i2, p, io, ptr<scalar_t>(u), i1, ptr<scalar_t>(v), i2,
+                                                 ptr<scalar_t>(a), ptr<scalar_t>(b), ptr<scalar_t>(c),
+                                                 out.data_ptr<scalar_t>());
+        });
+    });
+    return out;
+}
+
+std::tuple<Tensor, Tensor> grid_product_backward_cpu(const Tensor& g_, const Tensor& u_, const Tensor& v_,
+                                                     const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    auto dtype = u_.scalar_type();
+    Tensor u = u_.contiguous(), v = v_.to(dtype).contiguous(), g = g_.to(dtype).contiguous();
+    Tensor at_ = table(t1, dtype, true), bt = table(t2, dtype, true), c = table(t3, dtype);
+    Tensor a = table(t1, dtype), b = table(t2, dtype);
+    int64_t rows = u.size(0), i1 = u.size(1), i2 = v.size(1), p = a.size(1), io = c.size(1);
+    Tensor du = at::empty_like(u), dv = at::empty_like(v);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::grid_product_backward", [&] {
+        run_split(rows, kRowsPerThread, "grid_product_backward", [&](int64_t r0, int64_t r1) {
+            return Kernels<scalar_t>::gp_backward(r0, r1, i1, i2, p, io, ptr<scalar_t>(u), i1, ptr<scalar_t>(v), i2,
+                                                  ptr<scalar_t>(g), ptr<scalar_t>(at_), ptr<scalar_t>(bt),
+                                                  ptr<scalar_t>(c), ptr<scalar_t>(a), ptr<scalar_t>(b),
+                                                  du.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+        });
+    });
+    return {du, dv};
+}
+
+// ---- convolution and message ---------------------------------------------------------------------------------
+
+// The sizes and tables of conv.c for one call.
+struct ConvArgs {
+    int64_t C, I1, I2, P, Io, K1, K2, K3, D1, Do;
+    Tensor off1, offo, deg1, deg2, deg3, t1t, t2t, t3t, t1, t3;
+    ConvArgs(const char* op, const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& offsets_in1,
+             const Tensor& offsets_out, const Tensor& d1, const Tensor& d2, const Tensor& d3, const Tensor& y1,
+             const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out, bool backward) {
+        check_input(x, op, "x");
+        auto dtype = x.scalar_type();
+        TORCH_CHECK(x.dim() == 2 && sh.dim() == 2 && w.dim() == 2 && sh.size(0) == w.size(0), "gaunt::", op,
+                    ": x [rows, D1], sh [E, I2] and weight [E, K C] expected, got ", x.sizes(), ", ", sh.sizes(),
+                    ", ", w.sizes());
+        off1 = index(offsets_in1);
+        offo = index(offsets_out);
+        deg1 = index(d1);
+        deg2 = index(d2);
+        deg3 = index(d3);
+        C = off1.size(0);
+        I1 = y1.size(0);
+        I2 = y2.size(0);
+        P = y1.size(1);
+        Io = f.size(1);
+        K1 = k1;
+        K2 = k2;
+        D1 = x.size(1);
+        Do = dim_out;
+        TORCH_CHECK(w.size(1) % C == 0 && w.size(1) / C > K1 + K2, "gaunt::", op, ": weight width ", w.size(1),
+                    " is not (K1 + K2 + K3) x ", C, " lanes");
+        K3 = w.size(1) / C - K1 - K2;
+        TORCH_CHECK(sh.size(1) == I2, "gaunt::", op, ": sh must be [E, ", I2, "], got ", sh.sizes());
+        t1t = table(y1, dtype, true);
+        t2t = table(y2, dtype, true);
+        t3t = table(f, dtype, true);
+        if (backward) {
+            t1 = table(y1, dtype);
+            t3 = table(f, dtype);
+        }
+    }
+};
+
+Tensor conv_cpu(const Tensor& x1, const Tensor& sh_, const Tensor& w_, const Tensor& off1, const Tensor& offo,
+                const Tensor& deg1, const Tensor& deg2, const Tensor& deg3, const Tensor& y1, const Tensor& y2,
+                const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    ConvArgs d("conv", x1, sh_, w_, off1, offo, deg1, deg2, deg3, y1, y2, f, k1, k2, dim_out, false);
+    auto dtype = x1.scalar_type();
+    Tensor x = x1.contiguous(), sh = sh_.to(dtype).contiguous(), w = w_.to(dtype).contiguous();
+    TORCH_CHECK(x.size(0) == sh.size(0), "gaunt::conv: x1 and sh need one row per edge, got ", x.sizes(), " and ",
+                sh.sizes());
+    Tensor out = at::zeros({x.size(0), dim_out}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::conv", [&] {
+        run_split(x.size(0), kEdgesPerThread, "conv", [&](int64_t e0, int64_t e1) {
+            return Kernels<scalar_t>::conv_forward(
+                e0, e1, d.C, d.I1, d.I2, d.P, d.Io, d.K1, d.K2, d.K3, d.D1, d.Do, ptr<scalar_t>(x), ptr<scalar_t>(sh),
+                ptr<scalar_t>(w), ptr<long>(d.off1), ptr<long>(d.offo), ptr<long>(d.deg1), ptr<long>(d.deg2),
+                ptr<long>(d.deg3), ptr<scalar_t>(d.t1t), ptr<scalar_t>(d.t2t), ptr<scalar_t>(d.t3t),
+                out.data_ptr<scalar_t>());
+        });
+    });
+    return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(const Tensor& g_, const Tensor& x1, const Tensor& sh_,
+                                                     const Tensor& w_, const Tensor& off1, const Tensor& offo,
+                                                     const Tensor& deg1, const Tensor& deg2, const Tensor& deg3,
+                                                     const Tensor& y1, const Tensor& y2, const Tensor& f, int64_t k1,
+                                                     int64_t k2, int64_t dim_out) {
+    ConvArgs d("conv_backward", x1, sh_, w_, off1, offo, deg1, deg2, deg3, y1, y2, f, k1, k2, dim_out, true);
+    auto dtype = x1.scalar_type();
+    Tensor x = x1.contiguous(), sh = sh_.to(dtype).contiguous(), w = w_.to(dtype).contiguous();
+    Tensor g = g_.to(dtype).contiguous();
+    Tensor dx = at::zeros_like(x), dsh = at::empty_like(sh), dw = at::empty_like(w);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::conv_backward", [&] {
+        run_split(x.size(0), kEdgesPerThread, "conv_backward", [&](int64_t e0, int64_t e1) {
+            return Kernels<scalar_t>::conv_backward(
+                e0, e1, d.C, d.I1, d.I2, d.P, d.Io, d.K1, d.K2, d.K3, d.D1, d.Do, ptr<scalar_t>(x), ptr<scalar_t>(sh),
+                ptr<scalar_t>(w), ptr<long>(d.off1), ptr<long>(d.offo), ptr<long>(d.deg1), ptr<long>(d.deg2),
+                ptr<long>(d.deg3), ptr<scalar_t>(d.t1t), ptr<scalar_t>(d.t2t), ptr<scalar_t>(d.t3t),
+                ptr<scalar_t>(d.t1), nullptr, ptr<scalar_t>(d.t3), ptr<scalar_t>(g), dx.data_ptr<scalar_t>(),
+                dsh.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
+        });
+    });
+    return {dx, dsh, dw};
+}
+
+// Edges grouped by `node` (receivers or senders): (seg [count + 1], perm [E]), the edges of node v being
+// perm[seg[v]:seg[v + 1]] in their original order.
+std::tuple<Tensor, Tensor> segments(const Tensor& node, int64_t count) {
+    Tensor perm = std::get<1>(at::sort(node, std::optional<bool>(true), 0, false)).contiguous();
+    Tensor seg = at::zeros({count + 1}, node.options());
+    if (node.numel() > 0)
+        seg.narrow(0, 1, count).copy_(at::cumsum(at::bincount(node, std::optional<Tensor>(), count), 0));
+    return {seg, perm};
+}
+
+std::tuple<Tensor, Tensor> edge_ends(const Tensor& edge_index, int64_t num_nodes, int64_t num_rows, const char* op) {
+    TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2, "gaunt::", op, ": edge_index must be [2, E], got ",
+                edge_index.sizes());
+    Tensor ei = index(edge_index);
+    Tensor src = ei.select(0, 0).contiguous(), dst = ei.select(0, 1).contiguous();
+    if (ei.size(1) > 0) {
+        TORCH_CHECK(src.min().item<int64_t>() >= 0 && src.max().item<int64_t>() < num_rows, "gaunt::", op,
+                    ": senders must index the ", num_rows, " rows of x");
+        TORCH_CHECK(dst.min().item<int64_t>() >= 0 && dst.max().item<int64_t>() < num_nodes, "gaunt::", op,
+                    ": receivers must be below num_nodes = ", num_nodes);
+    }
+    return {src, dst};
+}
+
+Tensor message_cpu(const Tensor& x_, const Tensor& sh_, const Tensor& w_, const Tensor& edge_index, int64_t num_nodes,
+                   const Tensor& off1, const Tensor& offo, const Tensor& deg1, const Tensor& deg2, const Tensor& deg3,
+                   const Tensor& y1, const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    ConvArgs d("message", x_, sh_, w_, off1, offo, deg1, deg2, deg3, y1, y2, f, k1, k2, dim_out, false);
+    auto dtype = x_.scalar_type();
+    Tensor x = x_.contiguous(), sh = sh_.to(dtype).contiguous(), w = w_.to(dtype).contiguous();
+    auto [src, dst] = edge_ends(edge_index, num_nodes, x.size(0), "message");
+    auto [seg, perm] = segments(dst, num_nodes);
+    Tensor out = at::zeros({num_nodes, dim_out}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::message", [&] {
+        run_split(num_nodes, kNodesPerThread, "message", [&](int64_t v0, int64_t v1) {
+            return Kernels<scalar_t>::msg_forward(
+                v0, v1, d.C, d.I1, d.I2, d.P, d.Io, d.K1, d.K2, d.K3, d.D1, d.Do, ptr<scalar_t>(x), ptr<scalar_t>(sh),
+                ptr<scalar_t>(w), ptr<long>(d.off1), ptr<long>(d.offo), ptr<long>(d.deg1), ptr<long>(d.deg2),
+                ptr<long>(d.deg3), ptr<scalar_t>(d.t1t), ptr<scalar_t>(d.t2t), ptr<scalar_t>(d.t3t), ptr<long>(seg),
+                ptr<long>(perm), ptr<long>(src), out.data_ptr<scalar_t>());
+        });
+    });
+    return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> message_backward_cpu(const Tensor& g_, const Tensor& x_, const Tensor& sh_,
+                                                        const Tensor& w_, const Tensor& edge_index, int64_t num_nodes,
+                                                        const Tensor& off1, const Tensor& offo, const Tensor& deg1,
+                                                        const Tensor& deg2, const Tensor& deg3, const Tensor& y1,
+                                                        const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2,
+                                                        int64_t dim_out) {
+    ConvArgs d("message_backward", x_, sh_, w_, off1, offo, deg1, deg2, deg3, y1, y2, f, k1, k2, dim_out, true);
+    auto dtype = x_.scalar_type();
+    Tensor x = x_.contiguous(), sh = sh_.to(dtype).contiguous(), w = w_.to(dtype).contiguous();
+    Tensor g = g_.to(dtype).contiguous();
+    auto [src, dst] = edge_ends(edge_index, num_nodes, x.size(0), "message_backward");
+    auto [seg, perm] = segments(src, x.size(0));
+    Tensor dx = at::zeros_like(x), dsh = at::empty_like(sh), dw = at::empty_like(w);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::message_backward", [&] {
+        run_split(x.size(0), kNodesPerThread, "message_backward", [&](int64_t u0, int64_t u1) {
+            return Kernels<scalar_t>::msg_backward(
+                u0, u1, d.C, d.I1, d.I2, d.P, d.Io, d.K1, d.K2, d.K3, d.D1, d.Do, ptr<scalar_t>(x), ptr<scalar_t>(sh),
+                ptr<scalar_t>(w), ptr<long>(d.off1), ptr<long>(d.offo), ptr<long>(d.deg1), ptr<long>(d.deg2),
+                ptr<long>(d.deg3), ptr<scalar_t>(d.t1t), ptr<scalar_t>(d.t2t), ptr<scalar_t>(d.t3t),
+                ptr<scalar_t>(d.t1), ptr<scalar_t>(d.t3), ptr<long>(seg), ptr<long>(perm), ptr<long>(dst),
+                ptr<scalar_t>(g), dx.data_ptr<scalar_t>(), dsh.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
+        });
+    });
+    return {dx, dsh, dw};
+}
+
+// ---- many-body product ---------------------------------------------------------------------------------------
+
+struct ManyBodyArgs {
+    int64_t C, Ic, I, P, Io, K, Ko, NU, Do;
+    Tensor offi, offo, degi, dego, tt, pjt, t, pj;
+    ManyBodyArgs(const char* op, const Tensor& x, const Tensor& w_in, const Tensor& w_out, const Tensor& offsets_in,
+                 const Tensor& offsets_out, const Tensor& deg_in, const Tensor& deg_out, const Tensor& y,
+                 const Tensor& fs, int64_t dim_out, bool backward) {
+        check_input(x, op, "x");
+        auto dtype = x.scalar_type();
+        TORCH_CHECK(x.dim() == 3 && w_in.dim() == 4 && w_out.dim() == 4 && fs.dim() == 3, "gaunt::", op,
+                    ": x [N, C, Ic], w_in [N, NU, K, C], w_out [N, NU, Ko, C], from_grids [NU, P, Io] expected");
+        C = x.size(1);
+        Ic = x.size(2);
+        I = y.size(0);
+        P = y.size(1);
+        Io = fs.size(2);
+        K = w_in.size(2);
+        Ko = w_out.size(2);
+        NU = fs.size(0);
+        Do = dim_out;
+        TORCH_CHECK(w_in.size(0) == x.size(0) && w_in.size(1) == NU && w_in.size(3) == C && w_out.size(0) == x.size(0)
+                        && w_out.size(1) == NU && w_out.size(3) == C,
+                    "gaunt::", op, ": weights must be [N, NU, K, C] with N = ", x.size(0), ", NU = ", NU, ", C = ", C,
+                    ", got ", w_in.sizes(), " and ", w_out.sizes());
+        offi = index(offsets_in);
+        offo = index(offsets_out);
+        degi = index(deg_in);
+        dego = index(deg_out);
+        tt = table(y, dtype, true);
+        pjt = table(fs, dtype, true);
+        if (backward) {
+            t = table(y, dtype);
+            pj = table(fs, dtype);
+        }
+    }
+};
+
+Tensor many_body_cpu(const Tensor& x_, const Tensor& wi_, const Tensor& wo_, const Tensor& offi, const Tensor& offo,
+                     const Tensor& degi, const Tensor& dego, const Tensor& y, const Tensor& fs, int64_t dim_out) {
+    ManyBodyArgs d("many_body", x_, wi_, wo_, offi, offo, degi, dego, y, fs, dim_out, false);
+    auto dtype = x_.scalar_type();
+    Tensor x = x_.contiguous(), wi = wi_.to(dtype).contiguous(), wo = wo_.to(dtype).contiguous();
+    Tensor out = at::zeros({x.size(0), dim_out}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::many_body", [&] {
+        run_split(x.size(0), kManyBodyPerThread, "many_body", [&](int64_t n0, int64_t n1) {
+            return Kernels<scalar_t>::mb_forward(n0, n1, d.C, d.Ic, d.I, d.P, d.Io, d.K, d.Ko, d.NU, d.Do,
+                                                 ptr<scalar_t>(x), ptr<scalar_t>(wi), ptr<scalar_t>(wo),
+                                                 ptr<long>(d.offi), ptr<long>(d.offo), ptr<long>(d.degi),
+                                                 ptr<long>(d.dego), ptr<scalar_t>(d.tt), ptr<scalar_t>(d.pjt),
+                                                 out.data_ptr<scalar_t>());
+        });
+    });
+    return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> many_body_backward_cpu(const Tensor& g_, const Tensor& x_, const Tensor& wi_,
+                                                          const Tensor& wo_, const Tensor& offi, const Tensor& offo,
+                                                          const Tensor& degi, const Tensor& dego, const Tensor& y,
+                                                          const Tensor& fs, int64_t dim_out) {
+    ManyBodyArgs d("many_body_backward", x_, wi_, wo_, offi, offo, degi, dego, y, fs, dim_out, true);
+    auto dtype = x_.scalar_type();
+    Tensor x = x_.contiguous(), wi = wi_.to(dtype).contiguous(), wo = wo_.to(dtype).contiguous();
+    Tensor g = g_.to(dtype).contiguous();
+    Tensor dx = at::zeros_like(x), dwi = at::empty_like(wi), dwo = at::empty_like(wo);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "gaunt::many_body_backward", [&] {
+        run_split(x.size(0), kManyBodyPerThread, "many_body_backward", [&](int64_t n0, int64_t n1) {
+            return Kernels<scalar_t>::mb_backward(n0, n1, d.C, d.Ic, d.I, d.P, d.Io, d.K, d.Ko, d.NU, d.Do,
+                                                  ptr<scalar_t>(x), ptr<scalar_t>(wi), ptr<scalar_t>(wo),
+                                                  ptr<long>(d.offi), ptr<long>(d.offo), ptr<long>(d.degi),
+                                                  ptr<long>(d.dego), ptr<scalar_t>(d.tt), ptr<scalar_t>(d.pjt),
+                                                  ptr<scalar_t>(d.t), ptr<scalar_t>(d.pj), ptr<scalar_t>(g),
+                                                  dx.data_ptr<scalar_t>(), dwi.data_ptr<scalar_t>(),
+                                                  dwo.data_ptr<scalar_t>());
+        });
+    });
+    return {dx, dwi, dwo};
+}
+
+// ---- autograd ------------------------------------------------------------------------------------------------
+
+c10::OperatorHandle op(const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+// The gradients a backward operator returned, as a list (a backward operator returns 2 or 3 tensors).
+variable_list as_list(const std::tuple<Tensor, Tensor>& t) { return {std::get<0>(t), std::get<1>(t)}; }
+variable_list as_list(const std::tuple<Tensor, Tensor, Tensor>& t) {
+    return {std::get<0>(t), std::get<1>(t), std::get<2>(t)};
+}
+
+// A backward operator under autograd: runs below autograd; differentiating its outputs raises (no second
+// derivatives through the compiled operators).
+template <typename Result, typename... Args> struct NoSecondDerivative {
+    struct Fn : public torch::autograd::Function<Fn> {
+        static variable_list forward(AutogradContext* ctx, const char* name, Args... args) {
+            ctx->saved_data["name"] = std::string(name);
+            at::AutoDispatchBelowADInplaceOrView guard;
+            return as_list(op(name).typed<Result(Args...)>().call(args...));
+        }
+        static variable_list backward(AutogradContext* ctx, variable_list) {
+            TORCH_CHECK(false, ctx->saved_data["name"].toStringRef(),
+                        ": second derivatives through the compiled Gaunt operators are not implemented (force "
+                        "training differentiates the forces again): train the eager Python model, whose CPU "
+                        "kernels differentiate the PyTorch reference at every order");
+            return {};
+        }
+    };
+    static Result call(Args... args, const char* name) {
+        auto r = Fn::apply(name, args...);
+        if constexpr (std::tuple_size_v<Result> == 2) return {r[0], r[1]};
+        else return {r[0], r[1], r[2]};
+    }
+};
+
+// The forward operators under autograd: the forward below autograd, the backward through the backward operator.
+struct GridProductFn : public torch::autograd::Function<GridProductFn> {
+    static Tensor forward(AutogradContext* ctx, Tensor u, Tensor v, Tensor t1, Tensor t2, Tensor t3) {
+        ctx->save_for_backward({u, v, t1, t2, t3});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return op("gaunt::grid_product").typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                      const Tensor&)>().call(u, v, t1, t2, t3);
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        auto s = ctx->get_saved_variables();
+        auto r = op("gaunt::grid_product_backward")
+                     .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                       const Tensor&, const Tensor&)>()
+                     .call(grads[0], s[0], s[1], s[2], s[3], s[4]);
+        return {std::get<0>(r), std::get<1>(r), Tensor(), Tensor(), Tensor()};
+    }
+};
+
+struct ConvFn : public torch::autograd::Function<ConvFn> {
+    static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor w, Tensor off1, Tensor offo, Tensor d1,
+                          Tensor d2, Tensor d3, Tensor y1, Tensor y2, Tensor f, int64_t k1, int64_t k2,
+                          int64_t dim_out) {
+        ctx->save_for_backward({x, sh, w, off1, offo, d1, d2, d3, y1, y2, f});
+        ctx->saved_data["k1"] = k1;
+        ctx->saved_data["k2"] = k2;
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return op("gaunt::conv").typed<decltype(conv_cpu)>().call(x, sh, w, off1, offo, d1, d2, d3, y1, y2, f, k1, k2,
+                                                                 dim_out);
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        auto s = ctx->get_saved_variables();
+        auto r = op("gaunt::conv_backward").typed<decltype(conv_backward_cpu)>().call(
+            grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], ctx->saved_data["k1"].toInt(),
+            ctx->saved_data["k2"].toInt(), ctx->saved_data["dim_out"].toInt());
+        variable_list out(14);
+        out[0] = std::get<0>(r);
+        out[1] = std::get<1>(r);
+        out[2] = std::get<2>(r);
+        return out;
+    }
+};
+
+struct MessageFn : public torch::autograd::Function<MessageFn> {
+    static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor w, Tensor ei, int64_t num_nodes,
+                          Tensor off1, Tensor offo, Tensor d1, Tensor d2, Tensor d3, Tensor y1, Tensor y2, Tensor f,
+                          int64_t k1, int64_t k2, int64_t dim_out) {
+        ctx->save_for_backward({x, sh, w, ei, off1, offo, d1, d2, d3, y1, y2, f});
+        ctx->saved_data["num_nodes"] = num_nodes;
+        ctx->saved_data["k1"] = k1;
+        ctx->saved_data["k2"] = k2;
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return op("gaunt::message").typed<decltype(message_cpu)>().call(x, sh, w, ei, num_nodes, off1, offo, d1, d2,
+                                                                       d3, y1, y2, f, k1, k2, dim_out);
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        auto s = ctx->get_saved_variables();
+        auto r = op("gaunt::message_backward").typed<decltype(message_backward_cpu)>().call(
+            grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["num_nodes"].toInt(), s[4], s[5], s[6], s[7], s[8],
+            s[9], s[10], s[11], ctx->saved_data["k1"].toInt(), ctx->saved_data["k2"].toInt(),
+            ctx->saved_data["dim_out"].toInt());
+        variable_list out(16);
+        out[0] = std::get<0>(r);
+        out[1] = std::get<1>(r);
+        out[2] = std::get<2>(r);
+        return out;
+    }
+};
+
+struct ManyBodyFn : public torch::autograd::Function<ManyBodyFn> {
+    static Tensor forward(AutogradContext* ctx, Tensor x, Tensor wi, Tensor wo, Tensor offi, Tensor offo,
+                          Tensor degi, Tensor dego, Tensor y, Tensor fs, int64_t dim_out) {
+        ctx->save_for_backward({x, wi, wo, offi, offo, degi, dego, y, fs});
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return op("gaunt::many_body").typed<decltype(many_body_cpu)>().call(x, wi, wo, offi, offo, degi, dego, y, fs,
+                                                                           dim_out);
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        auto s = ctx->get_saved_variables();
+        auto r = op("gaunt::many_body_backward").typed<decltype(many_body_backward_cpu)>().call(
+            grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], ctx->saved_data["dim_out"].toInt());
+        variable_list out(10);
+        out[0] = std::get<0>(r);
+        out[1] = std::get<1>(r);
+        out[2] = std::get<2>(r);
+        return out;
+    }
+};
+
+Tensor grid_product_autograd(const Tensor& u, const Tensor& v, const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    return GridProductFn::apply(u, v, t1, t2, t3);
+}
+Tensor conv_autograd(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& off1, const Tensor& offo,
+                     const Tensor& d1, const Tensor& d2, const Tensor& d3, const Tensor& y1, const Tensor& y2,
+                     const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    return ConvFn::apply(x, sh, w, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+}
+Tensor message_autograd(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& ei, int64_t num_nodes,
+                        const Tensor& off1, const Tensor& offo, const Tensor& d1, const Tensor& d2, const Tensor& d3,
+                        const Tensor& y1, const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    return MessageFn::apply(x, sh, w, ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+}
+Tensor many_body_autograd(const Tensor& x, const Tensor& wi, const Tensor& wo, const Tensor& offi, const Tensor& offo,
+                          const Tensor& degi, const Tensor& dego, const Tensor& y, const Tensor& fs, int64_t dim_out) {
+    return ManyBodyFn::apply(x, wi, wo, offi, offo, degi, dego, y, fs, dim_out);
+}
+
+using GridProductBackward = NoSecondDerivative<std::tuple<Tensor, Tensor>, const Tensor&, const Tensor&, const Tensor&,
+                                               const Tensor&, const Tensor&, const Tensor&>;
+using ConvBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
+                                        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                        int64_t, int64_t, int64_t>;
+using MessageBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
+                                           const Tensor&, const Tensor&, const Tensor&, int64_t, const Tensor&,
+                                           const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                           const Tensor&, const Tensor&, int64_t, int64_t, int64_t>;
+using ManyBodyBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&, int64_t>;
+
+std::tuple<Tensor, Tensor> grid_product_backward_autograd(const Tensor& g, const Tensor& u, const Tensor& v,
+                                                          const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    return GridProductBackward::call(g, u, v, t1, t2, t3, "gaunt::grid_product_backward");
+}
+std::tuple<Tensor, Tensor, Tensor> conv_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& sh,
+                                                          const Tensor& w, const Tensor& off1, const Tensor& offo,
+                                                          const Tensor& d1, const Tensor& d2, const Tensor& d3,
+                                                          const Tensor& y1, const Tensor& y2, const Tensor& f,
+                                                          int64_t k1, int64_t k2, int64_t dim_out) {
+    return ConvBackward::call(g, x, sh, w, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out, "gaunt::conv_backward");
+}
+std::tuple<Tensor, Tensor, Tensor> message_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& sh,
+                                                             const Tensor& w, const Tensor& ei, int64_t num_nodes,
+                                                             const Tensor& off1, const Tensor& offo, const Tensor& d1,
+                                                             const Tensor& d2, const Tensor& d3, const Tensor& y1,
+                                                             const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2,
+                                                             int64_t dim_out) {
+    return MessageBackward::call(g, x, sh, w, ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out,
+                                 "gaunt::message_backward");
+}
+std::tuple<Tensor, Tensor, Tensor> many_body_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& wi,
+                                                               const Tensor& wo, const Tensor& offi, const Tensor& offo,
+                                                               const Tensor& degi, const Tensor& dego, const Tensor& y,
+                                                               const Tensor& fs, int64_t dim_out) {
+    return ManyBodyBackward::call(g, x, wi, wo, offi, offo, degi, dego, y, fs, dim_out, "gaunt::many_body_backward");
+}
+
+}  // namespace
+
+#define GAUNT_CONV_TABLES                                                                                           \
+    "Tensor offsets_in1, Tensor offsets_out, Tensor deg1, Tensor deg2, Tensor deg3, Tensor to_grid1, "              \
+    "Tensor to_grid2, Tensor from_grid, int k1, int k2, int dim_out"
+#define GAUNT_MB_TABLES                                                                                             \
+    "Tensor offsets_in, Tensor offsets_out, Tensor deg_in, Tensor deg_out, Tensor to_grid, Tensor from_grids, "     \
+    "int dim_out"
+
+TORCH_LIBRARY(gaunt, m) {
+    m.def("grid_product(Tensor u, Tensor v, Tensor to_grid1, Tensor to_grid2, Tensor from_grid) -> Tensor");
+    m.def("grid_product_backward(Tensor grad, Tensor u, Tensor v, Tensor to_grid1, Tensor to_grid2, "
+          "Tensor from_grid) -> (Tensor, Tensor)");
+    m.def("conv(Tensor x1, Tensor sh, Tensor weight, " GAUNT_CONV_TABLES ") -> Tensor");
+    m.def("conv_backward(Tensor grad, Tensor x1, Tensor sh, Tensor weight, " GAUNT_CONV_TABLES
+          ") -> (Tensor, Tensor, Tensor)");
+    m.def("message(Tensor x, Tensor sh, Tensor weight, Tensor edge_index, int num_nodes, " GAUNT_CONV_TABLES
+          ") -> Tensor");
+    m.def("message_backward(Tensor grad, Tensor x, Tensor sh, Tensor weight, Tensor edge_index, int num_nodes, "
+          GAUNT_CONV_TABLES ") -> (Tensor, Tensor, Tensor)");
+    m.def("many_body(Tensor x, Tensor w_in, Tensor w_out, " GAUNT_MB_TABLES ") -> Tensor");
+    m.def("many_body_backward(Tensor grad, Tensor x, Tensor w_in, Tensor w_out, " GAUNT_MB_TABLES
+          ") -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(gaunt, CPU, m) {
+    m.impl("grid_product", grid_product_cpu);
+    m.impl("grid_product_backward", grid_product_backward_cpu);
+    m.impl("conv", conv_cpu);
+    m.impl("conv_backward", conv_backward_cpu);
+    m.impl("message", message_cpu);
+    m.impl("message_backward", message_backward_cpu);
+    m.impl("many_body", many_body_cpu);
+    m.impl("many_body_backward", many_body_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(gaunt, Autograd, m) {
+    m.impl("grid_product", grid_product_autograd);
+    m.impl("grid_product_backward", grid_product_backward_autograd);
+    m.impl("conv", conv_autograd);
+    m.impl("conv_backward", conv_backward_autograd);
+    m.impl("message", message_autograd);
+    m.impl("message_backward", message_backward_autograd);
+    m.impl("many_body", many_body_autograd);
+    m.impl("many_body_backward", many_body_backward_autograd);
+}

@@ -1,0 +1,107 @@
+"""TorchScript reaches the CPU kernels: the ``torch.ops.gaunt`` operators (``ops.cpp``) give the eager layers'
+values and first derivatives (float64, 1e-12), the profiler sees the operators run, second derivatives through
+them fail with a message, and without the operators a layer scripts to the PyTorch reference."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaunt_plugins.backends.cpu import library
+from gaunt_plugins.layers import GauntConvolution, GauntManyBody, GauntTensorProduct
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """The operators, built once (then cached on disk for every later test process)."""
+    if not library.load_ops():
+        pytest.skip(f"the CPU operators are unavailable: {library.ops_unavailable_reason()}")
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _operators_run(fn) -> set:
+    """Names of the ``gaunt::`` operators that ran during ``fn()``."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("gaunt::")}
+
+
+def _cases():
+    """``(name, layer, inputs needing grad, extra inputs)`` for each operator."""
+    torch.manual_seed(0)
+    n, e = 7, 23
+    conv = GauntConvolution("8x0e+8x1o", "1x0e+1x1o+1x2e", "8x0e+8x1o", products=2)
+    x = torch.randn(n, conv.dim_in1)
+    sh = torch.randn(e, conv.dim_in2)
+    w = torch.randn(e, conv.weight_numel)
+    edges = torch.randint(0, n, (2, e))
+    many_body = GauntManyBody("8x0e+8x1o", "8x0e+8x1o", correlation=3, num_elements=3, chains=2)
+    attrs = torch.nn.functional.one_hot(torch.randint(0, 3, (n,)), 3).to(torch.get_default_dtype())
+    product = GauntTensorProduct("8x0e+8x1o", "8x0e+8x1o+8x2e")
+    return [("conv", conv, [torch.randn(e, conv.dim_in1), sh, w], []),
+            ("message", conv, [x, sh, w], [edges]),
+            ("many_body", many_body, [torch.randn(n, 8, 4)], [attrs]),
+            ("grid_product", product, [torch.randn(n, 32), torch.randn(n, 72)], [])]
+
+
+def _values_and_grads(layer, inputs, extra, create_graph=False):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = layer(*inputs, *extra)
+    params = [p for p in layer.parameters()]
+    grads = torch.autograd.grad(out.square().sum(), inputs + params, create_graph=create_graph)
+    return out, grads, inputs
+
+
+def test_scripted_layers_run_the_operators_with_eager_values_and_gradients(ops, float64):
+    for name, layer, inputs, extra in _cases():
+        scripted = torch.jit.script(layer)
+        out, grads, _ = _values_and_grads(layer, inputs, extra)
+        ran = _operators_run(lambda: _values_and_grads(scripted, inputs, extra))
+        assert {f"gaunt::{name}", f"gaunt::{name}_backward"} <= ran, (name, ran)
+        out_s, grads_s, _ = _values_and_grads(scripted, inputs, extra)
+        assert torch.allclose(out_s, out, rtol=0, atol=1e-12), name
+        for g_s, g in zip(grads_s, grads):
+            assert torch.allclose(g_s, g, rtol=0, atol=1e-12), name
+
+
+def test_second_derivatives_through_the_operators_raise_a_clear_error(ops, float64):
+    _, layer, inputs, extra = _cases()[1]
+    scripted = torch.jit.script(layer)
+    _, grads, _ = _values_and_grads(scripted, inputs, extra, create_graph=True)  # first order: fine
+    with pytest.raises(RuntimeError, match="second derivatives through the compiled Gaunt operators"):
+        grads[0].square().sum().backward()
+
+
+def test_scripting_without_the_operators_runs_the_reference(ops, float64, monkeypatch):
+    monkeypatch.setattr(library, "_load", lambda: (None, "no C/C++ compiler found"))
+    monkeypatch.setattr(library, "_WARNED", [])
+    for name, layer, inputs, extra in _cases():
+        with pytest.warns(RuntimeWarning, match="run the PyTorch reference on CPU: no C/C"):
+            scripted = torch.jit.script(layer)
+        assert "torch.ops.gaunt" not in scripted.code
+        ran = _operators_run(lambda: _values_and_grads(scripted, inputs, extra))
+        assert not ran, (name, ran)
+        out, grads, _ = _values_and_grads(layer, inputs, extra)
+        out_s, grads_s, _ = _values_and_grads(scripted, inputs, extra)
+        assert torch.allclose(out_s, out, rtol=0, atol=1e-10), name
+        for g_s, g in zip(grads_s, grads):
+            assert torch.allclose(g_s, g, rtol=0, atol=1e-10), name
+        monkeypatch.setattr(library, "_WARNED", [])
+
+
+def test_the_library_command_prints_the_cached_library(ops):
+    proc = subprocess.run([sys.executable, "-m", "gaunt_plugins.backends.cpu.library"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = Path(proc.stdout.strip())
+    assert path == library.library_path() and path.is_file() and path.name.startswith("gaunt_ops_")
