@@ -252,12 +252,17 @@ def train_config(train_db, val_db, model=None, max_epochs=2, batch_size=2, **opt
     return cfg
 
 
+LOCAL_LAUNCH = Path(__file__).with_name("fairchem_local_launch.py")
+
+
 def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gaunt-run", timeout=900,
                  finished=None):
     """fairchem's own entry point, through ``gaunt-run`` by default: the fairchem patch also lets the
     trainer's ``setup_imports`` skip model files whose optional dependencies are not installed
     (``torch_sparse``), which the stock command cannot; without ``tensor_product`` the model built is
-    fairchem's own class. ``launcher=None`` runs the stock command alone.
+    fairchem's own class. ``launcher=None`` runs the stock command alone. With ``--num-gpus`` the
+    command is fairchem's own ``main`` with its launch's rendezvous on a free port
+    (:data:`LOCAL_LAUNCH`), so runs on one machine at the same time do not join each other.
 
     ``finished(checkpoint path) -> bool``: a run whose checkpoint says it is finished and that has not
     exited 60 s later is stopped and counted as done. On the CPU a rank of fairchem's multi-process launch
@@ -265,8 +270,11 @@ def run_fairchem(tmp: Path, config: dict, ident: str, *extra: str, launcher="gau
     waits forever for a worker thread (torch 2.13)."""
     cfg_path = tmp / f"{ident}.yml"
     cfg_path.write_text(yaml.safe_dump(config))
+    program = [console_script("fairchem")]
+    if "--num-gpus" in extra:  # a multi-process launch: its rendezvous on a port of its own
+        program = [str(LOCAL_LAUNCH)] if launcher is not None else [sys.executable, str(LOCAL_LAUNCH)]
     cmd = [
-        console_script("fairchem"),
+        *program,
         "--mode", "train",
         "--config-yml", str(cfg_path),
         "--cpu",
