@@ -55,3 +55,10 @@ def test_tiny_run_writes_both_variants_errors_times_and_parameters(tmp_path):
     assert emt["gaunt"]["parameters"] > emt["upstream"]["parameters"]  # the self-mix adds parameters
     assert data["settings"]["seeds"] == [0] and data["short_run"] is False
     assert "| emt | + Gaunt self-mix |" in data["table"]
+
+
+def test_emt_sets_leave_out_adsorbates_pushed_into_the_surface():
+    sets = bench.emt_sets(6, 2, 3)
+    assert [len(sets[k]) for k in ("train", "val", "test")] == [6, 2, 3]
+    for atoms in sets["train"] + sets["val"] + sets["test"]:
+        assert np.abs(atoms.get_forces(apply_constraint=False)).max() <= bench.MAX_EMT_FORCE
