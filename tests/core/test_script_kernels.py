@@ -1,6 +1,6 @@
-"""TorchScript reaches the CPU kernels: the ``torch.ops.gaunt`` operators (``ops.cpp``) give the eager layers'
-values and first derivatives (float64, 1e-12), the profiler sees the operators run, second derivatives through
-them fail with a message, and without the operators a layer scripts to the PyTorch reference."""
+"""TorchScript and torch.compile reach the CPU kernels: the ``torch.ops.gaunt`` operators (``ops.cpp``) give the
+eager layers' values and first derivatives (float64, 1e-12), the profiler sees the operators run, second
+derivatives through them equal eager's, and without the operators a layer scripts to the PyTorch reference."""
 from __future__ import annotations
 
 import subprocess
@@ -74,12 +74,35 @@ def test_scripted_layers_run_the_operators_with_eager_values_and_gradients(ops, 
             assert torch.allclose(g_s, g, rtol=0, atol=1e-12), name
 
 
-def test_second_derivatives_through_the_operators_raise_a_clear_error(ops, float64):
-    _, layer, inputs, extra = _cases()[1]
-    scripted = torch.jit.script(layer)
-    _, grads, _ = _values_and_grads(scripted, inputs, extra, create_graph=True)  # first order: fine
-    with pytest.raises(RuntimeError, match="second derivatives through the compiled Gaunt operators"):
-        grads[0].square().sum().backward()
+def test_second_derivatives_through_the_operators_are_eager_ones(ops, float64):
+    """Force training differentiates the gradients again: the operators' backwards differentiate the composed
+    reference, as the eager kernels do."""
+    for name, layer, inputs, extra in _cases():
+        scripted = torch.jit.script(layer)
+        second = []
+        for module in (layer, scripted):
+            _, grads, leaves = _values_and_grads(module, inputs, extra, create_graph=True)
+            penalty = sum(g.square().sum() for g in grads[:len(leaves)])
+            second.append(torch.autograd.grad(penalty, leaves + list(module.parameters()), allow_unused=True))
+        for g_s, g in zip(second[1], second[0]):
+            assert (g_s is None) == (g is None), name
+            # float64 rounding of sums of many products: relative to the largest entry
+            assert g is None or torch.allclose(g_s, g, rtol=0, atol=1e-12 * float(g.abs().max())), name
+
+
+def test_compiled_layers_run_the_operators_with_eager_values_and_gradients(ops, float64):
+    """``fullgraph=True``: the operators' shapes (register_fake) let Dynamo trace them without a graph break."""
+    torch._dynamo.reset()
+    for name, layer, inputs, extra in _cases():
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        out, grads, _ = _values_and_grads(layer, inputs, extra)
+        ran = _operators_run(lambda: _values_and_grads(compiled, inputs, extra))
+        assert {f"gaunt::{name}", f"gaunt::{name}_backward"} <= ran, (name, ran)
+        out_c, grads_c, _ = _values_and_grads(compiled, inputs, extra)
+        assert torch.allclose(out_c, out, rtol=0, atol=1e-12), name
+        for g_c, g in zip(grads_c, grads):
+            assert torch.allclose(g_c, g, rtol=0, atol=1e-12), name
+    torch._dynamo.reset()
 
 
 def test_scripting_without_the_operators_runs_the_reference(ops, float64, monkeypatch):

@@ -1,6 +1,6 @@
-"""A scripted Gaunt MACE (MACE's ``_compiled.model``) runs the CPU kernels (``torch.ops.gaunt``) and gives eager's
-energies and forces (float64, 1e-10); a process that never imports gaunt_plugins (a C++ host such as LAMMPS)
-loads the operators' library, then the model, and reproduces them."""
+"""A scripted Gaunt MACE (MACE's ``_compiled.model``) and a ``torch.compile``d one (MACE's compile route) run the CPU
+kernels (``torch.ops.gaunt``) and give eager's energies and forces (float64, 1e-10); a process that never imports
+gaunt_plugins (a C++ host such as LAMMPS) loads the operators' library, then the model, and reproduces them."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import pytest
 import mace  # noqa: F401  (before e3nn)
 import torch
 
-from conftest import acac_batch, tiny_model
+from conftest import _build_tiny_model, acac_batch, tiny_model
 
 from gaunt_plugins.adapters.mace_blocks import gauntify_model
 from gaunt_plugins.adapters.mace_config import GauntOptions
@@ -26,9 +26,11 @@ def ops():
         pytest.skip(f"the CPU operators are unavailable: {library.ops_unavailable_reason()}")
 
 
-def _gaunt_model():
-    model, _ = gauntify_model(tiny_model(hidden="8x0e+8x1o", max_ell=2, correlation=2),
-                              GauntOptions(targets=frozenset(("conv", "product"))))
+def _gaunt_model(fresh: bool = False):
+    """A tiny Gaunt MACE; ``fresh``: built now (under e3nn's codegen setting of the moment), not copied."""
+    stock = _build_tiny_model("8x0e+8x1o", 2, 2, True, 2) if fresh else tiny_model(hidden="8x0e+8x1o", max_ell=2,
+                                                                                     correlation=2)
+    model, _ = gauntify_model(stock, GauntOptions(targets=frozenset(("conv", "product"))))
     return model
 
 
@@ -55,6 +57,34 @@ def test_scripted_gaunt_mace_runs_the_operators_with_eager_energies_and_forces(o
     energy_s, forces_s = _energy_forces(scripted, batch)
     assert torch.allclose(energy_s, energy, rtol=0, atol=1e-10)
     assert torch.allclose(forces_s, forces, rtol=0, atol=1e-10)
+
+
+def test_compiled_gaunt_mace_runs_the_operators_with_eager_energies_and_forces(ops, float64):
+    """MACE's torch.compile route (e3nn codegen off, ``simplify``, ``fullgraph=True``, called with ``training=True``
+    as MACECalculator calls it, so AOTAutograd traces second derivatives too). ``aot_eager``: the same graph
+    capture as inductor (Dynamo, the operators' shapes, AOTAutograd), without its code generation."""
+    from mace.tools.compile import configure_autograd_for_compile, disable_e3nn_codegen, simplify
+
+    with disable_e3nn_codegen():
+        model = _gaunt_model(fresh=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batch = acac_batch(2)
+    energy, forces = _energy_forces(model, batch)
+    configure_autograd_for_compile(allow_autograd=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(simplify(model), fullgraph=True, backend="aot_eager")
+
+    def run():
+        out = compiled(batch, training=True, compute_force=True)
+        return out["energy"].detach(), out["forces"].detach()
+
+    ran = _operators_run(run)
+    assert {"gaunt::message", "gaunt::message_backward", "gaunt::many_body", "gaunt::many_body_backward"} <= ran, ran
+    energy_c, forces_c = run()
+    assert torch.allclose(energy_c, energy, rtol=0, atol=1e-10)
+    assert torch.allclose(forces_c, forces, rtol=0, atol=1e-10)
+    torch._dynamo.reset()
 
 
 # a child with torch only: importing gaunt_plugins, mace or e3nn raises

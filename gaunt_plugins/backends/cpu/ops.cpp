@@ -10,15 +10,18 @@
 //   gaunt::many_body(x [N, C, Ic], w_in [N, NU, K, C], w_out [N, NU, Ko, C], offsets_in [I], offsets_out [C, Io],
 //               deg_in [I], deg_out [Io], to_grid [I, P], from_grids [NU, P, Io], dim_out) -> [N, dim_out]
 // Each has a `<name>_backward(grad, <the forward's inputs>)` returning the gradients of its tensor inputs (one
-// fused kernel pass). Autograd: the forward operators are differentiable once; differentiating their gradients
-// again (second derivatives, force training) raises an error that says to train the eager Python model.
+// fused kernel pass). Autograd: first derivatives run the backward operators; their own derivatives (second
+// derivatives, force training) differentiate the composed references below (ATen operations): exact second
+// derivatives, no third ones.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 
 extern "C" {
 #define GAUNT_DECLARE(T, SUF)                                                                                       \
@@ -383,35 +386,97 @@ c10::OperatorHandle op(const char* name) {
     return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
-// The gradients a backward operator returned, as a list (a backward operator returns 2 or 3 tensors).
-variable_list as_list(const std::tuple<Tensor, Tensor>& t) { return {std::get<0>(t), std::get<1>(t)}; }
-variable_list as_list(const std::tuple<Tensor, Tensor, Tensor>& t) {
-    return {std::get<0>(t), std::get<1>(t), std::get<2>(t)};
+// ---- the composed references (ATen, differentiable at every order) -----------------------------------------------
+// What second derivatives differentiate: the same products as the kernels, as plain tensor operations.
+
+// x [B, D] -> [B, C, I] through offsets [C, I] (-1: zero).
+Tensor gather_dense(const Tensor& x, const Tensor& offsets) {
+    auto d = x.size(1);
+    Tensor idx = at::where(offsets < 0, at::full_like(offsets, d), offsets).reshape(-1);
+    return at::cat({x, at::zeros({x.size(0), 1}, x.options())}, 1).index_select(1, idx)
+        .view({x.size(0), offsets.size(0), offsets.size(1)});
 }
 
-// A backward operator under autograd: runs below autograd; differentiating its outputs raises (no second
-// derivatives through the compiled operators).
-template <typename Result, typename... Args> struct NoSecondDerivative {
-    struct Fn : public torch::autograd::Function<Fn> {
-        static variable_list forward(AutogradContext* ctx, const char* name, Args... args) {
-            ctx->saved_data["name"] = std::string(name);
-            at::AutoDispatchBelowADInplaceOrView guard;
-            return as_list(op(name).typed<Result(Args...)>().call(args...));
-        }
-        static variable_list backward(AutogradContext* ctx, variable_list) {
-            TORCH_CHECK(false, ctx->saved_data["name"].toStringRef(),
-                        ": second derivatives through the compiled Gaunt operators are not implemented (force "
-                        "training differentiates the forces again): train the eager Python model, whose CPU "
-                        "kernels differentiate the PyTorch reference at every order");
-            return {};
-        }
-    };
-    static Result call(Args... args, const char* name) {
-        auto r = Fn::apply(name, args...);
-        if constexpr (std::tuple_size_v<Result> == 2) return {r[0], r[1]};
-        else return {r[0], r[1], r[2]};
+// y [B, C, Io] -> [B, dim_out] through offsets [C, Io] (-1: not emitted; shared offsets sum).
+Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
+    Tensor flat = offsets.reshape(-1);
+    Tensor keep = at::nonzero(flat >= 0).view(-1);
+    return at::zeros({y.size(0), dim_out}, y.options())
+        .index_add(1, flat.index_select(0, keep), y.reshape({y.size(0), -1}).index_select(1, keep));
+}
+
+Tensor per_coefficient(const Tensor& w, const Tensor& deg) {  // w [B, K, C] -> [B, C, I] by degree slot
+    return w.transpose(1, 2).index_select(2, deg);
+}
+
+Tensor grid_product_ref(const Tensor& u, const Tensor& v, const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    auto dt = u.scalar_type();
+    return at::matmul(at::matmul(u, t1.to(dt)) * at::matmul(v, t2.to(dt)), t3.to(dt));
+}
+
+Tensor conv_ref(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& off1, const Tensor& offo,
+                const Tensor& deg1, const Tensor& deg2, const Tensor& deg3, const Tensor& y1, const Tensor& y2,
+                const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    auto dt = x.scalar_type();
+    int64_t c = off1.size(0), k = w.size(1) / c;
+    Tensor wv = w.view({w.size(0), k, c});
+    Tensor a = at::matmul(gather_dense(x, off1) * per_coefficient(wv.narrow(1, 0, k1), index(deg1)), y1.to(dt));
+    Tensor mask2 = at::one_hot(index(deg2), k2).t().to(dt);                       // [K2, I2]
+    Tensor s = at::matmul(sh.unsqueeze(1) * mask2, y2.to(dt));                    // [E, K2, P]
+    Tensor b = at::bmm(wv.narrow(1, k1, k2).transpose(1, 2), s);                  // [E, C, P]
+    Tensor out = at::matmul(a * b, f.to(dt)) * per_coefficient(wv.narrow(1, k1 + k2, k - k1 - k2), index(deg3));
+    return scatter_flat(out, index(offo), dim_out);
+}
+
+Tensor message_ref(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& ei, int64_t num_nodes,
+                   const Tensor& off1, const Tensor& offo, const Tensor& deg1, const Tensor& deg2, const Tensor& deg3,
+                   const Tensor& y1, const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2, int64_t dim_out) {
+    Tensor e = index(ei);
+    Tensor msg = conv_ref(x.index_select(0, e.select(0, 0)), sh, w, off1, offo, deg1, deg2, deg3, y1, y2, f, k1, k2,
+                          dim_out);
+    return at::zeros({num_nodes, dim_out}, msg.options()).index_add(0, e.select(0, 1), msg);
+}
+
+Tensor many_body_ref(const Tensor& x, const Tensor& wi, const Tensor& wo, const Tensor& offi, const Tensor& offo,
+                     const Tensor& degi, const Tensor& dego, const Tensor& y, const Tensor& fs, int64_t dim_out) {
+    auto dt = x.scalar_type();
+    Tensor oi = index(offi), di = index(degi), dgo = index(dego), yt = y.to(dt), ft = fs.to(dt);
+    Tensor idx = at::where(oi < 0, at::full_like(oi, x.size(2)), oi);
+    Tensor xd = at::cat({x, at::zeros({x.size(0), x.size(1), 1}, x.options())}, 2).index_select(2, idx);
+    Tensor running, out;
+    for (int64_t nu = 0; nu < ft.size(0); ++nu) {
+        Tensor fac = at::matmul(xd * per_coefficient(wi.select(1, nu), di), yt);
+        running = nu == 0 ? fac : running * fac;
+        Tensor term = at::matmul(running, ft.select(0, nu)) * per_coefficient(wo.select(1, nu), dgo);
+        out = nu == 0 ? term : out + term;
     }
-};
+    return scatter_flat(out, index(offo), dim_out);
+}
+
+// The vector-Jacobian product of a backward operator, (g, inputs) -> J(inputs)^T g, with the gradients `gg` of
+// its outputs: differentiates `composed(inputs)` twice on detached copies (partial derivatives; autograd carries
+// them on through g and the inputs). Returns {d g, d inputs...}; exact second derivatives, no third ones.
+variable_list double_backward(const std::function<Tensor(const variable_list&)>& composed,
+                              const variable_list& inputs, const Tensor& g, const variable_list& gg) {
+    at::AutoGradMode enable(true);
+    variable_list xs;
+    for (const auto& t : inputs) xs.push_back(t.detach().requires_grad_(true));
+    Tensor g_ = g.detach().requires_grad_(true);
+    Tensor out = composed(xs);
+    variable_list first = torch::autograd::grad({out}, xs, {g_}, /*retain_graph=*/true, /*create_graph=*/true,
+                                                /*allow_unused=*/true);
+    variable_list outs, grads;
+    for (size_t i = 0; i < first.size(); ++i)
+        if (first[i].defined() && first[i].requires_grad() && i < gg.size() && gg[i].defined()) {
+            outs.push_back(first[i]);
+            grads.push_back(gg[i]);
+        }
+    variable_list wrt{g_};
+    wrt.insert(wrt.end(), xs.begin(), xs.end());
+    if (outs.empty()) return variable_list(wrt.size());
+    return torch::autograd::grad(outs, wrt, grads, /*retain_graph=*/false, /*create_graph=*/false,
+                                 /*allow_unused=*/true);
+}
 
 // The forward operators under autograd: the forward below autograd, the backward through the backward operator.
 struct GridProductFn : public torch::autograd::Function<GridProductFn> {
@@ -522,30 +587,113 @@ Tensor many_body_autograd(const Tensor& x, const Tensor& wi, const Tensor& wo, c
     return ManyBodyFn::apply(x, wi, wo, offi, offo, degi, dego, y, fs, dim_out);
 }
 
-using GridProductBackward = NoSecondDerivative<std::tuple<Tensor, Tensor>, const Tensor&, const Tensor&, const Tensor&,
-                                               const Tensor&, const Tensor&, const Tensor&>;
-using ConvBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
-                                        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                        int64_t, int64_t, int64_t>;
-using MessageBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, const Tensor&, int64_t, const Tensor&,
-                                           const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, int64_t, int64_t, int64_t>;
-using ManyBodyBackward = NoSecondDerivative<std::tuple<Tensor, Tensor, Tensor>, const Tensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&, int64_t>;
+// The backward operators under autograd: the kernel below autograd; their own gradients (second derivatives of
+// the forward operators) from the composed references.
+struct GridProductBackwardFn : public torch::autograd::Function<GridProductBackwardFn> {
+    static variable_list forward(AutogradContext* ctx, Tensor g, Tensor u, Tensor v, Tensor t1, Tensor t2,
+                                 Tensor t3) {
+        ctx->save_for_backward({g, u, v, t1, t2, t3});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        auto r = op("gaunt::grid_product_backward").typed<decltype(grid_product_backward_cpu)>().call(
+            g, u, v, t1, t2, t3);
+        return {std::get<0>(r), std::get<1>(r)};
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list gg) {
+        auto s = ctx->get_saved_variables();
+        auto composed = [&](const variable_list& in) { return grid_product_ref(in[0], in[1], s[3], s[4], s[5]); };
+        auto r = double_backward(composed, {s[1], s[2]}, s[0], gg);
+        return {r[0], r[1], r[2], Tensor(), Tensor(), Tensor()};
+    }
+};
+
+struct ConvBackwardFn : public torch::autograd::Function<ConvBackwardFn> {
+    static variable_list forward(AutogradContext* ctx, Tensor g, Tensor x, Tensor sh, Tensor w, Tensor off1,
+                                 Tensor offo, Tensor d1, Tensor d2, Tensor d3, Tensor y1, Tensor y2, Tensor f,
+                                 int64_t k1, int64_t k2, int64_t dim_out) {
+        ctx->save_for_backward({g, x, sh, w, off1, offo, d1, d2, d3, y1, y2, f});
+        ctx->saved_data["k1"] = k1;
+        ctx->saved_data["k2"] = k2;
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        auto r = op("gaunt::conv_backward").typed<decltype(conv_backward_cpu)>().call(g, x, sh, w, off1, offo, d1, d2,
+                                                                                     d3, y1, y2, f, k1, k2, dim_out);
+        return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list gg) {
+        auto s = ctx->get_saved_variables();
+        int64_t k1 = ctx->saved_data["k1"].toInt(), k2 = ctx->saved_data["k2"].toInt();
+        int64_t dim_out = ctx->saved_data["dim_out"].toInt();
+        auto r = double_backward([&](const variable_list& in) {
+            return conv_ref(in[0], in[1], in[2], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], k1, k2, dim_out);
+        }, {s[1], s[2], s[3]}, s[0], gg);
+        variable_list out(15);
+        for (int i = 0; i < 4; ++i) out[i] = r[i];
+        return out;
+    }
+};
+
+struct MessageBackwardFn : public torch::autograd::Function<MessageBackwardFn> {
+    static variable_list forward(AutogradContext* ctx, Tensor g, Tensor x, Tensor sh, Tensor w, Tensor ei,
+                                 int64_t num_nodes, Tensor off1, Tensor offo, Tensor d1, Tensor d2, Tensor d3, Tensor y1,
+                                 Tensor y2, Tensor f, int64_t k1, int64_t k2, int64_t dim_out) {
+        ctx->save_for_backward({g, x, sh, w, ei, off1, offo, d1, d2, d3, y1, y2, f});
+        ctx->saved_data["num_nodes"] = num_nodes;
+        ctx->saved_data["k1"] = k1;
+        ctx->saved_data["k2"] = k2;
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        auto r = op("gaunt::message_backward").typed<decltype(message_backward_cpu)>().call(
+            g, x, sh, w, ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+        return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list gg) {
+        auto s = ctx->get_saved_variables();
+        int64_t n = ctx->saved_data["num_nodes"].toInt(), k1 = ctx->saved_data["k1"].toInt();
+        int64_t k2 = ctx->saved_data["k2"].toInt(), dim_out = ctx->saved_data["dim_out"].toInt();
+        auto r = double_backward([&](const variable_list& in) {
+            return message_ref(in[0], in[1], in[2], s[4], n, s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], k1, k2,
+                               dim_out);
+        }, {s[1], s[2], s[3]}, s[0], gg);
+        variable_list out(17);
+        for (int i = 0; i < 4; ++i) out[i] = r[i];
+        return out;
+    }
+};
+
+struct ManyBodyBackwardFn : public torch::autograd::Function<ManyBodyBackwardFn> {
+    static variable_list forward(AutogradContext* ctx, Tensor g, Tensor x, Tensor wi, Tensor wo, Tensor offi,
+                                 Tensor offo, Tensor degi, Tensor dego, Tensor y, Tensor fs, int64_t dim_out) {
+        ctx->save_for_backward({g, x, wi, wo, offi, offo, degi, dego, y, fs});
+        ctx->saved_data["dim_out"] = dim_out;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        auto r = op("gaunt::many_body_backward").typed<decltype(many_body_backward_cpu)>().call(
+            g, x, wi, wo, offi, offo, degi, dego, y, fs, dim_out);
+        return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+    }
+    static variable_list backward(AutogradContext* ctx, variable_list gg) {
+        auto s = ctx->get_saved_variables();
+        int64_t dim_out = ctx->saved_data["dim_out"].toInt();
+        auto r = double_backward([&](const variable_list& in) {
+            return many_body_ref(in[0], in[1], in[2], s[4], s[5], s[6], s[7], s[8], s[9], dim_out);
+        }, {s[1], s[2], s[3]}, s[0], gg);
+        variable_list out(11);
+        for (int i = 0; i < 4; ++i) out[i] = r[i];
+        return out;
+    }
+};
 
 std::tuple<Tensor, Tensor> grid_product_backward_autograd(const Tensor& g, const Tensor& u, const Tensor& v,
                                                           const Tensor& t1, const Tensor& t2, const Tensor& t3) {
-    return GridProductBackward::call(g, u, v, t1, t2, t3, "gaunt::grid_product_backward");
+    auto r = GridProductBackwardFn::apply(g, u, v, t1, t2, t3);
+    return {r[0], r[1]};
 }
 std::tuple<Tensor, Tensor, Tensor> conv_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& sh,
                                                           const Tensor& w, const Tensor& off1, const Tensor& offo,
                                                           const Tensor& d1, const Tensor& d2, const Tensor& d3,
                                                           const Tensor& y1, const Tensor& y2, const Tensor& f,
                                                           int64_t k1, int64_t k2, int64_t dim_out) {
-    return ConvBackward::call(g, x, sh, w, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out, "gaunt::conv_backward");
+    auto r = ConvBackwardFn::apply(g, x, sh, w, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+    return {r[0], r[1], r[2]};
 }
 std::tuple<Tensor, Tensor, Tensor> message_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& sh,
                                                              const Tensor& w, const Tensor& ei, int64_t num_nodes,
@@ -553,14 +701,15 @@ std::tuple<Tensor, Tensor, Tensor> message_backward_autograd(const Tensor& g, co
                                                              const Tensor& d2, const Tensor& d3, const Tensor& y1,
                                                              const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2,
                                                              int64_t dim_out) {
-    return MessageBackward::call(g, x, sh, w, ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out,
-                                 "gaunt::message_backward");
+    auto r = MessageBackwardFn::apply(g, x, sh, w, ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+    return {r[0], r[1], r[2]};
 }
 std::tuple<Tensor, Tensor, Tensor> many_body_backward_autograd(const Tensor& g, const Tensor& x, const Tensor& wi,
                                                                const Tensor& wo, const Tensor& offi, const Tensor& offo,
                                                                const Tensor& degi, const Tensor& dego, const Tensor& y,
                                                                const Tensor& fs, int64_t dim_out) {
-    return ManyBodyBackward::call(g, x, wi, wo, offi, offo, degi, dego, y, fs, dim_out, "gaunt::many_body_backward");
+    auto r = ManyBodyBackwardFn::apply(g, x, wi, wo, offi, offo, degi, dego, y, fs, dim_out);
+    return {r[0], r[1], r[2]};
 }
 
 }  // namespace

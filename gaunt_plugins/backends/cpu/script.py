@@ -48,6 +48,5 @@ def script_ops_ready() -> bool:
 
 @torch.compiler.assume_constant_result
 def compile_ops_ready() -> bool:
-    """Whether ``torch.compile`` traces the operators (evaluated once per trace): not yet, since MACE's compiled
-    forces (``create_graph=True``) make AOTAutograd trace second derivatives, which the operators refuse."""
-    return False
+    """:func:`script_ops_ready`, evaluated once when ``torch.compile`` traces a layer."""
+    return script_ops_ready()
