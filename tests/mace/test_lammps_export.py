@@ -34,6 +34,8 @@ LOAD_WITHOUT_PLUGINS = textwrap.dedent("""
     sys.meta_path.insert(0, Blocked())
     import torch
 
+    if sys.argv[4]:  # the Gaunt CPU operators' library, as LAMMPS loads it (LD_PRELOAD)
+        torch.ops.load_library(sys.argv[4])
     model = torch.jit.load(sys.argv[1])
     data = torch.load(sys.argv[2])
     out = model(data, torch.ones(data["positions"].shape[0], dtype=data["positions"].dtype), False)
@@ -65,8 +67,11 @@ def test_lammps_export_of_a_gaunt_model_runs_with_torch_alone(tmp_path, float64,
     data["forces"] = torch.zeros_like(batch["positions"])
     data["weight"] = torch.ones(1)
     torch.save(data, tmp_path / "inputs.pt")
+    from gaunt_plugins.backends.cpu import library
+
+    operators = str(library.library_path() or "")  # None: the export runs the PyTorch reference
     proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PLUGINS, str(exported), str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, timeout=600)
+                           str(tmp_path / "out.pt"), operators], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
 
