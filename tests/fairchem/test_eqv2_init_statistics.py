@@ -7,6 +7,10 @@ On the small hydra model (lmax 4, mmax 2, 16 channels, 2 blocks) and a Pt slab w
 - in float64 the energy's change under rotation of the structure stays within 3x of stock's at the
   same ``grid_resolution`` (EquiformerV2's S2-grid activations are not exactly equivariant; a large
   branch would amplify their error).
+
+(``patched``: stock models are built by registry name; with the patch, fairchem's ``setup_imports``
+skips model files whose optional dependencies are missing instead of stopping at the first one and
+leaving the registry incomplete for later tests.)
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from eqv2_testing import (  # noqa: E402
 
 STOCK = "equiformer_v2_backbone"
 LMAX = 4
-SEEDS = (0, 1)
+SEEDS = (0,)  # same seed as stock: the stock sub-layers are the same draws
 SMALL = dict(lmax_list=[LMAX], mmax_list=[2], sphere_channels=16)
 
 
@@ -80,7 +84,7 @@ def _mean_statistics(name: str, batch) -> Dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in per_seed]).mean(0) for k in per_seed[0]}
 
 
-def test_initial_stream_and_selfmix_branch_at_stock_scale():
+def test_initial_stream_and_selfmix_branch_at_stock_scale(patched):
     batch = batch_from_atoms([pt_slab_with_oh()])
     stock = _mean_statistics(STOCK, batch)
     gaunt = _mean_statistics(GAUNT_BACKBONE_PATH, batch)
@@ -103,7 +107,7 @@ def _float64_batch(atoms, graph):
 
 
 def _rotation_error(name: str, atoms, graph, seed: int) -> float:
-    """Largest ``|E(R x) - E(x)|`` over three rotations, float64, same seed as stock."""
+    """Largest ``|E(R x) - E(x)|`` over three rotations, float64."""
     torch.manual_seed(seed)
     model = build_model(hydra_model_config(name, otf_graph=False, **SMALL)).double()
     e0, _ = predict(model, _float64_batch(atoms, graph))
@@ -114,7 +118,7 @@ def _rotation_error(name: str, atoms, graph, seed: int) -> float:
     return max(errors)
 
 
-def test_float64_rotation_error_within_3x_of_stock():
+def test_float64_rotation_error_within_3x_of_stock(patched):
     from fairchem.core.common.utils import radius_graph_pbc
 
     atoms = pt_slab_with_oh()
