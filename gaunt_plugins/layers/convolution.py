@@ -178,7 +178,10 @@ class GauntConvolution(PlannedModule):
 
     def _kernel_forward(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
                         edge_index: Optional[torch.Tensor]) -> torch.Tensor:
-        """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows."""
+        """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows; scalar
+        node features (``irreps_in1 = C x 0e``) coefficient-wise instead, as eager runs them (faster than a grid)."""
+        if self.width1 == 1:
+            return self._scalar_nodes(x1, sh, weight, edge_index)
         compute = x1.dtype
         lanes = self.products * self.channels
         width_out = self.from_grid.shape[1]
@@ -191,6 +194,27 @@ class GauntConvolution(PlannedModule):
                                         f, self.k1, self.k2, self.dim_out)
         return torch.ops.gaunt.message(x1, sh, weight, edge_index, x1.shape[0], offsets_in1, offsets_out, self.deg1,
                                        deg2, self.deg3, y1, y2, f, self.k1, self.k2, self.dim_out)
+
+    def _scalar_nodes(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
+                      edge_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """Scalar node features: a degree-0 factor only scales, ``out[k] = w3[k] coupling[k] (b + w1) x (b + w2[k])
+        sh[k]`` coefficient by coefficient (:class:`~gaunt_plugins.backends.executors.ScalarNodeConv`), then the
+        message's scatter-sum."""
+        compute = x1.dtype
+        lanes = self.products * self.channels
+        width_out = self.from_grid.shape[1]
+        y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
+        coupling = torch.einsum("p,kp,pk->k", y1[0], y2[:width_out], f)
+        x = x1 if edge_index is None else x1.index_select(0, edge_index[0])
+        w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
+        a = flat_to_dense(x, self.index_in1, lanes, 1)[:, :, 0] * w[:, 0]
+        deg2 = self.deg_mask2.argmax(0)[:width_out]
+        w2 = w[:, self.k1:self.k1 + self.k2].transpose(1, 2).index_select(2, deg2)
+        w3 = w[:, self.k1 + self.k2:].transpose(1, 2).index_select(2, self.deg3)
+        out = dense_to_flat((a.unsqueeze(2) * w2) * (sh[:, None, :width_out] * (coupling * w3)), self.index_out)
+        if edge_index is None:
+            return out
+        return out.new_zeros(x1.shape[0], out.shape[1]).index_add(0, edge_index[1], out)
 
 
 def _normalized_plan(state: dict):
