@@ -10,6 +10,8 @@ it is rebuilt and replaced atomically. A cache that cannot be used (a location t
 written, a folder of another user's or that others can write) costs one warning and a build in a
 private temporary folder, removed once the library is loaded. Set
 ``GAUNT_CPU_KERNELS=0`` to disable the kernels (the layers then use the plain PyTorch path).
+:func:`cached_library` and :func:`build_into` hold these rules for any library: the kernels' PyTorch operators
+(:mod:`.library`) are cached by them too.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def _cxx() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
-def _torch_flags() -> list[str]:
+def _torch_flags() -> tuple[list[str], list[str]]:
+    """``(compile flags, link flags)`` for this torch: its headers and C++ ABI, its libraries."""
     import torch
     from torch.utils.cpp_extension import include_paths, library_paths
 
