@@ -201,6 +201,8 @@ def test_gaunt_keys_on_other_fairchem_models_name_the_model_and_the_supported_on
     is not an EquiformerV2 is refused before anything is built, naming the model and the supported ones
     (fairchem alone says `unexpected keyword argument`); on a hydra model's top level the error says
     the key belongs in its backbone section."""
+    import fairchem.core.models.escn.escn  # noqa: F401  (registers escn_backbone whatever ran before)
+    import fairchem.core.models.schnet  # noqa: F401
     from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError
 
     from eqv2_testing import build_model, hydra_model_config
