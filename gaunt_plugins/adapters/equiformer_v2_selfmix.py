@@ -40,6 +40,7 @@ This module does not import fairchem.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -61,11 +62,16 @@ def product_rms(lmax: int) -> torch.Tensor:
 
     Exact (Isserlis): ``p_0^2 = (lmax+1)^4 + 2 (lmax+1)^2`` at ``l = 0``, ``~lmax+1`` above.
     """
+    return torch.tensor(_product_rms(int(lmax)), dtype=torch.float64)
+
+
+@lru_cache(maxsize=None)
+def _product_rms(lmax: int) -> tuple:
     from gaunt_plugins.math.normalization import product_normalization
 
     degrees = list(range(lmax + 1))
     factors = product_normalization([degrees, degrees], degrees, identical=True)
-    return torch.from_numpy(SQRT_4PI / factors)
+    return tuple(float(SQRT_4PI / f) for f in factors)
 
 
 def _degree_index(lmax: int) -> torch.Tensor:

@@ -156,12 +156,16 @@ def test_product_rms_matches_sampled_gaussian_inputs():
 @pytest.mark.parametrize("lmax", [2, 4])
 def test_fresh_branch_starts_at_init_branch_rms_at_every_degree(lmax, weight_init):
     """On unit-Gaussian input a fresh branch has RMS INIT_BRANCH_RMS per degree (within the sampling
-    error of 64 random output linears of 32 channels, 25% allowed), not the product's 5-26."""
-    x = torch.randn(500, (lmax + 1) ** 2, 32, generator=torch.Generator().manual_seed(1))
+    error of 100 nodes and 4 random output linears of 32 x 32 channels: a few percent, 25% allowed), not the
+    product's 5-26."""
+    x = torch.randn(100, (lmax + 1) ** 2, 32, generator=torch.Generator().manual_seed(1))
     square_sums = torch.zeros(lmax + 1)
     torch.manual_seed(0)
-    for _ in range(64):
-        out = GauntSelfMix(lmax, 32, weight_init=weight_init)(x).detach()
+    mix = GauntSelfMix(lmax, 32, weight_init=weight_init)
+    for _ in range(4):
+        mix.reset_parameters(weight_init=weight_init)
+        with torch.no_grad():
+            out = mix(x)
         square_sums += torch.stack([out[:, l * l:(l + 1) ** 2].pow(2).mean() for l in range(lmax + 1)])
-    rms = (square_sums / 64).sqrt()
+    rms = (square_sums / 4).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, INIT_BRANCH_RMS), rtol=0.25), rms
