@@ -18,7 +18,7 @@ A node-wise, channel-wise residual branch added to every transformer block::
 Initialisation. The product is not normalised: for a normalised input (unit RMS per coefficient)
 its degree-``l`` output has RMS ``p_l`` of about ``(lmax+1)^2`` at ``l = 0`` (the mean of ``f^2``)
 and ``~lmax+1`` above (26, 6.3, 5.9, 5.3, 4.8 at ``lmax = 4``), so a linear drawn at fairchem's
-scale ``1/sqrt(C)`` would start the branch 100-1000x larger than the attention and feed-forward
+scale ``1/sqrt(C)`` would start the branch ~100-800x larger than the attention and feed-forward
 branches of the same block (RMS ~0.01-0.05 per coefficient). The output linear of degree ``l``
 is therefore drawn with std ``INIT_BRANCH_RMS / (sqrt(C) p_l)``, ``p_l`` the exact RMS of the
 square of a unit-variance Gaussian input (:func:`gaunt_plugins.math.normalization.product_normalization`):
@@ -146,7 +146,7 @@ class GauntSelfMix(nn.Module):
             else:
                 self.weight.uniform_(-math.sqrt(3.0), math.sqrt(3.0))  # unit variance
             std = INIT_BRANCH_RMS / (math.sqrt(self.channels) * product_rms(self.lmax))  # [lmax+1]
-            self.weight.mul_(std.to(self.weight.dtype).view(-1, 1, 1))
+            self.weight.mul_(std.to(device=self.weight.device, dtype=self.weight.dtype).view(-1, 1, 1))
 
     def _check_method(self) -> None:
         """Fail at construction, with context, if the product cannot serve this degree/method."""
