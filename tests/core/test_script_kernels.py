@@ -110,6 +110,34 @@ def test_compiled_layers_run_the_operators_with_eager_values_and_gradients(ops, 
     torch._dynamo.reset()
 
 
+def test_the_operators_pass_opcheck(ops, float64):
+    """Schemas, autograd registration, shapes (register_fake) and AOT dispatch agree (``torch.library.opcheck``)."""
+    torch.manual_seed(0)
+    _, conv, (x, sh, w), (edges,) = _cases()[1]
+    t = conv.plan.tensors.get(torch.float64, torch.device("cpu"))
+    shd = sh[:, :conv.width2]  # a dense [E, I2] row (its values do not matter here)
+    conv_tables = (t["offsets_in1"], t["offsets_out"], t["deg1"], t["deg2"], t["deg3"], t["to_grid1"], t["to_grid2"],
+                   t["from_grid"], conv.k1, conv.k2, conv.dim_out)
+    _, many_body, (xm,), (attrs,) = _cases()[3]
+    m = many_body.plan.tensors.get(torch.float64, torch.device("cpu"))
+    n, lanes = xm.shape[0], 2 * 8
+    w_in, w_out = torch.randn(n, 3, 2, lanes), torch.randn(n, 3, 2, lanes)
+    mb_tables = (m["offsets_in"], m["offsets_out"], m["deg_in"], m["deg_out"], m["to_grid"], m["from_grids"],
+                 many_body.dim_out)
+    u, v = torch.randn(6, 4), torch.randn(6, 9)
+    cases = {
+        "grid_product": (u, v, torch.randn(4, 20), torch.randn(9, 20), torch.randn(20, 9)),
+        "conv": (x[edges[0]], shd, w, *conv_tables),
+        "message": (x, shd, w, edges, x.shape[0], *conv_tables),
+        "many_body": (xm.repeat(1, 2, 1), w_in, w_out, *mb_tables),
+    }
+    for name, args in cases.items():
+        args = tuple(a.requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() and i < 3 else a
+                     for i, a in enumerate(args))
+        result = torch.library.opcheck(getattr(torch.ops.gaunt, name).default, args)
+        assert set(result.values()) == {"SUCCESS"}, (name, result)
+
+
 def test_scripting_without_the_operators_runs_the_reference(ops, float64, monkeypatch):
     monkeypatch.setattr(library, "_load", lambda: (None, "no C/C++ compiler found"))
     monkeypatch.setattr(library, "_WARNED", [])
