@@ -1,6 +1,7 @@
 """The CPU grid-product kernel behind the dense :func:`weighted_product` (same signature and result as
 :func:`..torch_ops.weighted_product`): float32/float64 CPU tensors in eager mode with the kernels built run the
-fused chain, everything else (other devices, TorchScript, ``torch.compile``) the reference.
+fused chain, everything else the reference (other devices; under TorchScript and ``torch.compile`` the layers call
+the operators of :mod:`.library` instead of this function).
 """
 from __future__ import annotations
 
