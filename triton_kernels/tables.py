@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .constants import grid_padded, padded
 
 __all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_mask", "degree_gather", "product_tables",
-           "power_tables", "clear_cache"]
+           "power_tables"]
 
 _CACHE: dict = {}
 _CACHE_MAX = 512
@@ -27,10 +27,6 @@ _CACHE_MAX = 512
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else (float32, float16, bfloat16) computes in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def clear_cache() -> None:
-    _CACHE.clear()
 
 
 def _plain(t: torch.Tensor) -> bool:

@@ -50,7 +50,7 @@ from .equiformer_v2_config import (
     wants_gaunt,
 )
 
-__all__ = ["convert_checkpoint", "convert_file", "build_model_from_config", "verify_conversion", "main"]
+__all__ = ["convert_checkpoint", "build_model_from_config", "verify_conversion", "main"]
 
 logger = logging.getLogger("gaunt_plugins.convert")
 
@@ -235,23 +235,6 @@ def _load(path: Path) -> Dict[str, Any]:
             f"cannot be read as a PyTorch checkpoint ({reason[:200]}); expected a fairchem checkpoint (.pt) "
             "written by torch.save, complete"
         ) from None
-
-
-def convert_file(
-    src: Path,
-    dst: Path,
-    method: str = "auto",
-    keep_name: bool = False,
-    overwrite: bool = False,
-) -> Dict[str, Any]:
-    """Read ``src``, convert, write ``dst`` (through a temporary file beside it); an existing ``dst``,
-    ``src`` included, is replaced only with ``overwrite``. Returns the report."""
-    from ._files import check_output, save_atomically
-
-    check_output(src, dst, overwrite)
-    new, report = convert_checkpoint(_load(Path(src)), method=method, keep_name=keep_name)
-    save_atomically(new, dst)
-    return report
 
 
 def _probe_batch(max_num_elements: int):

@@ -33,7 +33,6 @@ __all__ = [
     "BACKEND_CHOICES",
     "TorchBackend",
     "TritonBackend",
-    "register_backend",
     "get_backend",
     "available_backends",
     "backend_setting",
@@ -59,9 +58,6 @@ class TorchBackend:
     and many-body kernels through their plans: :mod:`.dispatch`.)"""
 
     name = "torch"
-    capabilities = {"dtypes": "any floating", "double_backward": True, "fused_message": False,
-                    "deterministic_message": True}
-    available = True
 
     def __init__(self, kernels: bool = False):
         self.kernels = kernels
@@ -101,12 +97,6 @@ _AUTO_TORCH = TorchBackend(kernels=True)  # what "auto" runs
 _SETTING: List[Optional[str]] = [None]
 _LAST: Dict[str, str] = {}
 _LAST_EXECUTOR: Dict[str, str] = {}
-
-
-def register_backend(backend) -> None:
-    """Add (or replace) a backend: an object with ``name``, ``available``, ``validate(op, tensors, **info)``
-    and the op methods."""
-    _BACKENDS[backend.name] = backend
 
 
 def get_backend(name: str):

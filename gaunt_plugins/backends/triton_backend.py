@@ -1,17 +1,17 @@
 """The Triton backend: fused kernels from :mod:`gaunt_plugins.triton_kernels`, imported lazily.
 
-Nothing here imports Triton at module import time: ``available`` only looks for the package, and
+Nothing here imports Triton at module import time: ``unavailable_reason`` only looks for the package, and
 the kernels (``gaunt_plugins.triton_kernels``, which imports Triton and registers the
 ``torch.ops.gaunt_triton`` ops) are loaded the first time the backend actually validates or runs.
 ``validate(op, ...)`` raises a ``ValueError`` that says why the kernels cannot serve a call (no
 Triton, wrong device, dtype, a width or correlation past the kernels' limits); the registry uses
-it to refuse a forced ``triton`` selection and to route ``auto`` selections.
+it to refuse a forced ``triton`` selection.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -47,25 +47,10 @@ def _padded(n: int) -> int:
 
 
 class TritonBackend:
-    """Fused Triton kernels (CUDA; or the CPU interpreter with ``TRITON_INTERPRET=1``).
-
-    Capability flags: ``available`` (Triton importable and a device it can run on),
-    ``capabilities`` (what the kernels serve, for callers that want to check before choosing).
-    """
+    """Fused Triton kernels (CUDA; or the CPU interpreter with ``TRITON_INTERPRET=1``);
+    :meth:`unavailable_reason` says why they cannot run here, :meth:`validate` why they cannot serve a call."""
 
     name = "triton"
-    capabilities: Dict[str, Any] = {
-        "dtypes": ("float16", "bfloat16", "float32", "float64"),
-        "accumulate": "float64 for float64 inputs, float32 otherwise",
-        "max_coefficients": _MAX_PADDED_WIDTH,
-        "max_correlation": _MAX_CORRELATION,
-        "fused_message": True,
-        "deterministic_message": True,
-        "double_backward": {"weighted_product": "fused", "conv_product": "fused",
-                            "many_body_product": "PyTorch reference (unfused, warns once)",
-                            "conv_message": "PyTorch reference (unfused, warns once)"},
-        "max_derivative_order": 2,
-    }
 
     def __init__(self) -> None:
         self._kernels = None
@@ -80,11 +65,6 @@ class TritonBackend:
     @staticmethod
     def triton_installed() -> bool:
         return _triton_installed()
-
-    @property
-    def available(self) -> bool:
-        """True when Triton is installed and there is a device it can run on."""
-        return self.unavailable_reason() is None
 
     def unavailable_reason(self) -> Optional[str]:
         if not self.triton_installed():
