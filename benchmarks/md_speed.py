@@ -39,7 +39,8 @@ next smaller box) is recorded as skipped, with the reason. ``--time-budget`` cap
 
     python benchmarks/md_speed.py                     # the default grid: L 0-3, C 128, the molecule and the
                                                       # 100- and 1,000-atom boxes, eager, float32, 1 and 2
-                                                      # threads (~20 min on 2 idle cores, at most 40)
+                                                      # threads; capped at 40 min (--time-budget): on 2
+                                                      # cores shared at load ~5 it got through 1 thread
     python benchmarks/md_speed.py --modes script --out benchmarks/results/md_speed_cpu_script.json
     python benchmarks/md_speed.py --lmax 1 --channels 64 --atoms 100 --modes eager --dtypes float32 --threads 1
     python benchmarks/md_speed.py --modes compile --atoms 100 --lmax 1 --no-molecule
