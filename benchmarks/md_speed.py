@@ -203,10 +203,11 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def step_peak_mib(step) -> Optional[float]:
-    """Resident memory one call of ``step`` needs above what is resident before it, in MiB: free heap is
-    handed back (``malloc_trim``), the high-water mark reset (``/proc/self/clear_refs``, Linux), one call
-    made, and the new high-water mark read. ``None`` where /proc or glibc are missing."""
+def measure_step(step):
+    """``(step(), MiB)``: the resident memory one call of ``step`` needs above what is resident before it.
+    Free heap is handed back first (``malloc_trim``) and the high-water mark reset
+    (``/proc/self/clear_refs``, Linux); the MiB are ``None`` where /proc or glibc are missing."""
+    before = None
     try:
         libc = ctypes.CDLL("libc.so.6")
         gc.collect()
@@ -214,14 +215,19 @@ def step_peak_mib(step) -> Optional[float]:
         before = _rss_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        step()
-        return max(0, _rss_kib("VmHWM") - before) / 1024
     except (OSError, RuntimeError, AttributeError):
-        return None
+        before = None
+    out = step()
+    if before is None:
+        return out, None
+    return out, max(0, _rss_kib("VmHWM") - before) / 1024
 
 
 # ----------------------------------------------------------------------------------------- one case (child)
 def _box_step(model, training: bool, batch):
+    # MACE's forward marks the positions as requiring grad; a compiled forward needs it done outside
+    batch["positions"].requires_grad_(True)
+
     def step():
         out = model(dict(batch), training=training, compute_force=True)
         return out["energy"].detach(), out["forces"].detach()
@@ -342,9 +348,7 @@ def _warm_up(step, spec: dict, t_variant: float):
     for i in range(calls):
         t0 = time.perf_counter()
         if i == calls - 1:
-            holder = []
-            step_mib = step_peak_mib(lambda: holder.append(step()))
-            out = holder[0]
+            out, step_mib = measure_step(step)
         else:
             out = step()
         took = time.perf_counter() - t0
