@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ACAC, venv_bin
+from conftest import ACAC, tiny_model, venv_bin
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mace"
 
@@ -54,7 +54,6 @@ def test_md_example_runs_a_saved_gaunt_model_and_prints_its_speed(tmp_path, scri
     import mace  # noqa: F401
     import torch
 
-    from conftest import tiny_model
     from gaunt_plugins.adapters.mace_blocks import gauntify_model
 
     previous = torch.get_default_dtype()
