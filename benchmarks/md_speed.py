@@ -20,8 +20,8 @@ Systems:
                   cost (MACE's data pipeline, the same for every variant) is reported as ``graph_ms``
 
 Modes: ``eager``; ``script``: ``e3nn.util.jit.compile`` of the whole model, MACE's ``_compiled.model``
-(the Gaunt layers run their plain PyTorch reference under TorchScript); ``compile``: MACE's
-``torch.compile`` route (model built with e3nn's codegen off, ``simplify``, ``fullgraph=True``, called
+(the Gaunt layers call the CPU kernels as ``torch.ops.gaunt`` operators where their library is built);
+``compile``: MACE's ``torch.compile`` route (model built with e3nn's codegen off, ``simplify``, ``fullgraph=True``, called
 with ``training=True`` as ``MACECalculator(compile_mode=...)`` calls it).
 
 Each case (system, L, C, dtype, threads, mode) runs in its own child process with that many threads; its
