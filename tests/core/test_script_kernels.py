@@ -65,17 +65,22 @@ def _values_and_grads(layer, inputs, extra, create_graph=False):
     return out, grads, inputs
 
 
+def _assert_operators_give_eager_values(name, layer, wrapped, inputs, extra):
+    """``wrapped`` (scripted or compiled ``layer``) runs the operators (none for scalar nodes, which run
+    coefficient-wise) and gives eager's values and gradients to 1e-12."""
+    out, grads, _ = _values_and_grads(layer, inputs, extra)
+    ran = _operators_run(lambda: _values_and_grads(wrapped, inputs, extra))
+    expected = set() if name == "scalar nodes" else {f"gaunt::{name}", f"gaunt::{name}_backward"}
+    assert ran == expected, (name, ran)
+    out_w, grads_w, _ = _values_and_grads(wrapped, inputs, extra)
+    assert torch.allclose(out_w, out, rtol=0, atol=1e-12), name
+    for g_w, g in zip(grads_w, grads):
+        assert torch.allclose(g_w, g, rtol=0, atol=1e-12), name
+
+
 def test_scripted_layers_run_the_operators_with_eager_values_and_gradients(ops, float64):
     for name, layer, inputs, extra in _cases():
-        scripted = torch.jit.script(layer)
-        out, grads, _ = _values_and_grads(layer, inputs, extra)
-        ran = _operators_run(lambda: _values_and_grads(scripted, inputs, extra))
-        expected = set() if name == "scalar nodes" else {f"gaunt::{name}", f"gaunt::{name}_backward"}
-        assert ran == expected, (name, ran)
-        out_s, grads_s, _ = _values_and_grads(scripted, inputs, extra)
-        assert torch.allclose(out_s, out, rtol=0, atol=1e-12), name
-        for g_s, g in zip(grads_s, grads):
-            assert torch.allclose(g_s, g, rtol=0, atol=1e-12), name
+        _assert_operators_give_eager_values(name, layer, torch.jit.script(layer), inputs, extra)
 
 
 def test_second_derivatives_through_the_operators_are_eager_ones(ops, float64):
@@ -99,14 +104,7 @@ def test_compiled_layers_run_the_operators_with_eager_values_and_gradients(ops, 
     torch._dynamo.reset()
     for name, layer, inputs, extra in _cases():
         compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-        out, grads, _ = _values_and_grads(layer, inputs, extra)
-        ran = _operators_run(lambda: _values_and_grads(compiled, inputs, extra))
-        expected = set() if name == "scalar nodes" else {f"gaunt::{name}", f"gaunt::{name}_backward"}
-        assert ran == expected, (name, ran)
-        out_c, grads_c, _ = _values_and_grads(compiled, inputs, extra)
-        assert torch.allclose(out_c, out, rtol=0, atol=1e-12), name
-        for g_c, g in zip(grads_c, grads):
-            assert torch.allclose(g_c, g, rtol=0, atol=1e-12), name
+        _assert_operators_give_eager_values(name, layer, compiled, inputs, extra)
     torch._dynamo.reset()
 
 
