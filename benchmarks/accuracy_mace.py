@@ -21,6 +21,7 @@ Variants (``--variants``):
   product       ``gaunt_targets: [product]`` (the symmetric contraction only, as in the paper's MACE)
   product-P     the same with ``gaunt_product_chains: P`` (``product-2``, ``product-3``, ...)
   conv-K        ``gaunt_targets: [conv, product]`` with ``gaunt_conv_products: K`` (``conv-1``, ``conv-3``, ...)
+  conv-paths    the same with ``gaunt_conv_products: paths`` (one output block per path: MACE's convolution)
   conv-K-P      the same with ``gaunt_product_chains: P``
 
 Data (../shared/data/acac): ``--n-train`` configurations of train_300K.xyz for training, ``--n-valid``
@@ -118,6 +119,12 @@ def variant_options(name: str) -> Dict[str, object]:
     if name == "upstream":
         return {}
     head, *counts = name.split("-")
+    if head == "conv" and counts[:1] == ["paths"] and len(counts) <= 2 and all(c.isdigit() and int(c) >= 1
+                                                                               for c in counts[1:]):
+        options = {"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_conv_products": "paths"}
+        if counts[1:]:
+            options["gaunt_product_chains"] = int(counts[1])
+        return options
     if head in ("product", "conv") and all(c.isdigit() and int(c) >= 1 for c in counts) \
             and len(counts) <= (1 if head == "product" else 2) and (head == "product" or counts):
         options: Dict[str, object] = {"tensor_product": "gaunt"}
@@ -130,8 +137,8 @@ def variant_options(name: str) -> Dict[str, object]:
         if chains:
             options["gaunt_product_chains"] = int(chains[0])
         return options
-    raise SystemExit(f"unknown variant {name!r}: choose upstream, product, product-P, conv-K or conv-K-P "
-                     f"(K, P >= 1, e.g. product-3, conv-3-2)")
+    raise SystemExit(f"unknown variant {name!r}: choose upstream, product, product-P, conv-K, conv-K-P, "
+                     f"conv-paths or conv-paths-P (K, P >= 1, e.g. product-3, conv-3-2, conv-paths)")
 
 
 def run_config(variant: str, seed: int, epochs: int, files: Dict[str, Path], model: Dict[str, object]) -> Dict:

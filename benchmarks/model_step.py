@@ -332,7 +332,7 @@ def gaunt_options(targets, conv_products: int, product_chains: int = 1):
 def gaunt_plan(target_sets, conv_products: Sequence[int]) -> List[Tuple[frozenset, int]]:
     """Every (target set, K) to time: each K for the sets with ``conv``, K = 1 otherwise (and only K = 1
     when K is not an option of this gaunt-plugins)."""
-    ks = sorted(set(conv_products)) if conv_products_supported() else [1]
+    ks = sorted(set(conv_products), key=str) if conv_products_supported() else [1]
     plan = []
     for targets in target_sets:
         for k in (ks if "conv" in targets else [1]):
@@ -701,6 +701,11 @@ def write_result(path: Path, result: dict) -> None:
 MODELS = ("mace", "mace-correlation", "eqv2")
 
 
+def _conv_products_arg(value: str):
+    """``--conv-products`` items: ``paths`` (the per-path convolution) or a whole number K."""
+    return "paths" if value.strip().lower() == "paths" else int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid, few iterations (CPU: a few minutes)")
@@ -715,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--targets", nargs="*", default=list(DEFAULT_TARGETS),
                     help="Gaunt target sets to time, each 'conv,product', 'conv' or 'product' "
                          f"(default: {' '.join(DEFAULT_TARGETS)})")
-    ap.add_argument("--conv-products", type=int, nargs="*", default=list(DEFAULT_CONV_PRODUCTS),
+    ap.add_argument("--conv-products", type=_conv_products_arg, nargs="*", default=list(DEFAULT_CONV_PRODUCTS),
                     help="K, Gaunt products per channel in the convolution, for the target sets with conv "
                          f"(default {' '.join(map(str, DEFAULT_CONV_PRODUCTS))})")
     ap.add_argument("--product-chains", type=int, nargs="*", default=[1],
@@ -770,7 +775,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error(f"--targets {item!r}: {exc}")
         if targets not in args.target_sets:
             args.target_sets.append(targets)
-    if any(k < 1 for k in args.conv_products):
+    if any(k != "paths" and k < 1 for k in args.conv_products):
         ap.error(f"--conv-products: every K must be >= 1, got {args.conv_products}")
     args.model_set = {m.strip() for m in args.models.split(",") if m.strip()}
     args.model_set = {"eqv2" if m == "equiformer_v2" else m for m in args.model_set}
@@ -838,7 +843,7 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters,
                 "host": platform.platform(), "cpus": os.cpu_count(), "seconds": time.time() - started,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k, _ in plan}),
+                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k, _ in plan}, key=str),
                 "product_chains": sorted({p for _, _, p in plan}),
                 "conv_products_supported": k_supported, "notes": notes, "results": rows,
             })

@@ -45,9 +45,10 @@ from mace.modules.wrapper_ops import FullyConnectedTensorProduct, Linear
 from mace.tools.torch_tools import default_dtype
 
 from gaunt_plugins._e3nn import compile_mode, o3
-from gaunt_plugins.layers import GauntConvolution, GauntManyBody
+from gaunt_plugins.layers import GauntConvolution, GauntManyBody, GauntPathConvolution
 
-from .mace_config import GauntOptions, GauntSettingsError, build_options, check_irreps, current_build_options
+from .mace_config import (PATH_CONV, GauntOptions, GauntSettingsError, build_options, check_irreps,
+                          current_build_options)
 
 from e3nn import nn as e3nn_nn  # after mace (see above)
 
@@ -90,7 +91,8 @@ def _setup_gaunt_conv(block: torch.nn.Module, residual: bool) -> None:
     block.gaunt_method = options.method
     # with scalar node features every path has l1 = 0 and one product per channel is exact
     scalar_nodes = all(ir.l == 0 for _, ir in o3.Irreps(str(block.edge_irreps)))
-    block.gaunt_conv_products = 1 if scalar_nodes else options.conv_products
+    per_path = options.conv_products == PATH_CONV
+    block.gaunt_conv_products = options.conv_products if per_path or not scalar_nodes else 1
 
     block.linear_up = Linear(
         block.node_feats_irreps,
@@ -99,10 +101,13 @@ def _setup_gaunt_conv(block: torch.nn.Module, residual: bool) -> None:
         shared_weights=True,
         cueq_config=block.cueq_config,
     )
-    block.conv_tp = GauntConvolution(
-        block.edge_irreps, block.edge_attrs_irreps, block.target_irreps, method=block.gaunt_method,
-        products=block.gaunt_conv_products,
-    )
+    if per_path:
+        block.conv_tp = GauntPathConvolution(block.edge_irreps, block.edge_attrs_irreps, block.target_irreps)
+    else:
+        block.conv_tp = GauntConvolution(
+            block.edge_irreps, block.edge_attrs_irreps, block.target_irreps, method=block.gaunt_method,
+            products=block.gaunt_conv_products,
+        )
     # MACE's forward then calls conv_tp(node_feats, edge_attrs, tp_weights, edge_index) for the whole message
     # (gather, convolution, scatter-sum): one fused kernel where the backend has one
     block.conv_fusion = "gaunt"

@@ -15,11 +15,14 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      ``conv,product``; ``all`` means both.
 ``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default) or ``grid``.
 ``gaunt_conv_products``
-                     the number ``K`` of independent Gaunt products per channel in the convolution
-                     (``K`` output copies per degree feeding MACE's ``linear``); ``K = 3`` reproduces
-                     arbitrary per-path radial weights of MACE's ``uvu`` convolution, ``K = 1`` is the
-                     paper's one product per channel. Interactions whose node features are scalars (the
-                     first) are exact with one product and use one.
+                     how the Gaunt convolution builds its output. ``paths``: one output block per path
+                     ``l1 x l2 -> l3``, from the Gaunt coefficients (:class:`~gaunt_plugins.layers.
+                     GauntPathConvolution`): MACE's convolution and ``linear`` exactly, the same weights and
+                     values. A whole number ``K``: ``K`` independent grid products per channel, each summing
+                     all paths under one factorised weight (``K`` output copies per degree feeding MACE's
+                     ``linear``; ``K = 1`` is the paper's one product per channel); this cannot express
+                     MACE's per-path ``linear``. Interactions whose node features are scalars (the first) are
+                     exact with one product and use one.
 ``gaunt_product_chains``
                      the number of independent power chains per channel in the Gaunt many-body product
                      (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
@@ -51,6 +54,8 @@ __all__ = [
     "parse_targets",
     "parse_whole_number",
     "DEFAULT_CONV_PRODUCTS",
+    "PATH_CONV",
+    "parse_conv_products",
     "DEFAULT_PRODUCT_CHAINS",
     "options_from_args",
     "check_irreps",
@@ -65,6 +70,8 @@ TENSOR_PRODUCTS = ("e3nn", "gaunt")
 GAUNT_TARGETS = ("conv", "product")
 DEFAULT_TARGETS = ("product",)
 DEFAULT_CONV_PRODUCTS = 1
+PATH_CONV = "paths"
+"""``gaunt_conv_products: paths``: the per-path Gaunt convolution."""
 DEFAULT_PRODUCT_CHAINS = 1
 GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains")
 
@@ -101,7 +108,7 @@ class GauntOptions:
 
     targets: FrozenSet[str] = frozenset(DEFAULT_TARGETS)
     method: str = "auto"
-    conv_products: int = DEFAULT_CONV_PRODUCTS
+    conv_products: Union[int, str] = DEFAULT_CONV_PRODUCTS
     product_chains: int = DEFAULT_PRODUCT_CHAINS
 
     def __post_init__(self):
@@ -118,7 +125,7 @@ class GauntOptions:
         methods = gaunt_methods()
         if self.method not in methods:
             raise GauntSettingsError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
-        object.__setattr__(self, "conv_products", parse_whole_number(self.conv_products, "gaunt_conv_products"))
+        object.__setattr__(self, "conv_products", parse_conv_products(self.conv_products))
         object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
 
     @property
@@ -133,7 +140,8 @@ class GauntOptions:
         parts = [t for t in GAUNT_TARGETS if t in self.targets]
         counts = []
         if self.conv:
-            counts.append(f"{self.conv_products} product(s) per channel in the convolution")
+            counts.append("one Gaunt path per MACE path in the convolution" if self.conv_products == PATH_CONV
+                          else f"{self.conv_products} product(s) per channel in the convolution")
         if self.product:
             counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
         return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}); {', '.join(counts)}"
@@ -157,6 +165,23 @@ def parse_whole_number(value: Any, name: str) -> int:
         raise GauntSettingsError(f"{name}: expected a whole number {allowed} ({_COUNTS.get(name, name)}), "
                                  f"got {value!r}")
     return int(text)
+
+
+def parse_conv_products(value: Any) -> Union[int, str]:
+    """``gaunt_conv_products``: ``"paths"`` (:data:`PATH_CONV`) or a whole number from 1 to
+    :data:`MAX_CONV_PRODUCTS`.
+
+    >>> parse_conv_products("Paths"), parse_conv_products("3")
+    ('paths', 3)
+    """
+    if isinstance(value, str) and value.strip().lower() == PATH_CONV:
+        return PATH_CONV
+    try:
+        return parse_whole_number(value, "gaunt_conv_products")
+    except GauntSettingsError:
+        raise GauntSettingsError(f"gaunt_conv_products: expected {PATH_CONV!r} (one output block per path, MACE's "
+                                 f"convolution) or a whole number from 1 to {MAX_CONV_PRODUCTS} (grid products per "
+                                 f"channel), got {value!r}") from None
 
 
 def parse_targets(value: Union[None, str, Iterable[str]]) -> FrozenSet[str]:
@@ -270,7 +295,8 @@ def check_config_file(path: Any) -> None:
         if key in cfg and (cfg[key] is None or (isinstance(cfg[key], str) and not cfg[key].strip())):
             allowed = {"tensor_product": f"one of {list(TENSOR_PRODUCTS)}",
                        "gaunt_targets": f"a list of {list(GAUNT_TARGETS)}",
-                       "gaunt_method": f"one of {list(gaunt_methods())}"}.get(key, "a whole number")
+                       "gaunt_method": f"one of {list(gaunt_methods())}",
+                       "gaunt_conv_products": f"{PATH_CONV} or a whole number"}.get(key, "a whole number")
             then = "MACE runs as upstream, e3nn" if key == "tensor_product" else "its default applies"
             raise GauntSettingsError(f"{key} is empty in {path}: give {allowed}, or remove the key (then {then})")
 
@@ -314,11 +340,18 @@ def add_arguments(parser: Any) -> Any:
                 raise argparse.ArgumentTypeError(str(exc)) from exc
         return parse
 
+    def _conv_products(value: str):
+        try:
+            return parse_conv_products(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
     parser.add_argument(
         "--gaunt_conv_products",
-        help="with --tensor_product gaunt: independent Gaunt products per channel in the convolution "
-        f"(3 reproduces MACE's per-path radial weights; default {DEFAULT_CONV_PRODUCTS}, at most {MAX_CONV_PRODUCTS})",
-        type=_whole_number("gaunt_conv_products"),
+        help="with --tensor_product gaunt: how the Gaunt convolution builds its output: paths (one block per "
+        "path, MACE's convolution exactly) or K independent grid products per channel "
+        f"(default {DEFAULT_CONV_PRODUCTS}, at most {MAX_CONV_PRODUCTS})",
+        type=_conv_products,
         default=None,
     )
     parser.add_argument(

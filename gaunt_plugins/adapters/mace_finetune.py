@@ -25,11 +25,13 @@ from typing import Any, Iterator, List, Optional
 
 import torch
 
+from ..layers import GauntPathConvolution
 from .mace_blocks import GAUNT_INTERACTIONS, GauntProductBasisBlock, is_gaunt_model
 from .mace_config import (
     DEFAULT_CONV_PRODUCTS,
     DEFAULT_PRODUCT_CHAINS,
     GAUNT_TARGETS,
+    PATH_CONV,
     GauntOptions,
     GauntSettingsError,
     parse_targets,
@@ -51,14 +53,16 @@ def gaunt_blocks_of(model: torch.nn.Module) -> List[str]:
 def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
     """The options that rebuild the Gaunt blocks of ``foundation`` (``None``: it has none).
 
-    ``conv_products``: the products per channel of its convolutions of non-scalar node features (the
-    scalar first interaction always has one); ``product_chains``: the chains of its many-body products.
+    ``conv_products``: ``paths`` for per-path convolutions, else the products per channel of its
+    convolutions of non-scalar node features (the scalar first interaction always has one); ``product_chains``: the chains of its many-body products.
     """
     targets, products, chains = set(), set(), set()
     for block in getattr(foundation, "interactions", ()):
         if type(block) in _STOCK_OF:
             targets.add("conv")
-            if any(ir.l > 0 for _, ir in block.conv_tp.irreps_in1):
+            if isinstance(block.conv_tp, GauntPathConvolution):
+                products.add(PATH_CONV)
+            elif any(ir.l > 0 for _, ir in block.conv_tp.irreps_in1):
                 products.add(int(block.conv_tp.products))
     for block in getattr(foundation, "products", ()):
         if isinstance(block, GauntProductBasisBlock):
@@ -68,7 +72,7 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
         return None
     if len(products) > 1 or len(chains) > 1:
         raise GauntSettingsError(
-            f"the foundation model's Gaunt blocks differ in their products per channel {sorted(products)} or "
+            f"the foundation model's Gaunt blocks differ in their products per channel {sorted(map(str, products))} or "
             f"chains {sorted(chains)}: fine-tuning rebuilds every block with one setting")
     return GauntOptions(targets=frozenset(targets), conv_products=products.pop() if products else DEFAULT_CONV_PRODUCTS,
                         product_chains=chains.pop() if chains else DEFAULT_PRODUCT_CHAINS)
@@ -110,7 +114,7 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
     for key, target, value, name in (("gaunt_conv_products", "conv", found.conv_products, "products per channel"),
                                      ("gaunt_product_chains", "product", found.product_chains, "chains per channel")):
         given = getattr(args, key, None)
-        if target in found.targets and given is not None and int(given) != value:
+        if target in found.targets and given is not None and str(given).strip().lower() != str(value):
             raise GauntSettingsError(f"{key}: {given}, but {keep}, with {value} {name}: set {key}: {value} or "
                                      "remove the key")
         if target in found.targets:

@@ -2,6 +2,7 @@
 from ._planned import LAYER_METHODS
 from .convolution import GauntConvolution
 from .many_body import GauntManyBody
+from .path_convolution import GauntPathConvolution
 from .tensor_product import GauntTensorProduct
 
-__all__ = ["GauntTensorProduct", "GauntConvolution", "GauntManyBody", "LAYER_METHODS"]
+__all__ = ["GauntTensorProduct", "GauntConvolution", "GauntPathConvolution", "GauntManyBody", "LAYER_METHODS"]
