@@ -32,14 +32,16 @@ import torch
 __all__ = ["convert", "main"]
 
 
-def convert(model: torch.nn.Module, targets=("conv", "product"), method: str = "auto", seed: Optional[int] = 0):
+def convert(model: torch.nn.Module, targets=("conv", "product"), method: str = "auto", seed: Optional[int] = 0,
+            conv_products="paths"):
     """Return ``(gaunt_model, report, unchanged)``: a converted deep copy of ``model``, the
     :class:`~gaunt_plugins.adapters.mace_blocks.ConversionReport` of the replaced blocks, and the
-    names of the tensors outside them (copied unchanged)."""
+    names of the tensors outside them (copied unchanged). ``conv_products``: ``"paths"`` (the per-path
+    convolution, MACE's own: every convolution weight carries over) or ``K`` grid products per channel."""
     from gaunt_plugins.adapters.mace_blocks import gauntify_model
     from gaunt_plugins.adapters.mace_config import GauntOptions, parse_targets
 
-    options = GauntOptions(targets=parse_targets(targets), method=method)
+    options = GauntOptions(targets=parse_targets(targets), method=method, conv_products=conv_products)
     if seed is not None:
         torch.manual_seed(seed)
     before = model.state_dict()
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("output", help="where to save the converted model")
     parser.add_argument("--targets", default="conv,product",
                         help="parts to replace: conv, product or both (default conv,product)")
+    parser.add_argument("--conv-products", default="paths",
+                        help="the Gaunt convolution: paths (one block per path, MACE's convolution, every weight "
+                             "copied; the default) or K grid products per channel (its radial MLP's last layer and "
+                             "linear are freshly initialised)")
     parser.add_argument("--method", default="auto", help="Gaunt method of the layers (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
     parser.add_argument("--device", default="cpu", help="map_location for loading (default cpu)")
@@ -131,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_output(args.input, args.output, args.force)
         device = _device(args.device)
         model = _load_model(args.input, device)
-        gaunt, report, unchanged = convert(model, args.targets, args.method, args.seed)
+        gaunt, report, unchanged = convert(model, args.targets, args.method, args.seed, args.conv_products)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"gaunt-convert-mace: {exc}", file=sys.stderr)
         return 2

@@ -11,12 +11,13 @@ same values (to rounding), and a MACE model's ``conv_tp_weights`` and ``linear``
 
 How it computes, per edge ``e`` (sender ``s``, receiver ``r``), channel ``c`` and path ``p = (l1, l2, l3)``:
 
-    A[e, p] = sum_m2 coupling_p[:, m2, :] Y_l2m2(r_e)          # [2 l1 + 1, 2 l3 + 1], once per edge
-    out[r, p, c] += w[e, p, c] * x1[s, c, l1] @ A[e, p]        # one batched matmul per node degree
+    A[e] = sum_m2 coupling[m2] Y_m2(r_e)                 # [(L1+1)^2, columns]: every path's block, once per edge
+    out[r, c, :] += (x1[s, c, :] @ A[e]) * w[e, c, path(:)]
 
-The harmonics are contracted with the coefficients once per edge (no channel dimension); per channel the cost
-is ``sum_p (2 l1 + 1)(2 l3 + 1)``, against ``sum_p (2 l1 + 1)(2 l2 + 1)(2 l3 + 1)`` for a Clebsch-Gordan path
-contracted per channel. Plain PyTorch operations: autograd gives every derivative, TorchScript and
+(``columns``: the ``2 l3 + 1`` output coefficients of every path; ``A[e]`` is zero outside each path's
+``(l1, l3)`` block.) The harmonics are contracted with the coefficients once per edge (no channel dimension),
+then one batched matmul per edge serves every path and channel, against one Clebsch-Gordan contraction per
+path and channel in e3nn. Plain PyTorch operations: autograd gives every derivative, TorchScript and
 ``torch.compile`` run the same code on any device.
 """
 from __future__ import annotations
@@ -86,7 +87,7 @@ class GauntPathConvolution(torch.nn.Module):
     and harmonics have); paths a Gaunt product cannot form are refused.
     """
 
-    __constants__ = ["channels", "num_paths", "dim_in1", "dim_in2", "dim_out", "num_columns"]
+    __constants__ = ["channels", "num_paths", "dim_in1", "dim_in2", "dim_out", "num_columns", "node_width"]
 
     def __init__(self, irreps_in1, irreps_in2, target_irreps):
         super().__init__()
@@ -116,12 +117,18 @@ class GauntPathConvolution(torch.nn.Module):
         self.dim_in1, self.dim_in2, self.dim_out = irreps_in1.dim, irreps_in2.dim, irreps_mid.dim
         self.weight_numel = self.num_paths * self.channels
         self.paths = [(irreps_in1[i].ir.l, irreps_in2[j].ir.l, l3) for i, j, _, l3 in paths]
-        coupling, segments, column_path, order = _layout(irreps_in1, irreps_in2, paths)
+        coupling, node_order, column_path, order = _layout(irreps_in1, irreps_in2, paths)
         self.num_columns = len(column_path)
-        self.segments: List[List[int]] = segments
+        self.node_width = coupling.shape[1] // self.num_columns
         self.__dict__["_coupling64"] = coupling
-        self.register_buffer("coupling", coupling.to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer("column_path", torch.tensor(column_path, dtype=torch.long), persistent=False)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("coupling", coupling.to(dtype), persistent=False)
+        self.register_buffer("node_order", torch.tensor([s + c * d + m for c in range(self.channels)
+                                                         for s, d in node_order for m in range(d)]),
+                             persistent=False)
+        spread = torch.zeros(self.num_paths, self.num_columns, dtype=dtype)
+        spread[torch.tensor(column_path), torch.arange(self.num_columns)] = 1.0
+        self.register_buffer("path_columns", spread, persistent=False)
         self.register_buffer("output_order", _output_order(order, self.channels, self.num_columns),
                              persistent=False)
 
@@ -154,19 +161,15 @@ class GauntPathConvolution(torch.nn.Module):
                 raise ValueError(f"GauntPathConvolution: edge_index must be an integer tensor [2, E={edges}], "
                                  f"got {edge_index.dtype} {list(edge_index.shape)}")
         nodes = x1.shape[0]
-        if edge_index is not None:
-            x1 = x1.index_select(0, edge_index[0])
         dtype = x1.dtype
         c = self.channels
-        a = torch.mm(x2.to(dtype), self.coupling.to(dtype))  # [E, sum over segments of d1 * n]
-        blocks: List[torch.Tensor] = []
-        for segment in self.segments:
-            start1, d1, start_a, n = segment[0], segment[1], segment[2], segment[3]
-            xs = x1.narrow(1, start1, c * d1).reshape(edges, c, d1)
-            blocks.append(torch.bmm(xs, a.narrow(1, start_a, d1 * n).reshape(edges, d1, n)))
-        y = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]  # [E, C, columns]
-        w = weight.to(dtype).reshape(edges, self.num_paths, c).transpose(1, 2).index_select(2, self.column_path)
-        y = y * w
+        a = torch.mm(x2.to(dtype), self.coupling.to(dtype)).view(edges, self.node_width, self.num_columns)
+        x = x1.index_select(1, self.node_order).view(x1.shape[0], c, self.node_width)  # [., C, (l1 m1)]
+        if edge_index is not None:
+            x = x.index_select(0, edge_index[0])
+        y = torch.bmm(x, a)  # [E, C, columns]
+        w = weight.to(dtype).view(edges, self.num_paths, c).transpose(1, 2)
+        y = y * torch.matmul(w, self.path_columns.to(dtype))
         if edge_index is not None:
             y = y.new_zeros(nodes, c, self.num_columns).index_add_(0, edge_index[1], y)
         return y.reshape(y.shape[0], c * self.num_columns).index_select(1, self.output_order)
@@ -175,35 +178,29 @@ class GauntPathConvolution(torch.nn.Module):
 def _layout(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, paths: List[Path]):
     """The coupling table and index maps of :class:`GauntPathConvolution`.
 
-    Columns: the output coefficients of every path, grouped by node-degree block ``i`` (a segment), paths in
-    weight order within a segment. Returns ``coupling [irreps_in2.dim, sum_i d1_i n_i]`` float64 (segment ``i``
-    holds ``[m2, m1 * n_i + column]``), ``segments`` (``[x1 offset, d1, coupling offset, n]`` per segment),
-    ``column_path`` (the path, i.e. weight block, of each column) and the first column of each path."""
+    Rows of a channel: its node coefficients ``(l1, m1)`` in the order of ``irreps_in1``. Columns: the output
+    coefficients of every path, in weight order. Returns ``coupling [irreps_in2.dim, rows * columns]`` float64
+    (``[m2, row * columns + column]``, zero outside each path's ``(l1, l3)`` block), ``node_order`` (``(offset,
+    2 l1 + 1)`` of each node irrep in a flat feature: channel ``c`` of irrep ``i`` starts at ``offset + c (2 l1
+    + 1)``), ``column_path`` (the path of each column) and ``(first column, width)`` of each path."""
     offsets1 = [s.start for s in irreps_in1.slices()]
     offsets2 = [s.start for s in irreps_in2.slices()]
-    parts, segments, column_path = [], [], []
-    first_column = [0] * len(paths)
-    start_a = 0
-    for i, (_, ir1) in enumerate(irreps_in1):
-        mine = [(k, path) for k, path in enumerate(paths) if path[0] == i]
-        if not mine:
-            continue
-        d1 = ir1.dim
-        n = sum(2 * path[3] + 1 for _, path in mine)
-        block = np.zeros((irreps_in2.dim, d1, n))
-        column = 0
-        for k, (_, j, _, l3) in mine:
-            l2 = irreps_in2[j].ir.l
-            rows = slice(offsets2[j], offsets2[j] + 2 * l2 + 1)
-            block[rows, :, column:column + 2 * l3 + 1] = _path_coupling(ir1.l, l2, l3).transpose(1, 0, 2)
-            first_column[k] = len(column_path) + column
-            column += 2 * l3 + 1
-        column_path += [k for k, (_, _, _, l3) in mine for _ in range(2 * l3 + 1)]
-        segments.append([offsets1[i], d1, start_a, n])
-        parts.append(block.reshape(irreps_in2.dim, d1 * n))
-        start_a += d1 * n
-    coupling = torch.from_numpy(np.concatenate(parts, axis=1))
-    return coupling, segments, column_path, [(first_column[k], 2 * path[3] + 1) for k, path in enumerate(paths)]
+    rows = [0]
+    for _, ir in irreps_in1:
+        rows.append(rows[-1] + ir.dim)
+    columns = sum(2 * path[3] + 1 for path in paths)
+    table = np.zeros((irreps_in2.dim, rows[-1], columns))
+    column_path, order = [], []
+    for k, (i, j, _, l3) in enumerate(paths):
+        l1, l2 = irreps_in1[i].ir.l, irreps_in2[j].ir.l
+        first = len(column_path)
+        table[offsets2[j]:offsets2[j] + 2 * l2 + 1, rows[i]:rows[i + 1], first:first + 2 * l3 + 1] = \
+            _path_coupling(l1, l2, l3).transpose(1, 0, 2)
+        column_path += [k] * (2 * l3 + 1)
+        order.append((first, 2 * l3 + 1))
+    coupling = torch.from_numpy(table.reshape(irreps_in2.dim, rows[-1] * columns))
+    node_order = [(offsets1[i], ir.dim) for i, (_, ir) in enumerate(irreps_in1)]
+    return coupling, node_order, column_path, order
 
 
 def _output_order(order: List[Tuple[int, int]], channels: int, columns: int) -> torch.Tensor:
