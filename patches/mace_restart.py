@@ -8,7 +8,7 @@ the MACE patch applied:
 
 - every checkpoint MACE writes carries the settings of the run that wrote it
   (``checkpoint["gaunt_plugins"] = {"tensor_product": ..., "gaunt_targets": [...],
-  "gaunt_conv_products": K}``, plus ``"gaunt_product_chains": P`` for more than one chain; MACE itself
+  "gaunt_conv_products": K or "paths"}``, plus ``"gaunt_product_chains": P`` for more than one chain; MACE itself
   ignores the extra key);
 - once the model is built, a ``restart_latest`` run compares it with the checkpoints MACE would
   restart from: their recorded settings (a checkpoint without a record was written by upstream
@@ -51,7 +51,7 @@ def run_settings(args: Any) -> Dict[str, Any]:
     settings: Dict[str, Any] = {"tensor_product": "gaunt",
                                 "gaunt_targets": [t for t in GAUNT_TARGETS if t in options.targets]}
     if options.conv:
-        settings["gaunt_conv_products"] = int(options.conv_products)
+        settings["gaunt_conv_products"] = options.conv_products  # K, or "paths"
     if options.product and options.product_chains != 1:  # absent: one chain (as before the option existed)
         settings["gaunt_product_chains"] = int(options.product_chains)
     return settings

@@ -345,3 +345,24 @@ def test_installed_pth_hook(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "not written by gaunt-plugins" in proc.stderr
     assert pth.read_text() == "import something_of_the_users\n"
+
+
+def test_stock_cli_trains_per_path_convolutions_saves_and_restarts_them(acac_subset, tmp_path):
+    """``gaunt_conv_products: paths`` through the stock command: the saved model has per-path convolutions (MACE's
+    convolution weights in MACE's shapes), and ``restart_latest`` with the same settings continues the run."""
+    from gaunt_plugins.layers import GauntPathConvolution
+
+    cfg = tiny_config(acac_subset, "paths", tensor_product="gaunt", gaunt_targets=["conv", "product"],
+                      gaunt_conv_products="paths")
+    (tmp_path / "cfg.yaml").write_text(cfg)
+    run([venv_bin("mace_run_train"), "--config", "cfg.yaml"], tmp_path, hooked_env())
+    log = next((tmp_path / "logs").glob("paths_run-*.log")).read_text()
+    assert "one Gaunt path per MACE path in the convolution" in log
+    model = torch.load(tmp_path / "paths.model", weights_only=False, map_location="cpu")
+    assert all(isinstance(block.conv_tp, GauntPathConvolution) for block in model.interactions)
+    (tmp_path / "cfg_restart.yaml").write_text(_restart_config(
+        cfg, tensor_product="gaunt", gaunt_targets="[conv, product]", gaunt_conv_products="paths"))
+    run([venv_bin("mace_run_train"), "--config", "cfg_restart.yaml"], tmp_path, hooked_env())
+    log = "".join(p.read_text() for p in (tmp_path / "logs").glob("paths_run-*.log"))
+    assert "Loading checkpoint" in log
+    assert 4 in eval_losses(tmp_path, "paths")  # the restart trained on to its 5 epochs
