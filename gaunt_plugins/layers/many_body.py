@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from typing import Optional
+
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
 from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, compile_ops_ready, scatter_offsets
@@ -39,6 +41,12 @@ class GauntManyBody(PlannedModule):
     Gaunt weights change by about ``lr`` relative to their size per step and train more slowly than
     MACE's. The initial function does not depend on the gain. Layers saved without a gain have 1.
 
+    ``scalar_bias`` (default on, natural-parity outputs with a ``0e`` part): a per-element, per-channel constant
+    ``b[z, c]`` added to the ``0e`` output, starting at 0. A readout of it is a per-element energy shift: a MACE
+    model's energy error after short training is mostly a constant offset that only the (lightly weighted) energy
+    loss teaches, and without the bias the Gaunt model's offset shrinks more slowly than upstream's. Layers saved
+    without it have none.
+
     Compared with MACE's ``SymmetricContraction`` (a full symmetric tensor basis per element): the
     couplings are restricted to Gaunt paths (even ``l1+l2+l3`` at every step, so no pseudotensor
     outputs from natural inputs) and each chain factorises per degree, with ``O(chains nu_max (K + Ko) C)``
@@ -52,7 +60,8 @@ class GauntManyBody(PlannedModule):
     __jit_unused_properties__ = ["plan", "contraction_degree"]
 
     def __init__(self, irreps_in, irreps_out, correlation: int, num_elements: int, normalize: bool = True,
-                 method: str = "auto", chains: int = 1, weight_gain: float = DEFAULT_WEIGHT_GAIN):
+                 method: str = "auto", chains: int = 1, weight_gain: float = DEFAULT_WEIGHT_GAIN,
+                 scalar_bias: bool = True):
         super().__init__()
         correlation = whole_number(correlation, "correlation", "GauntManyBody")
         num_elements = whole_number(num_elements, "num_elements", "GauntManyBody")
@@ -90,6 +99,10 @@ class GauntManyBody(PlannedModule):
         scale[0] = 1.0
         self.weights_out = torch.nn.Parameter(
             torch.randn(num_elements, correlation, self.k_out, lanes) * scale / (chains ** 0.5 * float(weight_gain)))
+        self.scalar_start = _scalar_start(fo.irreps)
+        self.scalar_bias: Optional[torch.nn.Parameter] = None
+        if scalar_bias and self.scalar_start >= 0:
+            self.scalar_bias = torch.nn.Parameter(torch.zeros(num_elements, self.channels))
 
     @property
     def contraction_degree(self) -> int:
@@ -106,6 +119,8 @@ class GauntManyBody(PlannedModule):
             buffers.setdefault(name, torch.ones((), dtype=buffers["to_grid"].dtype))
         state.setdefault("chains", 1)
         state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
+        state.get("_parameters", {}).setdefault("scalar_bias", None)  # pickled before the bias: none
+        state.setdefault("scalar_start", _scalar_start(state["irreps_out"]))
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -113,12 +128,15 @@ class GauntManyBody(PlannedModule):
         if prefix + "weights_in" in state_dict:
             for name in self.DEFAULTED_BUFFERS:  # saved before the gain: its parameters are the weights
                 state_dict.setdefault(prefix + name, torch.ones((), dtype=self.weight_gain.dtype))
+            if self.scalar_bias is not None:  # saved before the bias: a zero bias predicts what it did
+                state_dict.setdefault(prefix + "scalar_bias", torch.zeros_like(self.scalar_bias))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | correlation={self.correlation}, "
-                f"{self.chains} chain(s) per channel, {self.num_elements} elements, method={self.method})")
+                f"{self.chains} chain(s) per channel, {self.num_elements} elements, "
+                f"scalar bias {'on' if self.scalar_bias is not None else 'off'}, method={self.method})")
 
     def forward(self, x: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.channels or x.shape[2] != self.compact_in:
@@ -142,6 +160,12 @@ class GauntManyBody(PlannedModule):
             out = self._on_buffers(x, w_in, w_out)
         else:
             out = self._run(x, w_in, w_out)
+        bias = self.scalar_bias
+        if bias is not None:
+            shift = torch.matmul(attrs, bias.to(compute))
+            start = self.scalar_start
+            out = torch.cat([out[:, :start], out[:, start:start + self.channels] + shift,
+                             out[:, start + self.channels:]], dim=1)
         return out.to(dtype)
 
     @torch.jit.unused
@@ -190,6 +214,14 @@ class GauntManyBody(PlannedModule):
             offsets_out = offsets_out.repeat(self.chains, 1)
         return torch.ops.gaunt.many_body(xl, w_in, w_out, offsets_in, offsets_out, self.deg_in, self.deg_out,
                                          self.to_grid.to(compute), self.from_grids.to(compute), self.dim_out)
+
+
+def _scalar_start(irreps_out) -> int:
+    """Where the ``0e`` block of a flat ``irreps_out`` feature starts (-1: it has none)."""
+    for (_, ir), sl in zip(irreps_out, irreps_out.slices()):
+        if ir.l == 0 and ir.p == 1:
+            return int(sl.start)
+    return -1
 
 
 def _normalized_plan(state: dict):

@@ -425,3 +425,36 @@ def test_plans_first_built_under_another_default_device_keep_their_tables_on_the
     layer = GauntTensorProduct(irreps, irreps)
     x = torch.randn(3, layer.dim_in1)
     assert torch.isfinite(layer(x, x)).all()
+
+
+def test_many_body_scalar_bias_shifts_only_the_0e_output_per_element():
+    layer = GauntManyBody("3x0e+3x1o", "3x0e+3x1o", 2, 2)
+    x = torch.randn(4, 3, 4)
+    attrs = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0]), 2).to(x.dtype)
+    before = layer(x, attrs)
+    with torch.no_grad():
+        layer.scalar_bias.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]))
+    shift = layer(x, attrs) - before
+    expected = torch.zeros_like(shift)
+    expected[:, :3] = attrs @ layer.scalar_bias.detach()
+    assert torch.allclose(shift, expected, atol=1e-5)
+    assert GauntManyBody("3x0o+3x1e", "3x0o+3x1e", 2, 2).scalar_bias is None  # a constant 0o would break parity
+
+
+def test_many_body_saved_without_a_scalar_bias_loads_and_predicts_what_it_did():
+    torch.manual_seed(0)
+    old = GauntManyBody("3x0e+3x1o", "3x0e+3x1o", 2, 2, scalar_bias=False)
+    state = old.state_dict()
+    assert "scalar_bias" not in state
+    new = GauntManyBody("3x0e+3x1o", "3x0e+3x1o", 2, 2)
+    new.load_state_dict(state)
+    x = torch.randn(4, 3, 4)
+    attrs = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0]), 2).to(x.dtype)
+    assert torch.equal(new(x, attrs), old(x, attrs))
+    pickled = dict(old.__getstate__())  # as a layer pickled before the bias: no trace of it
+    pickled["_parameters"] = {k: v for k, v in pickled["_parameters"].items() if k != "scalar_bias"}
+    pickled.pop("scalar_bias", None)
+    pickled.pop("scalar_start")
+    revived = GauntManyBody.__new__(GauntManyBody)
+    revived.__setstate__(pickled)
+    assert revived.scalar_bias is None and torch.equal(revived(x, attrs), old(x, attrs))
