@@ -386,8 +386,10 @@ def gauntify_model(
     a :class:`GauntProductBasisBlock` with the same irreps, correlation and elements. Every tensor
     whose name and shape carry over is copied bit for bit (``linear_up``, ``skip_tp``, the radial
     MLP's hidden layers, the product's ``linear``; everything outside these blocks is untouched);
-    the rest (the Gaunt weights, the radial MLP's last layer, the linear after the convolution,
-    whose input shrinks to one copy per degree) is freshly initialised.
+    the rest is freshly initialised: the Gaunt weights and, for a factorised convolution
+    (``conv_products = K``), the radial MLP's last layer and the linear after the convolution, whose
+    input shrinks to K copies per degree. A per-path convolution (``conv_products = "paths"``) is
+    MACE's own and keeps every weight.
 
     Raises ``ValueError`` for interactions that have no Gaunt counterpart (Density, Att,
     NonLinear variants) and for pseudotensor irreps.
