@@ -13,8 +13,8 @@ elements of the new data, then copying the foundation's weights into it with
 - :func:`load_foundations_elements`: MACE's function on the blocks it knows (the Gaunt interactions are
   MACE's classes with another convolution: they are handled as MACE's), and for each Gaunt many-body
   product the rows of the retained elements of ``weights_in [S, nu, K_in, P C]`` and
-  ``weights_out [S, nu, K_out, P C]`` (one-hot selected, so no rescaling), its ``weight_gain`` and its
-  ``linear``.
+  ``weights_out [S, nu, K_out, P C]`` and ``scalar_bias [S, C]`` (one-hot selected, so no rescaling), its
+  ``weight_gain`` and its ``linear``.
 """
 
 from __future__ import annotations
@@ -181,6 +181,9 @@ def _copy_gaunt_products(model: torch.nn.Module, foundation: torch.nn.Module, ro
                         f"{list(getattr(sc_old, name).shape)}, this model's {list(target.shape)}")
                 target.copy_(source)
             sc_new.weight_gain.copy_(sc_old.weight_gain)
+            bias_old, bias_new = getattr(sc_old, "scalar_bias", None), getattr(sc_new, "scalar_bias", None)
+            if bias_new is not None:  # a foundation saved without the bias had none: zero
+                bias_new.copy_(bias_old[picked] if bias_old is not None else torch.zeros_like(bias_new))
             new.linear.weight.copy_(old.linear.weight)
 
 
