@@ -168,7 +168,7 @@ class GauntPathConvolution(torch.nn.Module):
         if edge_index is not None:
             x = x.index_select(0, edge_index[0])
         y = torch.bmm(x, a)  # [E, C, columns]
-        w = weight.to(dtype).view(edges, self.num_paths, c).transpose(1, 2)
+        w = weight.to(dtype).reshape(edges, self.num_paths, c).transpose(1, 2)
         y = y * torch.matmul(w, self.path_columns.to(dtype))
         if edge_index is not None:
             y = y.new_zeros(nodes, c, self.num_columns).index_add_(0, edge_index[1], y)
