@@ -23,6 +23,7 @@ Variants (``--variants``):
   conv-K        ``gaunt_targets: [conv, product]`` with ``gaunt_conv_products: K`` (``conv-1``, ``conv-3``, ...)
   conv-paths    the same with ``gaunt_conv_products: paths`` (one output block per path: MACE's convolution)
   conv-K-P      the same with ``gaunt_product_chains: P``
+  <name>-gG     any Gaunt variant with ``gaunt_product_gain: G`` (``product-g4``, ``conv-paths-2-g2``)
 
 Data (../shared/data/acac): ``--n-train`` configurations of train_300K.xyz for training, ``--n-valid``
 more for validation, ``--n-test`` of each of test_MD_300K.xyz / test_MD_600K.xyz (evenly spaced).
@@ -119,6 +120,17 @@ def variant_options(name: str) -> Dict[str, object]:
     if name == "upstream":
         return {}
     head, *counts = name.split("-")
+    gain = counts.pop() if counts and counts[-1].startswith("g") else None
+    if gain is not None:
+        try:
+            value = float(gain[1:])
+        except ValueError:
+            value = 0.0
+        if not value > 0.0:
+            raise SystemExit(f"unknown variant {name!r}: the weight gain suffix is g<number>, e.g. product-g4")
+        options = variant_options("-".join([head, *counts]))
+        options["gaunt_product_gain"] = value
+        return options
     if head == "conv" and counts[:1] == ["paths"] and len(counts) <= 2 and all(c.isdigit() and int(c) >= 1
                                                                                for c in counts[1:]):
         options = {"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_conv_products": "paths"}
@@ -138,7 +150,8 @@ def variant_options(name: str) -> Dict[str, object]:
             options["gaunt_product_chains"] = int(chains[0])
         return options
     raise SystemExit(f"unknown variant {name!r}: choose upstream, product, product-P, conv-K, conv-K-P, "
-                     f"conv-paths or conv-paths-P (K, P >= 1, e.g. product-3, conv-3-2, conv-paths)")
+                     f"conv-paths or conv-paths-P (K, P >= 1, e.g. product-3, conv-3-2, conv-paths), each optionally "
+                     f"with a many-body weight gain suffix -gG (product-g4, conv-paths-2-g2)")
 
 
 def run_config(variant: str, seed: int, epochs: int, files: Dict[str, Path], model: Dict[str, object]) -> Dict:

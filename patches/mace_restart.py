@@ -8,7 +8,8 @@ the MACE patch applied:
 
 - every checkpoint MACE writes carries the settings of the run that wrote it
   (``checkpoint["gaunt_plugins"] = {"tensor_product": ..., "gaunt_targets": [...],
-  "gaunt_conv_products": K or "paths"}``, plus ``"gaunt_product_chains": P`` for more than one chain; MACE itself
+  "gaunt_conv_products": K or "paths"}``, plus ``"gaunt_product_chains": P`` for more than one chain and
+  ``"gaunt_product_gain": g`` for a gain other than the default; MACE itself
   ignores the extra key);
 - once the model is built, a ``restart_latest`` run compares it with the checkpoints MACE would
   restart from: their recorded settings (a checkpoint without a record was written by upstream
@@ -54,6 +55,11 @@ def run_settings(args: Any) -> Dict[str, Any]:
         settings["gaunt_conv_products"] = options.conv_products  # K, or "paths"
     if options.product and options.product_chains != 1:  # absent: one chain (as before the option existed)
         settings["gaunt_product_chains"] = int(options.product_chains)
+    if options.product and options.product_gain is not None:
+        from gaunt_plugins.layers.many_body import DEFAULT_WEIGHT_GAIN
+
+        if options.product_gain != DEFAULT_WEIGHT_GAIN:  # absent: the default gain
+            settings["gaunt_product_gain"] = float(options.product_gain)
     return settings
 
 

@@ -211,9 +211,10 @@ class GauntProductBasisBlock(EquivariantProductBasisBlock):
             raise ValueError("GauntProductBasisBlock needs num_elements")
         options = current_build_options()
         self.gaunt_method = method or options.method
+        gain = {} if options.product_gain is None else {"weight_gain": options.product_gain}
         self.symmetric_contractions = GauntManyBody(
             node_feats_irreps, target_irreps, correlation, num_elements, method=self.gaunt_method,
-            chains=options.product_chains,
+            chains=options.product_chains, **gain,
         )
         self.linear = Linear(
             target_irreps,

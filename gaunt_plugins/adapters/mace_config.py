@@ -27,6 +27,10 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      the number of independent power chains per channel in the Gaunt many-body product
                      (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
                      basis, at a proportional cost.
+``gaunt_product_gain``
+                     how many times faster than its parameters the many-body product's weights move under
+                     the optimiser (a positive number; default: the layer's, ``GauntManyBody``'s
+                     ``DEFAULT_WEIGHT_GAIN``). The initial function does not depend on it.
 
 The ``gaunt_*`` keys configure Gaunt products: without ``tensor_product: gaunt`` they are refused
 (:class:`GauntSettingsError`), never ignored. ``gaunt_conv_products`` and ``gaunt_product_chains`` are
@@ -56,6 +60,8 @@ __all__ = [
     "DEFAULT_CONV_PRODUCTS",
     "PATH_CONV",
     "parse_conv_products",
+    "parse_gain",
+    "MAX_PRODUCT_GAIN",
     "DEFAULT_PRODUCT_CHAINS",
     "options_from_args",
     "check_irreps",
@@ -73,7 +79,7 @@ DEFAULT_CONV_PRODUCTS = 1
 PATH_CONV = "paths"
 """``gaunt_conv_products: paths``: the per-path Gaunt convolution."""
 DEFAULT_PRODUCT_CHAINS = 1
-GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains")
+GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains", "gaunt_product_gain")
 
 MAX_CONV_PRODUCTS = 16
 """The largest ``gaunt_conv_products``. Each product adds ``C (K1 + K2 + Ko)`` radial-MLP outputs per edge and
@@ -83,6 +89,8 @@ MAX_PRODUCT_CHAINS = 16
 """The largest ``gaunt_product_chains``. Each chain is one more many-body product per channel (time and
 activations grow in proportion); two chains already represent MACE's correlation-2 contraction exactly."""
 _MAXIMA = {"gaunt_conv_products": MAX_CONV_PRODUCTS, "gaunt_product_chains": MAX_PRODUCT_CHAINS}
+MAX_PRODUCT_GAIN = 1024.0
+"""The largest ``gaunt_product_gain`` (with Adam a gain ``g`` moves the weights about ``g lr`` per step)."""
 
 
 class GauntSettingsError(ValueError):
@@ -110,6 +118,7 @@ class GauntOptions:
     method: str = "auto"
     conv_products: Union[int, str] = DEFAULT_CONV_PRODUCTS
     product_chains: int = DEFAULT_PRODUCT_CHAINS
+    product_gain: Optional[float] = None  # None: the layer's default
 
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
@@ -127,6 +136,8 @@ class GauntOptions:
             raise GauntSettingsError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
         object.__setattr__(self, "conv_products", parse_conv_products(self.conv_products))
         object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
+        if self.product_gain is not None:
+            object.__setattr__(self, "product_gain", parse_gain(self.product_gain))
 
     @property
     def conv(self) -> bool:
@@ -144,6 +155,8 @@ class GauntOptions:
                           else f"{self.conv_products} product(s) per channel in the convolution")
         if self.product:
             counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
+            if self.product_gain is not None:
+                counts.append(f"weight gain {self.product_gain:g}")
         return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}); {', '.join(counts)}"
 
 
@@ -165,6 +178,24 @@ def parse_whole_number(value: Any, name: str) -> int:
         raise GauntSettingsError(f"{name}: expected a whole number {allowed} ({_COUNTS.get(name, name)}), "
                                  f"got {value!r}")
     return int(text)
+
+
+def parse_gain(value: Any) -> float:
+    """``gaunt_product_gain``: a number ``0 < g <=`` :data:`MAX_PRODUCT_GAIN` (``"4"`` from a command line is
+    accepted).
+
+    >>> parse_gain("4")
+    4.0
+    """
+    try:
+        gain = float(str(value).strip()) if not isinstance(value, bool) else float("nan")
+    except ValueError:
+        gain = float("nan")
+    if not 0.0 < gain <= MAX_PRODUCT_GAIN:
+        raise GauntSettingsError(f"gaunt_product_gain: expected a number greater than 0 and at most "
+                                 f"{MAX_PRODUCT_GAIN:g} (how many times faster than its parameters the many-body "
+                                 f"product's weights move), got {value!r}")
+    return gain
 
 
 def parse_conv_products(value: Any) -> Union[int, str]:
@@ -230,11 +261,13 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
         return None
     products = getattr(args, "gaunt_conv_products", None)
     chains = getattr(args, "gaunt_product_chains", None)
+    gain = getattr(args, "gaunt_product_gain", None)
     return GauntOptions(
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
         method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
         conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
         product_chains=DEFAULT_PRODUCT_CHAINS if chains is None else chains,
+        product_gain=gain,
     )
 
 
@@ -296,14 +329,15 @@ def check_config_file(path: Any) -> None:
             allowed = {"tensor_product": f"one of {list(TENSOR_PRODUCTS)}",
                        "gaunt_targets": f"a list of {list(GAUNT_TARGETS)}",
                        "gaunt_method": f"one of {list(gaunt_methods())}",
-                       "gaunt_conv_products": f"{PATH_CONV} or a whole number"}.get(key, "a whole number")
+                       "gaunt_conv_products": f"{PATH_CONV} or a whole number",
+                       "gaunt_product_gain": "a positive number"}.get(key, "a whole number")
             then = "MACE runs as upstream, e3nn" if key == "tensor_product" else "its default applies"
             raise GauntSettingsError(f"{key} is empty in {path}: give {allowed}, or remove the key (then {then})")
 
 
 def add_arguments(parser: Any) -> Any:
     """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products``,
-    ``--gaunt_product_chains`` to MACE's parser. Their defaults are ``None`` (not given): ``tensor_product``
+    ``--gaunt_product_chains``, ``--gaunt_product_gain`` to MACE's parser. Their defaults are ``None`` (not given): ``tensor_product``
     then means ``e3nn`` and each ``gaunt_*`` key its documented default (see :func:`options_from_args`)."""
 
     def _tensor_product(value: str) -> str:
@@ -359,6 +393,20 @@ def add_arguments(parser: Any) -> Any:
         help="with --tensor_product gaunt: independent power chains per channel in the Gaunt many-body "
         f"product (default {DEFAULT_PRODUCT_CHAINS}, at most {MAX_PRODUCT_CHAINS})",
         type=_whole_number("gaunt_product_chains"),
+        default=None,
+    )
+
+    def _gain(value: str) -> float:
+        try:
+            return parse_gain(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parser.add_argument(
+        "--gaunt_product_gain",
+        help="with --tensor_product gaunt: how many times faster than its parameters the many-body product's "
+        f"weights move under the optimiser (default: the layer's, 8; at most {MAX_PRODUCT_GAIN:g})",
+        type=_gain,
         default=None,
     )
     return parser

@@ -34,6 +34,7 @@ from .mace_config import (
     PATH_CONV,
     GauntOptions,
     GauntSettingsError,
+    parse_gain,
     parse_targets,
 )
 
@@ -54,9 +55,9 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
     """The options that rebuild the Gaunt blocks of ``foundation`` (``None``: it has none).
 
     ``conv_products``: ``paths`` for per-path convolutions, else the products per channel of its
-    convolutions of non-scalar node features (the scalar first interaction always has one); ``product_chains``: the chains of its many-body products.
+    convolutions of non-scalar node features (the scalar first interaction always has one); ``product_chains``: the chains of its many-body products; ``product_gain``: their weight gain.
     """
-    targets, products, chains = set(), set(), set()
+    targets, products, chains, gains = set(), set(), set(), set()
     for block in getattr(foundation, "interactions", ()):
         if type(block) in _STOCK_OF:
             targets.add("conv")
@@ -68,14 +69,17 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
         if isinstance(block, GauntProductBasisBlock):
             targets.add("product")
             chains.add(int(block.symmetric_contractions.chains))
+            gains.add(float(block.symmetric_contractions.weight_gain))
     if not targets:
         return None
-    if len(products) > 1 or len(chains) > 1:
+    if len(products) > 1 or len(chains) > 1 or len(gains) > 1:
         raise GauntSettingsError(
-            f"the foundation model's Gaunt blocks differ in their products per channel {sorted(map(str, products))} or "
-            f"chains {sorted(chains)}: fine-tuning rebuilds every block with one setting")
+            f"the foundation model's Gaunt blocks differ in their products per channel {sorted(map(str, products))}, "
+            f"chains {sorted(chains)} or weight gains {sorted(gains)}: fine-tuning rebuilds every block with one "
+            "setting")
     return GauntOptions(targets=frozenset(targets), conv_products=products.pop() if products else DEFAULT_CONV_PRODUCTS,
-                        product_chains=chains.pop() if chains else DEFAULT_PRODUCT_CHAINS)
+                        product_chains=chains.pop() if chains else DEFAULT_PRODUCT_CHAINS,
+                        product_gain=gains.pop() if gains else None)
 
 
 def resolve_settings(args: Any, foundation: torch.nn.Module,
@@ -87,7 +91,7 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
     with ``tensor_product: gaunt`` the targets are the union of the requested and the foundation's. Raises
     :class:`~.mace_config.GauntSettingsError` for ``tensor_product: e3nn``, for explicit ``gaunt_targets``
     that leave out a target the foundation has, and for an explicit ``gaunt_conv_products`` /
-    ``gaunt_product_chains`` other than the foundation's. Returns the foundation's options (``None``, and
+    ``gaunt_product_chains`` / ``gaunt_product_gain`` other than the foundation's. Returns the foundation's options (``None``, and
     ``args`` untouched, for a foundation without Gaunt blocks).
     """
     found = foundation_options(foundation)
@@ -112,8 +116,11 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
     else:  # tensor_product: gaunt with the default targets, and the foundation's
         targets = parse_targets(None) | found.targets
     for key, target, value, name in (("gaunt_conv_products", "conv", found.conv_products, "products per channel"),
-                                     ("gaunt_product_chains", "product", found.product_chains, "chains per channel")):
+                                     ("gaunt_product_chains", "product", found.product_chains, "chains per channel"),
+                                     ("gaunt_product_gain", "product", found.product_gain, "as its weight gain")):
         given = getattr(args, key, None)
+        if key == "gaunt_product_gain" and given is not None:
+            given = parse_gain(given)
         if target in found.targets and given is not None and str(given).strip().lower() != str(value):
             raise GauntSettingsError(f"{key}: {given}, but {keep}, with {value} {name}: set {key}: {value} or "
                                      "remove the key")
