@@ -54,6 +54,8 @@ from typing import Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import _supervisor as supervisor  # noqa: E402  (children in their own process group, killed with this one)
 TESTS = ("test_MD_300K", "test_MD_600K")
 DEFAULT_VARIANTS = ("upstream", "product", "conv-1", "conv-3")
 
@@ -220,7 +222,7 @@ def child_env(code_dir: Path) -> Dict[str, str]:
                PYTHONPATH=str(code_dir) + (os.pathsep + path if path else ""))
     probe = "import gaunt_plugins.patches.mace as m, gaunt_plugins.layers as l; print(m.__file__); print(l.__file__)"
     # cwd outside the repository: `python -c` puts the working directory first on sys.path
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True,
+    out = supervisor.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True,
                          cwd=code_dir)
     if not all(line.startswith(str(code_dir)) for line in out.stdout.split()):
         raise SystemExit(f"the code snapshot {code_dir} is not what child processes import: {out.stdout}")
@@ -243,7 +245,8 @@ def train(run_dir: Path, cfg: Dict[str, object], digest: str, env: Dict[str, str
     cmd = [str(gaunt_run), "mace_run_train", "--config", "config.yaml"]
     start = time.time()
     with open(run_dir / "stdout.txt", "w") as log:
-        proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # in this process's group: the worker threads' runs get the terminal's Ctrl-C themselves
+        proc = supervisor.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, own_group=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{run_dir.name}: mace_run_train failed (exit {proc.returncode}); see {run_dir / 'stdout.txt'}")
     record = {"digest": digest, "wall_s": time.time() - start, "epochs": read_epochs(run_dir, cfg["name"])}
@@ -318,7 +321,7 @@ for name, path in json.loads(sys.argv[1]).items():
 print(json.dumps(out))
 """
     tests = {k: str(files[k]) for k in TESTS}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(tests)], capture_output=True, text=True, env=env,
+    proc = supervisor.run([sys.executable, "-c", code, json.dumps(tests)], capture_output=True, text=True, env=env,
                           cwd=run_dir)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run_dir.name}/{checkpoint} failed:\n{proc.stderr[-3000:]}")
@@ -380,7 +383,7 @@ def count_parameters(run_dir: Path, name: str, env: Dict[str, str]) -> int:
     code = ("import sys, torch, gaunt_plugins.adapters.mace_blocks\n"
             "m = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
             "print(sum(p.numel() for p in m.parameters()))")
-    out = subprocess.run([sys.executable, "-c", code, str(run_dir / f"{name}.model")], capture_output=True, text=True,
+    out = supervisor.run([sys.executable, "-c", code, str(run_dir / f"{name}.model")], capture_output=True, text=True,
                          check=True, env=env, cwd=run_dir)
     return int(out.stdout.strip().splitlines()[-1])
 

@@ -52,7 +52,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -60,6 +59,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import _supervisor as supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -142,7 +143,7 @@ def wheel_files(folder: Optional[Path]) -> List[Path]:
 def tree_mib() -> Optional[float]:
     """Size of what the GPU machine receives from this checkout (tracked and untracked-not-ignored files)."""
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+        listed = supervisor.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                                 capture_output=True, check=True, timeout=30).stdout.split(b"\0")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -158,7 +159,7 @@ def install_wheels(wheels: List[Path], site: Path, python: str, log) -> dict:
     cmd = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
            "--upgrade", "--target", str(site)] + [str(w) for w in wheels]
     log("$ " + " ".join(cmd[:12]) + f" ... ({len(wheels)} wheels)")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    proc = supervisor.run(cmd, capture_output=True, text=True, timeout=150)
     log(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"pip install of the wheels failed (exit {proc.returncode}): "
@@ -207,7 +208,7 @@ def source_overlay(dest: Path) -> Path:
 
 def probe(python: str, env: dict, modules: List[str], timeout: float = 120) -> dict:
     """Import each module in a child with ``env``: ``{"modules": {name: {ok, version|error}}, device...}``."""
-    proc = subprocess.run([python, "-P", "-c", PROBE, json.dumps(modules)], capture_output=True, text=True, env=env,
+    proc = supervisor.run([python, "-P", "-c", PROBE, json.dumps(modules)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=str(ROOT))
     lines = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")]
     if not lines:
@@ -217,7 +218,7 @@ def probe(python: str, env: dict, modules: List[str], timeout: float = 120) -> d
 
 def nvidia_smi() -> Optional[str]:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem",
+        return supervisor.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem",
                                "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -313,20 +314,6 @@ def plan(mode: str, work: Path, out: Path, python: str, modules: Dict[str, dict]
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _kill(proc: subprocess.Popen) -> None:
-    """Stop a stage and every process it started (its own process group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def stage_env(base: dict, stage: Stage) -> dict:
     env = dict(base)
     extra = dict(stage.env)
@@ -514,8 +501,7 @@ class Suite:
         log_path = self.work / f"{stage.name}.log"
         fh = open(log_path, "w")
         self.log(f"\n[{stage.name}] {stage.what}\n$ {shlex.join(argv)}\n  (timeout {timeout:.0f} s)")
-        proc = subprocess.Popen(argv, cwd=str(ROOT), env=stage_env(env, stage), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = supervisor.spawn(argv, cwd=str(ROOT), env=stage_env(env, stage), stdout=fh, stderr=subprocess.STDOUT)
         return proc, fh, log_path, argv
 
     def finish(self, stage: Stage, rec: dict, proc, fh, log_path: Path, started: float, timeout: float) -> None:
@@ -523,8 +509,11 @@ class Suite:
             proc.wait(timeout=max(0.0, started + timeout - time.monotonic()))
             rec["status"] = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            supervisor.stop(proc, grace_s=10)
             rec["status"] = f"stopped at its {timeout:.0f} s budget"
+        except BaseException:  # Ctrl-C: the stage and what it started end with the suite
+            supervisor.stop(proc, grace_s=0)
+            raise
         fh.close()
         rec["exit_code"] = proc.returncode
         rec["seconds"] = round(time.monotonic() - started, 1)
@@ -648,7 +637,7 @@ class Suite:
         check_env = stage_env(env, stage)
         check_env["GAUNT_TEST_DEVICE"] = "cpu"
         check_env["TRITON_INTERPRET"] = "1"
-        proc = subprocess.run(collect, cwd=str(ROOT), env=check_env, capture_output=True, text=True, timeout=300)
+        proc = supervisor.run(collect, cwd=str(ROOT), env=check_env, capture_output=True, text=True, timeout=300)
         n = re.search(r"(\d+) tests? collected", proc.stdout) or re.search(r"^(\d+)/\d+ tests collected", proc.stdout, re.M)
         if proc.returncode != 0 or not n:
             problems.append(f"{stage.name}: pytest --collect-only failed (exit {proc.returncode}): "

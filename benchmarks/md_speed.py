@@ -71,6 +71,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import _supervisor as supervisor  # noqa: E402
 
 VARIANTS = ("upstream", "product", "conv,product")
 MODES = ("eager", "script", "compile")
@@ -418,7 +419,7 @@ def run_child(spec: dict, timeout: float, script: Path) -> List[dict]:
                PYTHONPATH=os.pathsep.join([str(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     cmd = [sys.executable, str(script), "--child", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = supervisor.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode == 0 and lines:
             return json.loads(lines[-1][7:])

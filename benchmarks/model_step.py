@@ -64,7 +64,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +78,7 @@ import mace  # noqa: F401  (before e3nn: makes e3nn 0.4.4 importable on new torc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import _supervisor as supervisor  # noqa: E402
 from result_tables import BASELINE, CASE_KEYS, model_step_table  # noqa: E402
 E0S = {1: -13.568422178253735, 6: -1026.8538996116154, 8: -2037.796869412825}
 Z = [1, 6, 8]
@@ -477,8 +477,8 @@ def build_upstream_models(specs: List[dict], limits: BuildLimits, cache: Path, j
             env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(spec.get("threads", 1)))
             out_file = open(cache / f"{spec['key']}.out", "w+")  # files, not pipes: a full pipe would stall the child
             err_file = open(cache / f"{spec['key']}.err", "w+")
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--build-upstream", json.dumps(spec)],
-                                    stdout=out_file, stderr=err_file, text=True, env=env)
+            proc = supervisor.spawn([sys.executable, str(Path(__file__).resolve()), "--build-upstream",
+                                     json.dumps(spec)], stdout=out_file, stderr=err_file, text=True, env=env)
             running[spec["key"]] = (proc, spec, time.monotonic(), [0.0], out_file, err_file)
             log(f"  building upstream {spec['key']} (limit {limits.seconds:g} s / {limits.memory_gb:g} GB)")
         time.sleep(0.2)
@@ -495,8 +495,7 @@ def build_upstream_models(specs: List[dict], limits: BuildLimits, cache: Path, j
                     tail = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
                     status = {"status": "error", "message": tail[:300]}
             elif elapsed > limits.seconds or peak[0] > limits.memory_gb:
-                proc.kill()
-                proc.wait()
+                supervisor.stop(proc, grace_s=0)
                 what = "timeout" if elapsed > limits.seconds else "memory"
                 status = {"status": what, "message": f"cannot build within {limits.seconds:g} s / "
                                                      f"{limits.memory_gb:g} GB (stopped after {elapsed:.0f} s "

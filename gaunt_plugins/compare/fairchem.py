@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .framework import Framework, RunRecord, milli, read_json, read_jsonl, resolve_path
-from .process import Job, child_env, python_cmd
+from .._process import Job, child_env, python_cmd
 
 __all__ = ["FairchemFramework", "parse_val_lines"]
 

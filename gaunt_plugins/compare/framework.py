@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .process import Job
+from .._process import Job
 
 __all__ = ["CompareOptions", "Framework", "RunRecord", "EVAL_METRICS", "UNLIMITED_EPOCHS", "read_jsonl",
            "read_json", "flatten", "resolve_path", "resolve_test_sets", "summarise", "milli"]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .aggregate import aggregate
 from .framework import Framework
 from .outdir import Manifest, prepare_out_dir
-from .process import Interrupts, JobProcess, ProcessResult, error_summary, tail
+from .._process import Interrupts, JobProcess, ProcessResult, error_summary, tail
 from .report import write_report
 from .settings import check_kept
 

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ._mace_eval import saved_model
 from .framework import Framework, RunRecord, milli, read_json, read_jsonl, resolve_path
-from .process import Job, child_env, python_cmd
+from .._process import Job, child_env, python_cmd
 
 __all__ = ["MaceFramework", "parse_error_tables", "parse_compare_lines", "this_run_rows", "this_run_log"]
 

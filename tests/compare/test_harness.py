@@ -16,7 +16,7 @@ from gaunt_plugins.compare.framework import CompareOptions, Framework, RunRecord
 from gaunt_plugins.compare.harness import run_comparison
 from gaunt_plugins.compare.mace import parse_compare_lines, parse_error_tables, this_run_log, this_run_rows
 from gaunt_plugins.compare.outdir import OutDirError
-from gaunt_plugins.compare.process import Job, child_env
+from gaunt_plugins._process import Job, child_env
 from gaunt_plugins.compare.report import markdown, ratios
 
 

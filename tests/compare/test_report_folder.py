@@ -184,7 +184,7 @@ def test_when_the_budget_binds_the_report_compares_at_the_common_epoch():
 PARENT = textwrap.dedent("""
     import importlib.util, sys, time
     from pathlib import Path
-    # process.py alone (only the standard library: no torch to import)
+    # _process.py alone (only the standard library: no torch to import)
     spec = importlib.util.spec_from_file_location("process", sys.argv[2])
     process = sys.modules["process"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(process)
@@ -214,7 +214,7 @@ def _alive(pid: int) -> bool:
 def test_a_training_child_dies_when_gaunt_compare_is_killed(tmp_path):
     """SIGKILL to the process running the comparison (which it cannot handle) kills its child too:
     nothing keeps writing into the report folder."""
-    from gaunt_plugins.compare import process
+    from gaunt_plugins import _process as process
 
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), process.__file__], cwd=tmp_path)
     pid_file = tmp_path / "child.pid"

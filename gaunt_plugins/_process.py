@@ -1,17 +1,19 @@
-"""Child processes under ``gaunt-compare``'s control: timeout, Ctrl-C, peak memory.
+"""Child processes under supervision: own process group, killed with the parent, timeout, Ctrl-C, peak memory.
 
-Children are started in their own session (and so their own process group), so the terminal's
-Ctrl-C reaches only ``gaunt-compare``, which decides: the first Ctrl-C (or SIGTERM) asks the child
-to stop after its current epoch (SIGTERM, see :mod:`gaunt_plugins.compare._budget`) and the
-comparison stops after it; a second one kills the child and what it started (SIGKILL to its
-process group). A hard timeout does the same: SIGTERM, then SIGKILL after a grace period.
+Used by ``gaunt-compare`` and by the benchmarks (which load this file by path: it needs only the standard
+library). Every child is started by :func:`spawn`:
 
-A child never outlives ``gaunt-compare``: on Linux it is started with a parent-death signal
-(``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so if ``gaunt-compare`` itself is killed (even with
-SIGKILL, which it cannot handle) the kernel kills the child too, and it stops writing into the
-report folder.
+- in its own session (and so its own process group), so the terminal's Ctrl-C reaches only the
+  parent, which decides what to do, and the child and everything it started can be stopped together
+  (:func:`stop`: SIGTERM to the group, then SIGKILL after a grace period);
+- with a parent-death signal on Linux (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a child never
+  outlives its parent, even one killed with SIGKILL, which it cannot handle.
 
-The child's resource usage comes from ``os.wait4``: ``peak_rss_mib`` is the peak resident set size
+:func:`run` is :func:`subprocess.run` on top of these: on a timeout or any exception in the parent the
+child's whole group is stopped. :class:`JobProcess` is ``gaunt-compare``'s training run: the first
+Ctrl-C (or SIGTERM, counted by :class:`Interrupts`) asks the child to stop after its current epoch
+(SIGTERM to the child, see :mod:`gaunt_plugins.compare._budget`); a second one, or a hard timeout's grace
+period, kills its process group. Its ``peak_rss_mib`` comes from ``os.wait4``: the peak resident set size
 of the child process itself (``ru_maxrss``), whatever way it ended.
 """
 
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["Job", "ProcessResult", "Interrupts", "JobProcess", "child_env", "python_cmd", "tail",
-           "error_summary", "die_with_parent"]
+__all__ = ["spawn", "stop", "run", "Job", "ProcessResult", "Interrupts", "JobProcess", "child_env", "python_cmd",
+           "tail", "error_summary", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -140,6 +142,57 @@ def _kill_group(pid: int) -> None:
 _PRCTL = _libc_prctl()  # looked up here, not in the forked child
 
 
+def spawn(cmd: Sequence[str], own_group: bool = True, **popen_kwargs) -> subprocess.Popen:
+    """:class:`subprocess.Popen` (same arguments), killed when this process dies; in a new session
+    (its own process group) unless ``own_group`` is false: then it stays in this process's group and
+    gets the terminal's Ctrl-C itself (for children waited on by worker threads, which Ctrl-C's
+    ``KeyboardInterrupt`` in the main thread does not reach)."""
+    return subprocess.Popen(cmd, start_new_session=own_group, preexec_fn=die_with_parent(os.getpid(), _PRCTL),
+                            **popen_kwargs)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc`` (started by :func:`spawn`) and everything it started: SIGTERM to its process
+    group, SIGKILL to the group ``grace_s`` later if it has not ended (at once when ``grace_s`` is 0);
+    ``proc`` is reaped. A child without a group of its own gets the signals alone."""
+    if grace_s > 0:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            _signal(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(proc.pid)
+    proc.wait()
+
+
+def run(cmd: Sequence[str], *, timeout: Optional[float] = None, grace_s: float = 0.0, check: bool = False,
+        capture_output: bool = False, input=None, **popen_kwargs) -> subprocess.CompletedProcess:
+    """:func:`subprocess.run` with the child from :func:`spawn`: past ``timeout`` its process group is
+    stopped (:func:`stop` with ``grace_s``) and :class:`subprocess.TimeoutExpired` raised; any other
+    exception here (Ctrl-C) kills the group first."""
+    if capture_output:
+        popen_kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if input is not None:
+        popen_kwargs["stdin"] = subprocess.PIPE
+    with spawn(cmd, **popen_kwargs) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(proc, grace_s)
+            proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout) from None
+        except BaseException:
+            stop(proc, 0.0)
+            raise
+    if check and proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 class JobProcess:
     """One started :class:`Job`: :meth:`poll` until it returns ``True``; then :attr:`result` is final.
 
@@ -155,9 +208,8 @@ class JobProcess:
         with open(job.log, "wb") as log:
             log.write(f"$ {' '.join(job.cmd)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=die_with_parent(os.getpid(), _PRCTL))
+            self.proc = spawn(job.cmd, cwd=str(job.cwd), env=job.env, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
         self.result = ProcessResult(returncode=None, wall_s=0.0, peak_rss_mib=None)
         self._termed_at: Optional[float] = None
         self.done = False
