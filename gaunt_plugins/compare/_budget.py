@@ -15,11 +15,12 @@ loop has started, or once it has ended (final evaluation), SIGTERM stops the pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 __all__ = ["TrainingBudget", "StatsFile"]
 
@@ -112,13 +113,19 @@ class TrainingBudget:
         return f"TrainingBudget(max_epochs={self.max_epochs}, max_seconds={self.max_seconds})"
 
     # ------------------------------------------------------------------ signals
-    def install_sigterm(self) -> None:
-        """SIGTERM: stop after the current epoch while the training loop runs; before it (set-up) or
-        after it (final evaluation), stop now (``KeyboardInterrupt``)."""
+    @contextlib.contextmanager
+    def sigterm_handled(self) -> Iterator["TrainingBudget"]:
+        """Within the block, SIGTERM: stop after the current epoch while the training loop runs;
+        before it (set-up) or after it (final evaluation), stop now (``KeyboardInterrupt``). The
+        previous handler is back after the block."""
 
         def handler(signum, frame):  # noqa: ARG001
             if self.started is None or self.finished:
                 raise KeyboardInterrupt("stopped by gaunt-compare outside the training loop")
             self.stop_requested = True
 
-        signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)

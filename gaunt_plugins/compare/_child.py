@@ -15,29 +15,51 @@ process, training and evaluation times.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from unittest import mock
 
 from ._budget import StatsFile, TrainingBudget
 
-__all__ = ["PREFIX", "RunRecorder"]
+__all__ = ["PREFIX", "RunRecorder", "replaced"]
 
 PREFIX = "gaunt-compare:"
 
 
+@contextlib.contextmanager
+def replaced(*changes: Tuple[Any, str, Any]) -> Iterator[None]:
+    """Each ``(owner, name, value)`` set (``owner.name = value``) for the duration of the block;
+    after it every original is back (an attribute a class inherited is inherited again)."""
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in changes:
+            stack.enter_context(mock.patch.object(owner, name, value))
+        yield
+
+
 class RunRecorder:
-    """The budget and the bookkeeping of one training child; see the module docstring."""
+    """The budget and the bookkeeping of one training child; see the module docstring. A context
+    manager: SIGTERM is the budget's (see :meth:`~._budget.TrainingBudget.sigterm_handled`) within it."""
 
     def __init__(self, stats_path: Optional[str], max_seconds: Optional[float] = None,
                  max_epochs: Optional[int] = None, **fields: Any):
         self.stats = StatsFile(stats_path)
         self.budget = TrainingBudget(max_epochs=max_epochs, max_seconds=max_seconds)
-        self.budget.install_sigterm()
-        self.stats.update(process_start=time.time(), **fields)
+        self._fields = fields
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "RunRecorder":
+        self._stack.enter_context(self.budget.sigterm_handled())
+        self.stats.update(process_start=time.time(), **self._fields)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stack.close()
+        return False
 
     def training_starts(self, model, max_epochs: int, model_class: Optional[str] = None, **fields: Any) -> None:
         """Log the parameter count, fix the epoch limit (the tighter of ours and the framework's)

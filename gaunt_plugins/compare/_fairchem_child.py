@@ -26,16 +26,18 @@ free atoms when the config evaluates on free atoms, as fairchem does).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ._child import PREFIX, RunRecorder
+from ._child import PREFIX, RunRecorder, replaced
 from ._metrics import error_metrics
 
 
@@ -53,7 +55,9 @@ class _Rows:
                 handle.write(json.dumps(row) + "\n")
 
 
-def _instrument(recorder: RunRecorder, rows: _Rows, state: dict) -> None:
+@contextlib.contextmanager
+def _instrumented(recorder: RunRecorder, rows: _Rows, state: dict) -> Iterator[None]:
+    """``OCPTrainer``'s training loop, steps and validation wrapped for the block; fairchem's own after it."""
     from fairchem.core.trainers.ocp_trainer import OCPTrainer
 
     budget = recorder.budget
@@ -114,16 +118,16 @@ def _instrument(recorder: RunRecorder, rows: _Rows, state: dict) -> None:
             rows.log(row)
         return metrics
 
-    OCPTrainer.train = train
-    OCPTrainer._forward = _forward
-    OCPTrainer._backward = _backward
-    OCPTrainer.validate = validate
+    with replaced((OCPTrainer, "train", train), (OCPTrainer, "_forward", _forward),
+                  (OCPTrainer, "_backward", _backward), (OCPTrainer, "validate", validate)):
+        yield
 
 
-def _forgiving_imports() -> None:
-    """fairchem's ``setup_imports`` imports every model file it ships and stops at the first
-    missing optional dependency (``torch_sparse`` for DimeNet/GemNet), although the config needs
-    none of them: skip such files with a log line instead (the same in both variants)."""
+@contextlib.contextmanager
+def _forgiving_imports() -> Iterator[None]:
+    """Within the block, fairchem's ``setup_imports`` skips, with a log line, the model files it ships
+    whose optional dependencies are missing (``torch_sparse`` for DimeNet/GemNet; the config needs none
+    of them) instead of stopping at the first (the same in both variants)."""
     import fairchem.core.common.utils as utils
 
     original = utils._import_local_file
@@ -135,7 +139,8 @@ def _forgiving_imports() -> None:
             logging.info(f"{PREFIX} skipped fairchem module {Path(path).name} ({type(exc).__name__}: {exc})")
             return None
 
-    utils._import_local_file = _import_local_file
+    with replaced((utils, "_import_local_file", _import_local_file)):
+        yield
 
 
 def _close_epoch(state: dict, recorder: RunRecorder) -> None:
@@ -236,23 +241,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     fc_args = args.fairchem_args[1:] if args.fairchem_args[:1] == ["--"] else args.fairchem_args
 
-    recorder = RunRecorder(args.stats, max_seconds=args.max_seconds, argv=fc_args, gaunt=args.gaunt)
-    if args.gaunt:
-        import gaunt_plugins
-        from gaunt_plugins.patches.launcher import export_hook
+    with RunRecorder(args.stats, max_seconds=args.max_seconds, argv=fc_args, gaunt=args.gaunt) as recorder:
+        if args.gaunt:
+            import gaunt_plugins
+            from gaunt_plugins.patches.launcher import export_hook
 
-        gaunt_plugins.patch("fairchem")
-        export_hook(["fairchem"])  # as gaunt-run does: the processes it starts patch themselves too
-    state: dict = {}
-    _forgiving_imports()
-    _instrument(recorder, _Rows(args.results), state)
+            gaunt_plugins.patch("fairchem")
+            export_hook(["fairchem"])  # as gaunt-run does: the processes it starts patch themselves too
+        state: dict = {}
+        with _forgiving_imports(), _instrumented(recorder, _Rows(args.results), state), \
+                replaced((sys, "argv", ["fairchem"] + fc_args)):
+            from fairchem.core._cli import main as fairchem_main
 
-    from fairchem.core._cli import main as fairchem_main
-
-    sys.argv = ["fairchem"] + fc_args
-    fairchem_main()
-    tests = dict(spec.partition("=")[::2] for spec in args.test)
-    recorder.finish(args.eval_out if tests else None, lambda: _evaluate(state, tests))
+            fairchem_main()
+            tests = dict(spec.partition("=")[::2] for spec in args.test)
+            recorder.finish(args.eval_out if tests else None, lambda: _evaluate(state, tests))
     return 0
 
 

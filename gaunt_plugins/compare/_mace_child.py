@@ -27,14 +27,16 @@ MACE's own outputs (log, results file with one row per step and per validation, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib
 import logging
 import os
 import sys
 import time
+from typing import Iterator
 
-from ._child import PREFIX, RunRecorder
+from ._child import PREFIX, RunRecorder, replaced
 
 
 def _has_stage_two_checkpoint(handler) -> bool:
@@ -59,7 +61,9 @@ def _settle_stage_two(recorder: RunRecorder, swa, handler, swas) -> None:
                  f"({recorder.budget.stop_reason or 'stopped'}); the stage-one model is saved and evaluated")
 
 
-def _instrument(recorder: RunRecorder) -> None:
+@contextlib.contextmanager
+def _instrumented(recorder: RunRecorder) -> Iterator[None]:
+    """MACE's training loop, epochs and ``get_swa`` wrapped for the block; MACE's own after it."""
     import mace.tools
     from mace.cli import run_train as run_train_module
 
@@ -98,10 +102,10 @@ def _instrument(recorder: RunRecorder) -> None:
         recorder.epoch_trained(kwargs.get("epoch"), start, time.time() - start, steps)
         return result
 
-    train_module.train = train
-    train_module.train_one_epoch = train_one_epoch
-    mace.tools.train = train  # ``tools.train(...)`` as run_train calls it
-    run_train_module.get_swa = get_swa
+    with replaced((train_module, "train", train), (train_module, "train_one_epoch", train_one_epoch),
+                  (mace.tools, "train", train),  # ``tools.train(...)`` as run_train calls it
+                  (run_train_module, "get_swa", get_swa)):
+        yield
 
 
 def main(argv=None) -> int:
@@ -118,24 +122,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     mace_args = args.mace_args[1:] if args.mace_args[:1] == ["--"] else args.mace_args
 
-    recorder = RunRecorder(args.stats, max_seconds=args.max_seconds, max_epochs=args.max_epochs, argv=mace_args,
-                           gaunt=args.gaunt)
+    with RunRecorder(args.stats, max_seconds=args.max_seconds, max_epochs=args.max_epochs, argv=mace_args,
+                     gaunt=args.gaunt) as recorder:
+        import mace  # noqa: F401  (before e3nn)
 
-    import mace  # noqa: F401  (before e3nn)
+        if args.gaunt:
+            import gaunt_plugins
+            from gaunt_plugins.patches.launcher import export_hook
 
-    if args.gaunt:
-        import gaunt_plugins
-        from gaunt_plugins.patches.launcher import export_hook
+            gaunt_plugins.patch("mace")
+            export_hook(["mace"])  # as gaunt-run does: the processes it starts patch themselves too
+        from mace.cli import run_train
 
-        gaunt_plugins.patch("mace")
-        export_hook(["mace"])  # as gaunt-run does: the processes it starts patch themselves too
-    _instrument(recorder)
-
-    from mace.cli import run_train
-
-    sys.argv = ["mace_run_train"] + mace_args
-    run_train.main()
-    recorder.finish(args.eval_out if args.test else None, lambda: _evaluate(mace_args, args))
+        with _instrumented(recorder), replaced((sys, "argv", ["mace_run_train"] + mace_args)):
+            run_train.main()
+            recorder.finish(args.eval_out if args.test else None, lambda: _evaluate(mace_args, args))
     return 0
 
 
