@@ -23,4 +23,5 @@ def _load():
     return sys.modules[_NAME]
 
 
-spawn, stop, run = _load().spawn, _load().stop, _load().run
+process = _load()
+spawn, stop, run = process.spawn, process.stop, process.run

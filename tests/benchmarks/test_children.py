@@ -1,5 +1,6 @@
-"""The benchmarks' child processes never outlive them: each child dies when its benchmark is killed
-(even with SIGKILL), and a child stopped at its time limit takes what it started with it."""
+"""The children of the benchmarks and of gaunt-compare never outlive them: each child dies when the
+process that started it is killed (even with SIGKILL), and a child stopped at its time limit takes what
+it started with it."""
 import os
 import signal
 import subprocess
@@ -31,18 +32,22 @@ SLEEPER = textwrap.dedent("""
     time.sleep(600)
 """)
 
-# what the benchmark process runs until it is killed: its own way of starting a child, given the sleeper
+# what the process runs until it is killed: its own way of starting a child, given the sleeper
 PARENTS = {
+    "gaunt-compare": ("import time, _supervisor\nprocess = _supervisor.process\n"
+                      "process.JobProcess(process.Job(cmd=[sys.executable, str(sleeper)], cwd=folder,"
+                      " env=process.child_env(), log=folder / 'stdout.log'))\ntime.sleep(600)"),
     "md_speed": "import md_speed\nmd_speed.run_child({'threads': 1, 'variants': []}, 600, sleeper)",
     "model_step": ("import model_step\nmodel_step.__file__ = str(sleeper)  # the build child runs this file\n"
-                   "model_step.build_upstream_models([{'key': 'k'}], model_step.BuildLimits(600, 100), folder / 'cache',"
-                   " jobs=1, log=print)"),
+                   "model_step.build_upstream_models([{'key': 'k'}], model_step.BuildLimits(600, 100),"
+                   " folder / 'cache', jobs=1, log=print)"),
     "accuracy_mace": ("import accuracy_mace\nsys.executable = str(folder / 'bin' / 'python')  # gaunt-run beside it\n"
                       "accuracy_mace.train(folder / 'run', {'name': 'x'}, 'digest', dict(os.environ))"),
     "gpu_suite": ("import gpu_suite\n"
                   "args = type('Args', (), {'out': folder / 'out', 'work': folder / 'work', 'python': sys.executable,"
                   " 'total_budget': 600.0, 'mode': 'rehearse', 'wheels': None, 'stages': None})()\n"
-                  "gpu_suite.Suite(args).run([gpu_suite.Stage('sleep', 600, [sys.executable, str(sleeper)], 'x')], {})"),
+                  "stage = gpu_suite.Stage('sleep', 600, [sys.executable, str(sleeper)], 'x')\n"
+                  "gpu_suite.Suite(args).run([stage], {})"),
 }
 
 
@@ -59,7 +64,7 @@ def _wait_for(predicate, what: str, proc=None) -> None:
     for _ in range(1200):  # a loaded machine: up to two minutes (torch and MACE imports)
         if predicate():
             return
-        assert proc is None or proc.poll() is None, f"the benchmark process ended before {what}"
+        assert proc is None or proc.poll() is None, f"the starting process ended before {what}"
         time.sleep(0.1)
     raise AssertionError(f"gave up waiting: {what}")
 
@@ -74,16 +79,17 @@ def _pid(folder: Path, name: str) -> int:
     return int((folder / name).read_text())
 
 
-@pytest.mark.parametrize("benchmark", sorted(PARENTS))
-def test_a_benchmarks_child_dies_when_the_benchmark_is_killed(tmp_path, benchmark):
-    """SIGKILL to the benchmark (which it cannot handle) kills the child it is waiting for."""
+@pytest.mark.parametrize("starter", sorted(PARENTS))
+def test_a_child_dies_when_the_benchmark_or_gaunt_compare_running_it_is_killed(tmp_path, starter):
+    """SIGKILL to the benchmark or to gaunt-compare (which it cannot handle) kills the child it is waiting
+    for: nothing keeps running or writing into the results."""
     sleeper = _sleeper(tmp_path)
     (tmp_path / "bin").mkdir()
     gaunt_run = tmp_path / "bin" / "gaunt-run"  # accuracy_mace's trainer: ``gaunt-run`` beside the interpreter
     gaunt_run.write_text(f"#!{sys.executable}\n" + sleeper.read_text())
     gaunt_run.chmod(0o755)
     parent_code = ("import os, sys\nfrom pathlib import Path\nsys.path.insert(0, sys.argv[2])\n"
-                   "folder = Path(sys.argv[1])\nsleeper = folder / 'sleeper.py'\n" + PARENTS[benchmark])
+                   "folder = Path(sys.argv[1])\nsleeper = folder / 'sleeper.py'\n" + PARENTS[starter])
     parent = subprocess.Popen([sys.executable, "-c", parent_code, str(tmp_path), str(BENCH)], cwd=tmp_path)
     child = None
     try:

@@ -26,6 +26,26 @@ def test_the_budgets_sigterm_handler_is_installed_only_while_the_recorder_runs()
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def _left_as_found(monkeypatch, main, argv, entry, owners, framework_argv) -> None:
+    """Run a child's ``main(argv)`` with the framework's entry point ``entry`` (module, name) replaced by a
+    stand-in: while it runs, every ``owners`` attribute is the child's, SIGTERM is the budget's and
+    ``sys.argv`` is ``framework_argv``; after the run all three are as they were before."""
+    def state():
+        return {key: _owned(owner, names) for key, (owner, names) in owners.items()}
+
+    before, handler, argv_before, during = state(), signal.getsignal(signal.SIGTERM), list(sys.argv), {}
+
+    def stand_in():
+        during.update(state(), argv=list(sys.argv), handler=signal.getsignal(signal.SIGTERM))
+
+    monkeypatch.setattr(*entry, stand_in)
+    assert main(argv) == 0
+    assert all(during[key][name] is not before[key][name] for key in owners for name in before[key])
+    assert during["argv"] == framework_argv and during["handler"] is not handler
+    assert state() == before
+    assert signal.getsignal(signal.SIGTERM) is handler and sys.argv == argv_before
+
+
 def test_the_mace_child_leaves_mace_as_it_found_it(tmp_path, monkeypatch):
     pytest.importorskip("mace")
     import mace.tools
@@ -33,24 +53,10 @@ def test_the_mace_child_leaves_mace_as_it_found_it(tmp_path, monkeypatch):
 
     from gaunt_plugins.compare import _mace_child
 
-    train_module = importlib.import_module("mace.tools.train")
-    owners = {"train_module": (train_module, ("train", "train_one_epoch")), "tools": (mace.tools, ("train",)),
-              "run_train": (run_train, ("get_swa",))}
-    before = {key: _owned(owner, names) for key, (owner, names) in owners.items()}
-    handler, argv = signal.getsignal(signal.SIGTERM), list(sys.argv)
-    during = {}
-
-    def fake_main():  # stands in for mace_run_train: what the run sees
-        during.update({key: _owned(owner, names) for key, (owner, names) in owners.items()})
-        during["argv"] = list(sys.argv)
-        during["handler"] = signal.getsignal(signal.SIGTERM)
-
-    monkeypatch.setattr(run_train, "main", fake_main)
-    assert _mace_child.main(["--stats", str(tmp_path / "stats.json"), "--", "--name", "x"]) == 0
-    assert all(during[key][name] is not before[key][name] for key in owners for name in before[key])
-    assert during["argv"] == ["mace_run_train", "--name", "x"] and during["handler"] is not handler
-    assert {key: _owned(owner, names) for key, (owner, names) in owners.items()} == before
-    assert signal.getsignal(signal.SIGTERM) is handler and sys.argv == argv
+    owners = {"train_module": (importlib.import_module("mace.tools.train"), ("train", "train_one_epoch")),
+              "tools": (mace.tools, ("train",)), "run_train": (run_train, ("get_swa",))}
+    _left_as_found(monkeypatch, _mace_child.main, ["--stats", str(tmp_path / "stats.json"), "--", "--name", "x"],
+                   (run_train, "main"), owners, ["mace_run_train", "--name", "x"])
 
 
 def test_the_fairchem_child_leaves_fairchem_as_it_found_it(tmp_path, monkeypatch):
@@ -63,18 +69,6 @@ def test_the_fairchem_child_leaves_fairchem_as_it_found_it(tmp_path, monkeypatch
 
     owners = {"trainer": (OCPTrainer, ("train", "_forward", "_backward", "validate")),
               "utils": (utils, ("_import_local_file",))}
-    before = {key: _owned(owner, names) for key, (owner, names) in owners.items()}
-    handler, argv = signal.getsignal(signal.SIGTERM), list(sys.argv)
-    during = {}
-
-    def fake_main():  # stands in for fairchem's entry point: what the run sees
-        during.update({key: _owned(owner, names) for key, (owner, names) in owners.items()})
-        during["argv"] = list(sys.argv)
-        during["handler"] = signal.getsignal(signal.SIGTERM)
-
-    monkeypatch.setattr(cli, "main", fake_main)
-    assert _fairchem_child.main(["--stats", str(tmp_path / "stats.json"), "--", "--mode", "train"]) == 0
-    assert all(during[key][name] is not before[key][name] for key in owners for name in before[key])
-    assert during["argv"] == ["fairchem", "--mode", "train"] and during["handler"] is not handler
-    assert {key: _owned(owner, names) for key, (owner, names) in owners.items()} == before
-    assert signal.getsignal(signal.SIGTERM) is handler and sys.argv == argv
+    _left_as_found(monkeypatch, _fairchem_child.main,
+                   ["--stats", str(tmp_path / "stats.json"), "--", "--mode", "train"], (cli, "main"), owners,
+                   ["fairchem", "--mode", "train"])

@@ -1,17 +1,11 @@
 """What gaunt-compare may do to a report folder and say about it (fast: fake child processes):
 only its own files are ever removed, runs trained with other settings are never put side by side,
-incomplete runs and unequal epochs are said in every line that compares them, and no training
-child outlives gaunt-compare."""
+and incomplete runs and unequal epochs are said in every line that compares them (that no training
+child outlives gaunt-compare: tests/benchmarks/test_children.py)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -178,63 +172,3 @@ def test_when_the_budget_binds_the_report_compares_at_the_common_epoch():
             "variants": {"upstream": aggregate({"1": _run(90, float), "2": _run(90, float)}),
                          "gaunt": aggregate({"1": _run(90, float), "2": _run(90, float)})}}
     assert "At equal epochs" not in markdown(same) and "compared at epoch" not in markdown(same)
-
-
-# --------------------------------------------------------------------------- children die with gaunt-compare
-PARENT = textwrap.dedent("""
-    import importlib.util, sys, time
-    from pathlib import Path
-    # _process.py alone (only the standard library: no torch to import)
-    spec = importlib.util.spec_from_file_location("process", sys.argv[2])
-    process = sys.modules["process"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(process)
-    Job, JobProcess, child_env = process.Job, process.JobProcess, process.child_env
-    child = ("import os, time\\n"
-             "open('child.pid', 'w').write(str(os.getpid()))\\n"
-             "while True:\\n"
-             "    open('out.txt', 'a').write('x')\\n"
-             "    time.sleep(0.05)\\n")
-    folder = Path(sys.argv[1])
-    JobProcess(Job(cmd=[sys.executable, "-c", child], cwd=folder, env=child_env(), log=folder / "stdout.log"))
-    while True:
-        time.sleep(1)
-""")
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie awaiting its reaper counts as dead)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] not in ("Z", "X")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
-def test_a_training_child_dies_when_gaunt_compare_is_killed(tmp_path):
-    """SIGKILL to the process running the comparison (which it cannot handle) kills its child too:
-    nothing keeps writing into the report folder."""
-    from gaunt_plugins import _process as process
-
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), process.__file__], cwd=tmp_path)
-    pid_file = tmp_path / "child.pid"
-    child = None
-    try:
-        for _ in range(600):  # the child starts within a minute even on a loaded machine
-            if pid_file.exists() and pid_file.read_text():
-                child = int(pid_file.read_text())
-                break
-            assert parent.poll() is None, "the parent process ended before starting its child"
-            time.sleep(0.1)
-        assert child is not None and _alive(child)
-        parent.kill()
-        parent.wait()
-        for _ in range(600):  # the kernel delivers the signal at once; allow for a loaded machine
-            if not _alive(child):
-                break
-            time.sleep(0.1)
-        assert not _alive(child), "the training child outlived gaunt-compare"
-    finally:
-        parent.kill()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
