@@ -27,8 +27,10 @@ Variants (``--variants``):
 
 Data (../shared/data/acac): ``--n-train`` configurations of train_300K.xyz for training, ``--n-valid``
 more for validation, ``--n-test`` of each of test_MD_300K.xyz / test_MD_600K.xyz (evenly spaced).
-E0s fitted to the training energies (MACE's `average`). Runs go to ``--work`` (resumable: a finished run whose settings match is reused);
-runs execute ``--jobs`` at a time, one thread each.
+E0s fitted to the training energies (MACE's `average`). Runs go to ``--work`` (resumable: a finished run whose
+settings match is reused; one that differs only in having trained fewer epochs is continued to ``--epochs`` with
+MACE's ``restart_latest``, and ``--code-snapshot`` runs the Gaunt variants on the code it was trained with); runs
+execute ``--jobs`` at a time, one thread each.
 
     python benchmarks/accuracy_mace.py                           # 3 seeds, the default variants (about 2 h on 2 cores)
     python benchmarks/accuracy_mace.py --quick                   # a smoke run (minutes)
@@ -50,7 +52,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -230,26 +232,40 @@ def child_env(code_dir: Path) -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(run_dir: Path, cfg: Dict[str, object], digest: str, env: Dict[str, str]) -> Dict:
-    """Train one run (or reuse a finished one with the same settings) and return its epoch record."""
+def train(run_dir: Path, cfg: Dict[str, object], digest: str, env: Dict[str, str],
+          digest_at: Optional[Callable[[int], str]] = None) -> Dict:
+    """Train one run (or reuse a finished one with the same settings) and return its epoch record.
+
+    ``digest_at(n)``: the digest of these settings with ``max_num_epochs = n``. A finished run that differs only
+    in having trained fewer epochs is continued to ``cfg["max_num_epochs"]`` by MACE's ``restart_latest`` (from
+    its last checkpoint: model, optimiser and scheduler; with EMA on, the checkpoint holds the averaged weights,
+    which the continued run starts from) instead of being trained again; the record says from which epoch."""
     record_path = run_dir / "epochs.json"
+    continued_from = None
     if record_path.exists():
         record = json.loads(record_path.read_text())
         if record.get("digest") == digest:
             return record
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(_yaml(cfg))
+        done = len(record.get("epochs", []))
+        if digest_at is not None and 0 < done < int(cfg["max_num_epochs"]) and record.get("digest") == digest_at(done):
+            continued_from = record
+    if continued_from is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(_yaml(dict(cfg, restart_latest=True) if continued_from else cfg))
     gaunt_run = Path(sys.executable).parent / "gaunt-run"
     cmd = [str(gaunt_run), "mace_run_train", "--config", "config.yaml"]
     start = time.time()
-    with open(run_dir / "stdout.txt", "w") as log:
+    with open(run_dir / "stdout.txt", "a" if continued_from else "w") as log:
         # in this process's group: the worker threads' runs get the terminal's Ctrl-C themselves
         proc = supervisor.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, own_group=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{run_dir.name}: mace_run_train failed (exit {proc.returncode}); see {run_dir / 'stdout.txt'}")
     record = {"digest": digest, "wall_s": time.time() - start, "epochs": read_epochs(run_dir, cfg["name"])}
+    if continued_from is not None:
+        record["wall_s"] += continued_from.get("wall_s", 0.0)
+        record["continued_from_epoch"] = len(continued_from["epochs"])
     record_path.write_text(json.dumps(record, indent=1))
     return record
 
@@ -403,6 +419,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--correlation", type=int, default=MODEL["correlation"])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "accuracy_mace")
+    parser.add_argument("--code-snapshot", default=None, metavar="HASH",
+                        help="run the Gaunt variants on the earlier code snapshot --work/<full|quick>[_ema]/code/HASH "
+                             "instead of the working tree (to continue runs trained with it to more --epochs)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--no-ema", action="store_true", help="train without MACE's exponential moving average")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 2 epochs, 40 configs")
@@ -417,7 +436,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         model.pop("ema_decay")
     work = args.work.resolve() / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema"))
     files = prepare_data(find_acac(), work / "data", args.n_train, args.n_valid, args.n_test)
-    code_dir, code = snapshot_code(work / "code")
+    if args.code_snapshot is None:
+        code_dir, code = snapshot_code(work / "code")
+    else:  # an earlier snapshot, e.g. to continue runs trained with earlier code
+        code_dir, code = work / "code" / args.code_snapshot, args.code_snapshot
+        if not (code_dir / "gaunt_plugins" / "__init__.py").is_file():
+            known = sorted(p.name for p in (work / "code").glob("*") if not p.name.startswith("."))
+            raise SystemExit(f"--code-snapshot {args.code_snapshot}: no snapshot {code_dir}; "
+                             f"the snapshots in {work / 'code'}: {', '.join(known) or 'none'}")
     env = child_env(code_dir)
 
     jobs = [(v, s) for s in args.seeds for v in args.variants]
@@ -426,7 +452,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     def do(job):
         cfg = cfgs[job]
         run_dir = work / "runs" / cfg["name"]
-        record = train(run_dir, cfg, config_hash(cfg, files, code), env)
+        record = train(run_dir, cfg, config_hash(cfg, files, code), env,
+                       lambda n: config_hash(dict(cfg, max_num_epochs=n), files, code))
         print(f"[accuracy] trained {cfg['name']}: {len(record['epochs'])} epochs, "
               f"{record['epochs'][-1]['elapsed_s']:.0f} s of training", flush=True)
         return job, record
@@ -449,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             cfg, record = cfgs[(v, s)], records[(v, s)]
             run_dir = work / "runs" / cfg["name"]
             entry = {"variant": v, "seed": s, "epochs": record["epochs"]}
+            if "continued_from_epoch" in record:
+                entry["continued_from_epoch"] = record["continued_from_epoch"]
             for key, limit in (("equal_epochs", None), ("equal_time", budget)):
                 ep = best_epoch(record["epochs"], limit)
                 entry[key] = None if ep is None else {
