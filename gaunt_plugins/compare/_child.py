@@ -15,20 +15,50 @@ process, training and evaluation times.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from unittest import mock
 
 from ._budget import StatsFile, TrainingBudget
 
-__all__ = ["PREFIX", "RunRecorder", "replaced"]
+__all__ = ["PREFIX", "RunRecorder", "replaced", "parse_child_args", "apply_gaunt"]
 
 PREFIX = "gaunt-compare:"
+
+
+def parse_child_args(module: str, framework: str, argv: Optional[List[str]],
+                     more: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+                     ) -> Tuple[argparse.Namespace, List[str]]:
+    """A training child's options (those of every child, then ``more``'s) and the framework's own
+    arguments that follow them (a leading ``--`` dropped)."""
+    parser = argparse.ArgumentParser(prog=f"python -m gaunt_plugins.compare.{module}")
+    parser.add_argument("--stats", default=None)
+    parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--gaunt", action="store_true", help=f"apply the gaunt-plugins {framework} patch")
+    parser.add_argument("--eval-out", default=None,
+                        help="after training, evaluate the saved model on --test sets into this JSON")
+    parser.add_argument("--test", action="append", default=[], help="NAME=PATH (repeatable)")
+    more(parser)
+    parser.add_argument("framework_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    rest = args.framework_args
+    return args, rest[1:] if rest[:1] == ["--"] else rest
+
+
+def apply_gaunt(framework: str) -> None:
+    """The gaunt-plugins patch of ``framework`` as ``gaunt-run`` applies it: in this process and in
+    the processes it starts."""
+    import gaunt_plugins
+    from gaunt_plugins.patches.launcher import export_hook
+
+    gaunt_plugins.patch(framework)
+    export_hook([framework])
 
 
 @contextlib.contextmanager

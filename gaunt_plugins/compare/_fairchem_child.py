@@ -25,7 +25,6 @@ free atoms when the config evaluates on free atoms, as fairchem does).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._child import PREFIX, RunRecorder, replaced
+from ._child import PREFIX, RunRecorder, apply_gaunt, parse_child_args, replaced
 from ._metrics import error_metrics
 
 
@@ -230,24 +229,11 @@ def _evaluate(state: dict, tests: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gaunt_plugins.compare._fairchem_child")
-    parser.add_argument("--stats", default=None)
-    parser.add_argument("--results", default=None)
-    parser.add_argument("--max-seconds", type=float, default=None)
-    parser.add_argument("--gaunt", action="store_true", help="apply the gaunt-plugins fairchem patch")
-    parser.add_argument("--eval-out", default=None)
-    parser.add_argument("--test", action="append", default=[], help="NAME=PATH (repeatable)")
-    parser.add_argument("fairchem_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    fc_args = args.fairchem_args[1:] if args.fairchem_args[:1] == ["--"] else args.fairchem_args
-
+    args, fc_args = parse_child_args("_fairchem_child", "fairchem", argv,
+                                     lambda parser: parser.add_argument("--results", default=None))
     with RunRecorder(args.stats, max_seconds=args.max_seconds, argv=fc_args, gaunt=args.gaunt) as recorder:
         if args.gaunt:
-            import gaunt_plugins
-            from gaunt_plugins.patches.launcher import export_hook
-
-            gaunt_plugins.patch("fairchem")
-            export_hook(["fairchem"])  # as gaunt-run does: the processes it starts patch themselves too
+            apply_gaunt("fairchem")
         state: dict = {}
         with _forgiving_imports(), _instrumented(recorder, _Rows(args.results), state), \
                 replaced((sys, "argv", ["fairchem"] + fc_args)):

@@ -26,7 +26,6 @@ MACE's own outputs (log, results file with one row per step and per validation, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import importlib
@@ -36,7 +35,7 @@ import sys
 import time
 from typing import Iterator
 
-from ._child import PREFIX, RunRecorder, replaced
+from ._child import PREFIX, RunRecorder, apply_gaunt, parse_child_args, replaced
 
 
 def _has_stage_two_checkpoint(handler) -> bool:
@@ -109,29 +108,17 @@ def _instrumented(recorder: RunRecorder) -> Iterator[None]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gaunt_plugins.compare._mace_child")
-    parser.add_argument("--stats", default=None)
-    parser.add_argument("--max-seconds", type=float, default=None)
-    parser.add_argument("--max-epochs", type=int, default=None)
-    parser.add_argument("--gaunt", action="store_true", help="apply the gaunt-plugins MACE patch")
-    parser.add_argument("--eval-out", default=None,
-                        help="after training, evaluate the saved model on --test sets into this JSON")
-    parser.add_argument("--test", action="append", default=[], help="NAME=PATH (repeatable)")
-    parser.add_argument("--eval-batch-size", type=int, default=16)
-    parser.add_argument("mace_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    mace_args = args.mace_args[1:] if args.mace_args[:1] == ["--"] else args.mace_args
+    def more(parser):
+        parser.add_argument("--max-epochs", type=int, default=None)
+        parser.add_argument("--eval-batch-size", type=int, default=16)
 
+    args, mace_args = parse_child_args("_mace_child", "MACE", argv, more)
     with RunRecorder(args.stats, max_seconds=args.max_seconds, max_epochs=args.max_epochs, argv=mace_args,
                      gaunt=args.gaunt) as recorder:
         import mace  # noqa: F401  (before e3nn)
 
         if args.gaunt:
-            import gaunt_plugins
-            from gaunt_plugins.patches.launcher import export_hook
-
-            gaunt_plugins.patch("mace")
-            export_hook(["mace"])  # as gaunt-run does: the processes it starts patch themselves too
+            apply_gaunt("mace")
         from mace.cli import run_train
 
         with _instrumented(recorder), replaced((sys, "argv", ["mace_run_train"] + mace_args)):
