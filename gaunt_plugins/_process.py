@@ -155,6 +155,8 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """Stop ``proc`` (started by :func:`spawn`) and everything it started: SIGTERM to its process
     group, SIGKILL to the group ``grace_s`` later if it has not ended (at once when ``grace_s`` is 0);
     ``proc`` is reaped. A child without a group of its own gets the signals alone."""
+    if proc.returncode is not None:  # reaped already: its pid (and group id) may be another's by now
+        return
     if grace_s > 0:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
