@@ -57,7 +57,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import _supervisor as supervisor  # noqa: E402  (children in their own process group, killed with this one)
+import _supervisor as supervisor  # noqa: E402  (children killed with this process)
 TESTS = ("test_MD_300K", "test_MD_600K")
 DEFAULT_VARIANTS = ("upstream", "product", "conv-1", "conv-3")
 
