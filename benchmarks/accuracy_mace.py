@@ -97,7 +97,14 @@ from prepare_acac import frames as _frames, rekey  # noqa: E402  (the acac reade
 
 
 def _write(path: Path, frames: Sequence[List[str]]) -> None:
-    path.write_text("\n".join(line for fr in frames for line in rekey(fr)) + "\n")
+    """Write ``frames`` to ``path`` unless it holds them already; atomically (runs of another invocation on the
+    same ``--work`` may be reading it)."""
+    text = "\n".join(line for fr in frames for line in rekey(fr)) + "\n"
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def prepare_data(src: Path, out: Path, n_train: int, n_valid: int, n_test: int) -> Dict[str, Path]:
