@@ -31,6 +31,9 @@ the Gaunt weights fresh). Both run on ``--configs`` acac configurations (train_3
 Table on stdout, JSON in benchmarks/results/energy_gap_diagnostics.json.
 
     OMP_NUM_THREADS=1 python benchmarks/energy_gap_diagnostics.py     # about 10 minutes on one core
+    # the main job's degrees (16x0e+16x1o, max_ell 2), layer 0's fits only
+    OMP_NUM_THREADS=1 python benchmarks/energy_gap_diagnostics.py --max-L 1 --max-ell 2 --seeds 0 1 2 \
+        --fit-layers 0 --chains 1 2 4 --out benchmarks/results/energy_gap_diagnostics_max_L1_max_ell2.json
 """
 from __future__ import annotations
 
@@ -369,6 +372,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--configs", type=int, default=20)
     ap.add_argument("--channels", type=int, default=MODEL["channels"])
+    ap.add_argument("--max-L", type=int, default=MODEL["max_L"], help="the hidden features' largest degree")
+    ap.add_argument("--max-ell", type=int, default=MODEL["max_ell"], help="the edge harmonics' largest degree")
     ap.add_argument("--fit-channels", type=int, default=4, help="channels of the model whose contraction is fitted")
     ap.add_argument("--fit-layers", type=int, nargs="*", default=[1, 0])
     ap.add_argument("--chains", type=int, nargs="+", default=[1, 2, 3, 4])
@@ -380,7 +385,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     batch = acac_configs(args.configs, MODEL["r_max"])
-    config = dict(MODEL, channels=args.channels)
+    config = dict(MODEL, channels=args.channels, max_L=args.max_L, max_ell=args.max_ell)
     upstream, gaunt, ratio_rows = {}, {}, {}
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -393,7 +398,7 @@ def main(argv=None) -> dict:
               + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
     fits = []
     if args.fit_layers:
-        model = upstream_model(batch, args.seeds[0], **dict(MODEL, channels=args.fit_channels))
+        model = upstream_model(batch, args.seeds[0], **dict(config, channels=args.fit_channels))
         for layer in args.fit_layers:
             fits += expressiveness(model, batch, layer, args.chains, args.starts, args.iterations)
     table = tables(ratio_rows, upstream, fits)
