@@ -337,8 +337,9 @@ def check_config_file(path: Any) -> None:
 
 def add_arguments(parser: Any) -> Any:
     """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products``,
-    ``--gaunt_product_chains``, ``--gaunt_product_gain`` to MACE's parser. Their defaults are ``None`` (not given): ``tensor_product``
-    then means ``e3nn`` and each ``gaunt_*`` key its documented default (see :func:`options_from_args`)."""
+    ``--gaunt_product_chains``, ``--gaunt_product_gain`` to MACE's parser. Their defaults are ``None`` (not
+    given): ``tensor_product`` then means ``e3nn`` and each ``gaunt_*`` key its documented default (see
+    :func:`options_from_args`)."""
 
     def _tensor_product(value: str) -> str:
         return str(value).strip().lower()
@@ -366,47 +367,36 @@ def add_arguments(parser: Any) -> Any:
         default=None,
         choices=list(gaunt_methods()),
     )
-    def _whole_number(name: str):
-        def parse(value: str) -> int:
+    def _argument_type(parse, *extra):
+        """``parse(value, *extra)`` as an argparse ``type`` whose errors argparse prints as they are."""
+        def argument(value: str):
             try:
-                return parse_whole_number(value, name)
+                return parse(value, *extra)
             except ValueError as exc:  # argparse shows the message of this type only
                 raise argparse.ArgumentTypeError(str(exc)) from exc
-        return parse
-
-    def _conv_products(value: str):
-        try:
-            return parse_conv_products(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
+        return argument
 
     parser.add_argument(
         "--gaunt_conv_products",
         help="with --tensor_product gaunt: how the Gaunt convolution builds its output: paths (one block per "
         "path, MACE's convolution exactly) or K independent grid products per channel "
         f"(default {DEFAULT_CONV_PRODUCTS}, at most {MAX_CONV_PRODUCTS})",
-        type=_conv_products,
+        type=_argument_type(parse_conv_products),
         default=None,
     )
     parser.add_argument(
         "--gaunt_product_chains",
         help="with --tensor_product gaunt: independent power chains per channel in the Gaunt many-body "
         f"product (default {DEFAULT_PRODUCT_CHAINS}, at most {MAX_PRODUCT_CHAINS})",
-        type=_whole_number("gaunt_product_chains"),
+        type=_argument_type(parse_whole_number, "gaunt_product_chains"),
         default=None,
     )
-
-    def _gain(value: str) -> float:
-        try:
-            return parse_gain(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
 
     parser.add_argument(
         "--gaunt_product_gain",
         help="with --tensor_product gaunt: how many times faster than its parameters the many-body product's "
         f"weights move under the optimiser (default: the layer's, 8; at most {MAX_PRODUCT_GAIN:g})",
-        type=_gain,
+        type=_argument_type(parse_gain),
         default=None,
     )
     return parser
