@@ -3,7 +3,6 @@ target the fitted architecture can express."""
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -11,21 +10,9 @@ sys.path.insert(0, str(BENCH))
 
 import energy_gap_diagnostics as egd  # noqa: E402
 
-SMALL = dict(channels=2, max_L=1, max_ell=2, correlation=2, num_interactions=2, r_max=5.0, num_bessel=4,
-             num_polynomial_cutoff=5, radial_MLP=[8], MLP_irreps="4x0e")
 
-
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def test_the_layers_readout_energies_add_up_to_the_models_energy_and_a_model_against_itself_has_ratios_1(float64):
-    batch = egd.acac_configs(3, SMALL["r_max"])
-    model = egd.upstream_model(batch, 0, **SMALL)
+def test_the_layers_readout_energies_add_up_to_the_models_energy_and_a_model_against_itself_has_ratios_1(small_mace):
+    batch, model = small_mace
     stats = egd.readout_statistics(model, batch)
     energy = model(batch, training=False, compute_force=False)["energy"].detach()
     e0 = batch["node_attrs"] @ torch.tensor([egd.E0S[z] for z in egd.Z])

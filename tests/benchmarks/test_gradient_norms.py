@@ -14,17 +14,6 @@ import accuracy_mace  # noqa: E402
 import energy_gap_diagnostics as egd  # noqa: E402
 import gradient_norms  # noqa: E402
 
-SMALL = dict(channels=2, max_L=1, max_ell=2, correlation=2, num_interactions=2, r_max=5.0, num_bessel=4,
-             num_polynomial_cutoff=5, radial_MLP=[8], MLP_irreps="4x0e")
-
-
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
 
 def _saved_run(work: Path, name: str, model) -> None:
     run = work / "runs" / name
@@ -33,9 +22,9 @@ def _saved_run(work: Path, name: str, model) -> None:
     torch.save({"model": model.state_dict()}, run / "checkpoints" / f"{name}_run-1_epoch-0.pt")
 
 
-def test_gradient_norms_and_the_many_body_share_of_a_stock_and_a_gaunt_run(tmp_path, float64):
+def test_gradient_norms_and_the_many_body_share_of_a_stock_and_a_gaunt_run(tmp_path, small_mace):
     accuracy_mace.prepare_data(accuracy_mace.find_acac(), tmp_path / "data", 20, 5, 5)
-    upstream = egd.upstream_model(egd.acac_configs(3, SMALL["r_max"]), 0, **SMALL)
+    _, upstream = small_mace
     _saved_run(tmp_path, "upstream_s1", upstream)
     _saved_run(tmp_path, "product_s1", egd.gaunt_twin(upstream, 0))
     out = tmp_path / "norms.json"

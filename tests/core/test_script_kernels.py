@@ -21,14 +21,6 @@ def ops():
         pytest.skip(f"the CPU operators are unavailable: {library.ops_unavailable_reason()}")
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _operators_run(fn) -> set:
     """Names of the ``gaunt::`` operators that ran during ``fn()``."""
     with torch.profiler.profile() as prof:

@@ -151,14 +151,6 @@ def acac_batch(n: int = 3, rotation=None, name: str = "train_300K.xyz", zs=None)
 
 
 @pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield torch.float64
-    torch.set_default_dtype(previous)
-
-
-@pytest.fixture
 def mace_patched():
     """The MACE patch applied for one test, reverted afterwards (unless it was already applied)."""
     from gaunt_plugins.patch import patched
