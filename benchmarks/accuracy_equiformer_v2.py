@@ -153,13 +153,18 @@ def prepare(name: str, folder: Path, n_train: int, n_valid: int, n_test: int) ->
 
 
 # ------------------------------------------------------------------------------------------ config
-def fairchem_config(files: Dict[str, Path], model: Dict[str, object], batch_size: int, lr: float) -> dict:
+def fairchem_config(files: Dict[str, Path], model: Dict[str, object], batch_size: int, lr: float,
+                    cosine_steps: int = 0) -> dict:
     """BASE_CONFIG (a plain stock fairchem config: gaunt-compare adds ``tensor_product: gaunt`` for the
-    Gaunt variant) on ``files`` with the backbone options ``model``."""
+    Gaunt variant) on ``files`` with the backbone options ``model``. ``cosine_steps > 0``: the learning
+    rate falls from ``lr`` to ``lr / 100`` over that many optimiser steps (torch's CosineAnnealingLR,
+    stepped by fairchem's trainer after every step); 0 keeps it constant."""
     cfg = yaml.safe_load(BASE_CONFIG.read_text())
     cfg["dataset"]["train"]["src"] = str(files["train"])
     cfg["dataset"]["val"]["src"] = str(files["val"])
     cfg["optim"].update(batch_size=batch_size, eval_batch_size=batch_size, lr_initial=lr)
+    if cosine_steps > 0:
+        cfg["optim"].update(scheduler="CosineAnnealingLR", T_max=int(cosine_steps), eta_min=lr / 100.0)
     backbone = cfg["model"]["backbone"]
     for key in ("tensor_product", "gaunt_method", "gaunt_zero_init"):
         backbone.pop(key, None)
@@ -197,13 +202,73 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
             "n": len(values)}
 
 
+CURVE_KEYS = {"valid_mae_e_meV": "e_meV", "valid_mae_f_meV_per_A": "f_meV_per_A"}
+
+
+def _curve(run: dict) -> Dict[str, list]:
+    """One run's validation curve: epoch, training time so far (s), energy MAE (meV), force MAE (meV/A)."""
+    c = run.get("curves") or {}
+    out = {"epoch": list(c.get("epoch") or []), "train_elapsed_s": list(c.get("train_elapsed_s") or [])}
+    for key, short in CURVE_KEYS.items():
+        out[short] = list(c.get(key) or [])
+    return out
+
+
+def _mean_curve(curves: List[Dict[str, list]]) -> Dict[str, list]:
+    """Mean over seeds of the validation curves at the epochs every seed reached."""
+    n = min((len(c["epoch"]) for c in curves), default=0)
+    if n == 0 or any(len(c[k]) < n for c in curves for k in CURVE_KEYS.values()):
+        return {}
+    return {"epoch": curves[0]["epoch"][:n],
+            **{k: [statistics.fmean(c[k][i] for c in curves) for i in range(n)]
+               for k in ("train_elapsed_s", *CURVE_KEYS.values())}}
+
+
+def still_falling(curve: Dict[str, list], fraction: float = 0.25) -> Dict[str, float]:
+    """Relative fall of the mean validation errors over the last ``fraction`` of the epochs:
+    ``1 - err(last) / err(last - fraction * epochs)`` (0.02 = still 2% better at the end)."""
+    if not curve:
+        return {}
+    n = len(curve["epoch"])
+    back = max(1, int(round(fraction * n)))
+    if n <= back:
+        return {}
+    return {k: 1.0 - curve[k][-1] / curve[k][-1 - back] for k in CURVE_KEYS.values()}
+
+
+def at_wall_clock(curves: List[Dict[str, list]], seconds: float) -> Dict[str, dict]:
+    """Per seed, the best validation errors reached within ``seconds`` of training; mean +- std."""
+    best = {k: [] for k in CURVE_KEYS.values()}
+    for c in curves:
+        within = [i for i, t in enumerate(c["train_elapsed_s"]) if t <= seconds]
+        for k in best:
+            best[k].append(min(c[k][i] for i in within) if within else None)
+    return {k: _mean_std(v) for k, v in best.items()}
+
+
+def compare_curves(per_variant_curves: Dict[str, List[Dict[str, list]]]) -> dict:
+    """The validation curves' summary: per variant the mean curve and how fast it still fell at the end,
+    and both variants' best validation errors within the shorter variant's mean training time."""
+    means = {v: _mean_curve(cs) for v, cs in per_variant_curves.items()}
+    totals = [m["train_elapsed_s"][-1] for m in means.values() if m]
+    budget = min(totals) if len(totals) == len(means) and totals else None
+    return {"mean_valid_curve": means,
+            "fall_over_last_quarter": {v: still_falling(m) for v, m in means.items()},
+            "wall_clock_budget_s": budget,
+            "at_wall_clock_budget": ({v: at_wall_clock(cs, budget) for v, cs in per_variant_curves.items()}
+                                     if budget is not None else {})}
+
+
 def summarise(name: str, report: dict) -> Dict[str, dict]:
-    """Per variant: per-seed runs and mean +- std of the test errors, step time and parameters."""
+    """Per variant: per-seed runs and mean +- std of the test errors, step time and parameters; under
+    ``"curves"`` the validation curves' summary (``compare_curves``)."""
     out = {}
+    curves = {}
     for variant in VARIANTS:
         v = report["variants"][variant]
         runs = v.get("runs") or {str(report.get("seed")): v}  # keyed by seed
         per_seed = []
+        curves[variant] = [_curve(run) for run in runs.values() if run.get("status") == "ok"]
         for seed, run in runs.items():
             test = (run.get("tests") or {}).get(name, {})
             per_seed.append({
@@ -217,6 +282,7 @@ def summarise(name: str, report: dict) -> Dict[str, dict]:
                for key in ("e_mae_meV_per_atom", "f_mae_meV_per_A", "median_step_s")},
             "parameters": next((r["parameters"] for r in per_seed if r["parameters"]), None),
         }
+    out["curves"] = compare_curves(curves)
     return out
 
 
@@ -230,11 +296,31 @@ def table(results: Dict[str, Dict[str, dict]]) -> str:
     lines = ["| data set | variant | parameters | E MAE (meV/atom) | F MAE (meV/A) | step (ms, median) |",
              "|---|---|---|---|---|---|"]
     for name, per_variant in results.items():
-        for variant, r in per_variant.items():
+        for variant in VARIANTS:
+            r = per_variant[variant]
             label = "stock EquiformerV2" if variant == "upstream" else "+ Gaunt self-mix"
             params = f"{r['parameters']:,}" if r["parameters"] else "-"
             lines.append(f"| {name} | {label} | {params} | {_fmt(r['e_mae_meV_per_atom'], digits=2)} "
                          f"| {_fmt(r['f_mae_meV_per_A'])} | {_fmt(r['median_step_s'], 1000.0, 0)} |")
+    return "\n".join(lines)
+
+
+def curve_table(results: Dict[str, Dict[str, dict]]) -> str:
+    """Validation errors (mean of the seeds): how much they still fell over the last quarter of the
+    epochs, and the best reached within the shorter variant's training time."""
+    lines = ["| data set | variant | valid E fall, last quarter | valid F fall, last quarter "
+             "| budget (s) | best valid E at budget (meV) | best valid F at budget (meV/A) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, per_variant in results.items():
+        c = per_variant.get("curves") or {}
+        for variant in VARIANTS:
+            fall = (c.get("fall_over_last_quarter") or {}).get(variant) or {}
+            at = (c.get("at_wall_clock_budget") or {}).get(variant) or {}
+            budget = c.get("wall_clock_budget_s")
+            pct = lambda key: f"{100 * fall[key]:.1f}%" if key in fall else "-"  # noqa: E731
+            lines.append(f"| {name} | {variant} | {pct('e_meV')} | {pct('f_meV_per_A')} "
+                         f"| {budget:.0f} | {_fmt(at['e_meV'])} | {_fmt(at['f_meV_per_A'])} |" if at and budget
+                         else f"| {name} | {variant} | {pct('e_meV')} | {pct('f_meV_per_A')} | - | - | - |")
     return "\n".join(lines)
 
 
@@ -249,6 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate: cosine from --lr to --lr/100 over the run (default), or constant")
     p.add_argument("--small-model", action="store_true", help="16 channels instead of 32 (2 blocks either way)")
     p.add_argument("--short", action="store_true",
                    help="a short run: 32/8/32 configurations, 8 epochs, the small model (does not answer "
@@ -276,10 +364,11 @@ def main(argv=None) -> int:
     results = {}
     for name in args.datasets:
         files = prepare(name, args.work / name / "data", args.n_train, args.n_valid, args.n_test)
-        cfg = fairchem_config(files, model, args.batch_size, args.lr)
+        steps = args.epochs * -(-args.n_train // args.batch_size)
+        cfg = fairchem_config(files, model, args.batch_size, args.lr, steps if args.schedule == "cosine" else 0)
         report = run_compare(name, cfg, files["test"], args.work, seeds, args.epochs, args.jobs, args.quiet)
         results[name] = summarise(name, report)
-    text = table(results)
+    text = table(results) + "\n\n" + curve_table(results)
     print(text)
     payload = {
         "benchmark": "accuracy_equiformer_v2",
@@ -290,6 +379,7 @@ def main(argv=None) -> int:
         "command": " ".join(["python benchmarks/accuracy_equiformer_v2.py", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {"datasets": args.datasets, "seeds": seeds, "epochs": args.epochs, "n_train": args.n_train,
                      "n_valid": args.n_valid, "n_test": args.n_test, "batch_size": args.batch_size, "lr": args.lr,
+                     "schedule": args.schedule,
                      "model": model, "base_config": str(BASE_CONFIG.relative_to(ROOT)), "threads_per_run": 1,
                      "jobs": args.jobs},
         "units": {"e_mae": "meV/atom", "f_mae": "meV/A (free atoms)", "step": "s (median training step)"},

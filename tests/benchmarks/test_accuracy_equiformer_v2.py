@@ -46,7 +46,10 @@ def test_tiny_run_writes_both_variants_errors_times_and_parameters(tmp_path):
     assert code == 0
     data = json.loads(out.read_text())
     emt = data["results"]["emt"]
-    assert set(emt) == {"upstream", "gaunt"}
+    assert set(emt) == {"upstream", "gaunt", "curves"}
+    assert emt["curves"]["wall_clock_budget_s"] > 0  # both variants' validation curves were read
+    at_budget = [emt["curves"]["at_wall_clock_budget"][v]["f_meV_per_A"]["mean"] for v in ("upstream", "gaunt")]
+    assert any(m is not None and np.isfinite(m) for m in at_budget)  # the faster variant's whole run counts
     for variant in ("upstream", "gaunt"):
         run = emt[variant]["runs"][0]
         assert run["status"] == "ok" and run["epochs"] == 1, run
@@ -62,3 +65,40 @@ def test_emt_sets_leave_out_adsorbates_pushed_into_the_surface():
     assert [len(sets[k]) for k in ("train", "val", "test")] == [6, 2, 3]
     for atoms in sets["train"] + sets["val"] + sets["test"]:
         assert np.abs(atoms.get_forces(apply_constraint=False)).max() <= bench.MAX_EMT_FORCE
+
+
+def test_cosine_schedule_reaches_fairchem_as_torch_cosine_annealing(tmp_path):
+    files = {"train": tmp_path / "train.db", "val": tmp_path / "val.db"}
+    cfg = bench.fairchem_config(files, {}, 4, 2e-3, cosine_steps=120)
+    assert cfg["optim"]["scheduler"] == "CosineAnnealingLR"
+    assert cfg["optim"]["T_max"] == 120 and cfg["optim"]["eta_min"] == pytest.approx(2e-5)
+    from fairchem.core.modules.scheduler import LRScheduler
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = LRScheduler(opt, cfg["optim"])
+    for _ in range(120):
+        opt.step()
+        sched.step()
+    assert sched.get_lr() == pytest.approx(2e-5)  # the end of the run is at the floor
+    assert "scheduler" in bench.fairchem_config(files, {}, 4, 2e-3)["optim"]  # the base's "Null" by default
+    assert bench.fairchem_config(files, {}, 4, 2e-3)["optim"]["scheduler"] == "Null"
+
+
+def _run_curve(errors, seconds):
+    return {"status": "ok", "curves": {"epoch": list(range(len(errors))), "train_elapsed_s": seconds,
+                                       "valid_mae_e_meV": errors, "valid_mae_f_meV_per_A": [2 * e for e in errors]}}
+
+
+def test_curve_summary_gives_the_late_fall_and_the_best_error_within_the_shorter_training_time():
+    curves = {"upstream": [bench._curve(_run_curve([8.0, 4.0, 2.0, 1.0], [10, 20, 30, 40]))] * 2,
+              "gaunt": [bench._curve(_run_curve([6.0, 3.0, 2.0, 1.5], [20, 40, 60, 80])),
+                        bench._curve(_run_curve([6.0, 5.0, 2.0, 0.5], [20, 40, 60, 80]))]}
+    summary = bench.compare_curves(curves)
+    assert summary["fall_over_last_quarter"]["upstream"]["e_meV"] == pytest.approx(0.5)  # 2 -> 1
+    assert summary["fall_over_last_quarter"]["gaunt"]["e_meV"] == pytest.approx(0.5)  # mean 2 -> mean 1
+    assert summary["wall_clock_budget_s"] == 40  # upstream's mean training time, the shorter
+    at = summary["at_wall_clock_budget"]
+    assert at["upstream"]["e_meV"]["mean"] == pytest.approx(1.0)
+    assert at["gaunt"]["e_meV"]["mean"] == pytest.approx(4.0)  # best within 40 s: 3 and 5
+    assert at["gaunt"]["f_meV_per_A"]["mean"] == pytest.approx(8.0)
