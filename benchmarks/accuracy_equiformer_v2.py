@@ -22,7 +22,7 @@ Data sets (written here, offline, into ``--work``):
 Energies are stored minus a per-element linear reference fitted by least squares on the training
 set (a fixed function of the composition: energy MAEs are those of the total energies).
 
-    python benchmarks/accuracy_equiformer_v2.py                     # 3 seeds, 40 epochs (about 4 h on 2 cores)
+    python benchmarks/accuracy_equiformer_v2.py                     # 3 seeds, 40 epochs, 32 channels (hours on 2 cores)
     python benchmarks/accuracy_equiformer_v2.py --short             # 3 seeds, 8 epochs, small (~10 min)
     python benchmarks/accuracy_equiformer_v2.py --datasets emt --seeds 5 --epochs 40
 
@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,8 @@ sys.path.insert(0, str(ROOT / "examples" / "compare"))
 sys.path.insert(0, str(ROOT / "examples" / "equiformer_v2"))
 from prepare_acac import frames as _acac_frames  # noqa: E402  (the acac reader the examples use)
 from make_emt_dataset import structure as _emt_structure  # noqa: E402  (the example's EMT slabs)
+sys.path.insert(0, str(HERE))
+import _supervisor as supervisor  # noqa: E402  (gaunt-compare and its runs die with this process)
 
 BASE_CONFIG = ROOT / "examples" / "compare" / "eqv2_emt.yml"
 DATASETS = ("acac", "emt")
@@ -186,7 +187,7 @@ def run_compare(name: str, cfg: dict, test_db: Path, work: Path, seeds: Sequence
     if quiet:
         cmd.append("--quiet")
     print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT)
+    proc = supervisor.run(cmd, cwd=ROOT, grace_s=10.0)
     report = out / "report.json"
     if not report.exists():
         raise SystemExit(f"gaunt-compare on {name} wrote no report (exit {proc.returncode})")

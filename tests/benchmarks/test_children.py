@@ -43,6 +43,9 @@ PARENTS = {
                    " folder / 'cache', jobs=1, log=print)"),
     "accuracy_mace": ("import accuracy_mace\nsys.executable = str(folder / 'bin' / 'python')  # gaunt-run beside it\n"
                       "accuracy_mace.train(folder / 'run', {'name': 'x'}, 'digest', dict(os.environ))"),
+    "accuracy_equiformer_v2": ("import accuracy_equiformer_v2 as bench\n"
+                               "sys.executable = str(folder / 'bin' / 'gaunt-run')  # runs the sleeper\n"
+                               "bench.run_compare('emt', {}, folder / 'test.db', folder / 'work', [0], 1, 1, True)"),
     "gpu_suite": ("import gpu_suite\n"
                   "args = type('Args', (), {'out': folder / 'out', 'work': folder / 'work', 'python': sys.executable,"
                   " 'total_budget': 600.0, 'mode': 'rehearse', 'wheels': None, 'stages': None})()\n"
