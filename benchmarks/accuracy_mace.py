@@ -23,7 +23,8 @@ Variants (``--variants``):
   conv-K        ``gaunt_targets: [conv, product]`` with ``gaunt_conv_products: K`` (``conv-1``, ``conv-3``, ...)
   conv-paths    the same with ``gaunt_conv_products: paths`` (one output block per path: MACE's convolution)
   conv-K-P      the same with ``gaunt_product_chains: P``
-  <name>-gG     any Gaunt variant with ``gaunt_product_gain: G`` (``product-g4``, ``conv-paths-2-g2``)
+  <name>-oB     any Gaunt variant with ``gaunt_product_odd_chains: B`` (``product-o1``, ``conv-paths-o1``)
+  <name>-gG     any Gaunt variant with ``gaunt_product_gain: G`` (``product-g4``, ``conv-paths-2-g2``, after -oB)
 
 Data (../shared/data/acac): ``--n-train`` configurations of train_300K.xyz for training, ``--n-valid``
 more for validation, ``--n-test`` of each of test_MD_300K.xyz / test_MD_600K.xyz (evenly spaced).
@@ -142,6 +143,13 @@ def variant_options(name: str) -> Dict[str, object]:
         options = variant_options("-".join([head, *counts]))
         options["gaunt_product_gain"] = value
         return options
+    odd = counts.pop() if counts and counts[-1].startswith("o") else None
+    if odd is not None:
+        if not (odd[1:].isdigit() and int(odd[1:]) >= 1):
+            raise SystemExit(f"unknown variant {name!r}: the odd-path suffix is o<whole number >= 1>, e.g. product-o1")
+        options = variant_options("-".join([head, *counts]))
+        options["gaunt_product_odd_chains"] = int(odd[1:])
+        return options
     if head == "conv" and counts[:1] == ["paths"] and len(counts) <= 2 and all(c.isdigit() and int(c) >= 1
                                                                                for c in counts[1:]):
         options = {"tensor_product": "gaunt", "gaunt_targets": "[conv, product]", "gaunt_conv_products": "paths"}
@@ -162,7 +170,8 @@ def variant_options(name: str) -> Dict[str, object]:
         return options
     raise SystemExit(f"unknown variant {name!r}: choose upstream, product, product-P, conv-K, conv-K-P, "
                      f"conv-paths or conv-paths-P (K, P >= 1, e.g. product-3, conv-3-2, conv-paths), each optionally "
-                     f"with a many-body weight gain suffix -gG (product-g4, conv-paths-2-g2)")
+                     f"with an odd-path suffix -oB and a many-body weight gain suffix -gG (product-o1, conv-paths-2-g2, "
+                     f"product-o1-g4)")
 
 
 def run_config(variant: str, seed: int, epochs: int, files: Dict[str, Path], model: Dict[str, object]) -> Dict:

@@ -55,6 +55,8 @@ def run_settings(args: Any) -> Dict[str, Any]:
         settings["gaunt_conv_products"] = options.conv_products  # K, or "paths"
     if options.product and options.product_chains != 1:  # absent: one chain (as before the option existed)
         settings["gaunt_product_chains"] = int(options.product_chains)
+    if options.product and options.product_odd_chains:  # absent: none (as before the option existed)
+        settings["gaunt_product_odd_chains"] = int(options.product_odd_chains)
     if options.product and options.product_gain is not None:
         from gaunt_plugins.layers.many_body import DEFAULT_WEIGHT_GAIN
 

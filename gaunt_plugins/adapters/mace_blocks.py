@@ -214,7 +214,7 @@ class GauntProductBasisBlock(EquivariantProductBasisBlock):
         gain = {} if options.product_gain is None else {"weight_gain": options.product_gain}
         self.symmetric_contractions = GauntManyBody(
             node_feats_irreps, target_irreps, correlation, num_elements, method=self.gaunt_method,
-            chains=options.product_chains, **gain,
+            chains=options.product_chains, odd_chains=options.product_odd_chains, **gain,
         )
         self.linear = Linear(
             target_irreps,

@@ -27,6 +27,12 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      the number of independent power chains per channel in the Gaunt many-body product
                      (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
                      basis, at a proportional cost.
+``gaunt_product_odd_chains``
+                     the number of odd-path chains per channel in the Gaunt many-body product (default 0):
+                     nested Poisson brackets of the sphere that form the order-3 couplings through odd
+                     intermediate paths (``(1 x 2 -> 2) x 1 -> 2``) of MACE's symmetric contraction, which no
+                     product of spherical functions forms; needs correlation >= 3. They start at zero
+                     weight, so the initial model is the same.
 ``gaunt_product_gain``
                      how many times faster than its parameters the many-body product's weights move under
                      the optimiser (a positive number; default: the layer's, ``GauntManyBody``'s
@@ -63,6 +69,8 @@ __all__ = [
     "parse_gain",
     "MAX_PRODUCT_GAIN",
     "DEFAULT_PRODUCT_CHAINS",
+    "DEFAULT_PRODUCT_ODD_CHAINS",
+    "MAX_PRODUCT_ODD_CHAINS",
     "options_from_args",
     "check_irreps",
     "check_backends",
@@ -79,7 +87,9 @@ DEFAULT_CONV_PRODUCTS = 1
 PATH_CONV = "paths"
 """``gaunt_conv_products: paths``: the per-path Gaunt convolution."""
 DEFAULT_PRODUCT_CHAINS = 1
-GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains", "gaunt_product_gain")
+DEFAULT_PRODUCT_ODD_CHAINS = 0
+GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains", "gaunt_product_gain",
+              "gaunt_product_odd_chains")
 
 MAX_CONV_PRODUCTS = 16
 """The largest ``gaunt_conv_products``. Each product adds ``C (K1 + K2 + Ko)`` radial-MLP outputs per edge and
@@ -88,7 +98,11 @@ more than ``(L + 1)^2`` products, 16 at ``L = 3`` (``K = 3`` already reproduces 
 MAX_PRODUCT_CHAINS = 16
 """The largest ``gaunt_product_chains``. Each chain is one more many-body product per channel (time and
 activations grow in proportion); two chains already represent MACE's correlation-2 contraction exactly."""
-_MAXIMA = {"gaunt_conv_products": MAX_CONV_PRODUCTS, "gaunt_product_chains": MAX_PRODUCT_CHAINS}
+MAX_PRODUCT_ODD_CHAINS = 16
+"""The largest ``gaunt_product_odd_chains`` (each is one more nested bracket per channel)."""
+_MAXIMA = {"gaunt_conv_products": MAX_CONV_PRODUCTS, "gaunt_product_chains": MAX_PRODUCT_CHAINS,
+           "gaunt_product_odd_chains": MAX_PRODUCT_ODD_CHAINS}
+_MINIMA = {"gaunt_product_odd_chains": 0}
 MAX_PRODUCT_GAIN = 1024.0
 """The largest ``gaunt_product_gain`` (with Adam a gain ``g`` moves the weights about ``g lr`` per step)."""
 
@@ -119,6 +133,7 @@ class GauntOptions:
     conv_products: Union[int, str] = DEFAULT_CONV_PRODUCTS
     product_chains: int = DEFAULT_PRODUCT_CHAINS
     product_gain: Optional[float] = None  # None: the layer's default
+    product_odd_chains: int = DEFAULT_PRODUCT_ODD_CHAINS
 
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
@@ -138,6 +153,8 @@ class GauntOptions:
         object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
         if self.product_gain is not None:
             object.__setattr__(self, "product_gain", parse_gain(self.product_gain))
+        object.__setattr__(self, "product_odd_chains",
+                           parse_whole_number(self.product_odd_chains, "gaunt_product_odd_chains"))
 
     @property
     def conv(self) -> bool:
@@ -155,26 +172,30 @@ class GauntOptions:
                           else f"{self.conv_products} product(s) per channel in the convolution")
         if self.product:
             counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
+            if self.product_odd_chains:
+                counts.append(f"{self.product_odd_chains} odd-path chain(s) per channel")
             if self.product_gain is not None:
                 counts.append(f"weight gain {self.product_gain:g}")
         return f"Gaunt tensor products for {' and '.join(parts)} (method {self.method}); {', '.join(counts)}"
 
 
 _COUNTS = {"gaunt_conv_products": "products per channel in the Gaunt convolution",
-           "gaunt_product_chains": "chains per channel in the Gaunt many-body product"}
+           "gaunt_product_chains": "chains per channel in the Gaunt many-body product",
+           "gaunt_product_odd_chains": "odd-path chains per channel in the Gaunt many-body product"}
 
 
 def parse_whole_number(value: Any, name: str) -> int:
-    """``gaunt_conv_products`` / ``gaunt_product_chains``: a whole number from 1 to its maximum
-    (:data:`MAX_CONV_PRODUCTS`, :data:`MAX_PRODUCT_CHAINS`; ``"3"`` from a command line is accepted).
+    """``gaunt_conv_products`` / ``gaunt_product_chains`` / ``gaunt_product_odd_chains``: a whole number from 1
+    (0 for the odd chains) to its maximum (:data:`MAX_CONV_PRODUCTS`, :data:`MAX_PRODUCT_CHAINS`,
+    :data:`MAX_PRODUCT_ODD_CHAINS`; ``"3"`` from a command line is accepted).
 
     >>> parse_whole_number("3", "gaunt_conv_products")
     3
     """
     text = str(value).strip()
-    top = _MAXIMA.get(name)
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1 or (top is not None and int(text) > top):
-        allowed = f"from 1 to {top}" if top is not None else ">= 1"
+    top, low = _MAXIMA.get(name), _MINIMA.get(name, 1)
+    if isinstance(value, bool) or not text.isdigit() or int(text) < low or (top is not None and int(text) > top):
+        allowed = f"from {low} to {top}" if top is not None else f">= {low}"
         raise GauntSettingsError(f"{name}: expected a whole number {allowed} ({_COUNTS.get(name, name)}), "
                                  f"got {value!r}")
     return int(text)
@@ -262,12 +283,14 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
     products = getattr(args, "gaunt_conv_products", None)
     chains = getattr(args, "gaunt_product_chains", None)
     gain = getattr(args, "gaunt_product_gain", None)
+    odd = getattr(args, "gaunt_product_odd_chains", None)
     return GauntOptions(
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
         method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
         conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
         product_chains=DEFAULT_PRODUCT_CHAINS if chains is None else chains,
         product_gain=gain,
+        product_odd_chains=DEFAULT_PRODUCT_ODD_CHAINS if odd is None else odd,
     )
 
 
@@ -337,7 +360,7 @@ def check_config_file(path: Any) -> None:
 
 def add_arguments(parser: Any) -> Any:
     """Add ``--tensor_product``, ``--gaunt_targets``, ``--gaunt_method``, ``--gaunt_conv_products``,
-    ``--gaunt_product_chains``, ``--gaunt_product_gain`` to MACE's parser. Their defaults are ``None`` (not
+    ``--gaunt_product_chains``, ``--gaunt_product_odd_chains``, ``--gaunt_product_gain`` to MACE's parser. Their defaults are ``None`` (not
     given): ``tensor_product`` then means ``e3nn`` and each ``gaunt_*`` key its documented default (see
     :func:`options_from_args`)."""
 
@@ -392,6 +415,14 @@ def add_arguments(parser: Any) -> Any:
         default=None,
     )
 
+    parser.add_argument(
+        "--gaunt_product_odd_chains",
+        help="with --tensor_product gaunt: odd-path chains (nested brackets) per channel in the Gaunt many-body "
+        f"product, the couplings through odd intermediate paths (default {DEFAULT_PRODUCT_ODD_CHAINS}, at most "
+        f"{MAX_PRODUCT_ODD_CHAINS}; correlation >= 3)",
+        type=_argument_type(parse_whole_number, "gaunt_product_odd_chains"),
+        default=None,
+    )
     parser.add_argument(
         "--gaunt_product_gain",
         help="with --tensor_product gaunt: how many times faster than its parameters the many-body product's "

@@ -57,7 +57,7 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
     ``conv_products``: ``paths`` for per-path convolutions, else the products per channel of its
     convolutions of non-scalar node features (the scalar first interaction always has one); ``product_chains``: the chains of its many-body products; ``product_gain``: their weight gain.
     """
-    targets, products, chains, gains = set(), set(), set(), set()
+    targets, products, chains, gains, odd = set(), set(), set(), set(), set()
     for block in getattr(foundation, "interactions", ()):
         if type(block) in _STOCK_OF:
             targets.add("conv")
@@ -70,16 +70,18 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
             targets.add("product")
             chains.add(int(block.symmetric_contractions.chains))
             gains.add(float(block.symmetric_contractions.weight_gain))
+            odd.add(int(getattr(block.symmetric_contractions, "odd_chains", 0)))
     if not targets:
         return None
-    if len(products) > 1 or len(chains) > 1 or len(gains) > 1:
+    if len(products) > 1 or len(chains) > 1 or len(gains) > 1 or len(odd) > 1:
         raise GauntSettingsError(
             f"the foundation model's Gaunt blocks differ in their products per channel {sorted(map(str, products))}, "
-            f"chains {sorted(chains)} or weight gains {sorted(gains)}: fine-tuning rebuilds every block with one "
-            "setting")
+            f"chains {sorted(chains)}, weight gains {sorted(gains)} or odd-path chains {sorted(odd)}: fine-tuning "
+            "rebuilds every block with one setting")
     return GauntOptions(targets=frozenset(targets), conv_products=products.pop() if products else DEFAULT_CONV_PRODUCTS,
                         product_chains=chains.pop() if chains else DEFAULT_PRODUCT_CHAINS,
-                        product_gain=gains.pop() if gains else None)
+                        product_gain=gains.pop() if gains else None,
+                        product_odd_chains=odd.pop() if odd else 0)
 
 
 def resolve_settings(args: Any, foundation: torch.nn.Module,
@@ -117,7 +119,9 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
         targets = parse_targets(None) | found.targets
     for key, target, value, name in (("gaunt_conv_products", "conv", found.conv_products, "products per channel"),
                                      ("gaunt_product_chains", "product", found.product_chains, "chains per channel"),
-                                     ("gaunt_product_gain", "product", found.product_gain, "as its weight gain")):
+                                     ("gaunt_product_gain", "product", found.product_gain, "as its weight gain"),
+                                     ("gaunt_product_odd_chains", "product", found.product_odd_chains,
+                                      "odd-path chains per channel")):
         given = getattr(args, key, None)
         if key == "gaunt_product_gain" and given is not None:
             given = parse_gain(given)
@@ -188,6 +192,10 @@ def _copy_gaunt_products(model: torch.nn.Module, foundation: torch.nn.Module, ro
                         f"{list(getattr(sc_old, name).shape)}, this model's {list(target.shape)}")
                 target.copy_(source)
             sc_new.weight_gain.copy_(sc_old.weight_gain)
+            odd_new, odd_old = getattr(sc_new, "odd_paths", None), getattr(sc_old, "odd_paths", None)
+            if odd_new is not None and odd_old is not None:
+                for name in ("weights_in", "weights_out"):
+                    getattr(odd_new, name).copy_(getattr(odd_old, name)[picked])
             bias_old, bias_new = getattr(sc_old, "scalar_bias", None), getattr(sc_new, "scalar_bias", None)
             if bias_new is not None:  # a foundation saved without the bias had none: zero
                 bias_new.copy_(bias_old[picked] if bias_old is not None else torch.zeros_like(bias_new))

@@ -31,7 +31,7 @@ from .._process import Job, child_env, python_cmd
 __all__ = ["MaceFramework", "parse_error_tables", "parse_compare_lines", "this_run_rows", "this_run_log"]
 
 GAUNT_KEYS = ("tensor_product", "gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains",
-              "gaunt_product_gain")
+              "gaunt_product_gain", "gaunt_product_odd_chains")
 OUTPUT_DIR_KEYS = ("work_dir", "log_dir", "model_dir", "checkpoints_dir", "results_dir", "downloads_dir")
 PATH_KEY = re.compile(r"(_file|_dir|_path|^foundation_model)$")
 RUN_START = "===========VERIFYING SETTINGS==========="  # the first line ``mace_run_train`` logs

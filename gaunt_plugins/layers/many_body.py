@@ -12,6 +12,7 @@ from ..backends.executors import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
 from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize, whole_number
+from .odd_paths import GauntOddPaths
 
 __all__ = ["GauntManyBody", "DEFAULT_WEIGHT_GAIN"]
 
@@ -52,20 +53,29 @@ class GauntManyBody(PlannedModule):
     outputs from natural inputs) and each chain factorises per degree, with ``O(chains nu_max (K + Ko) C)``
     weights per element instead of one per basis function; more chains fit more of the symmetric basis.
     ``contraction_degree`` (MACE's name) is ``correlation``.
+
+    ``odd_chains > 0`` (correlation >= 3) adds :class:`GauntOddPaths` (``odd_paths``): that many nested Poisson
+    brackets per channel, the order-3 couplings through odd intermediate paths that no chain forms; their
+    output weights start at 0, so the initial function is the same. Layers saved without it have none.
     """
 
     _TABLES = ("to_grid", "from_grids")
     #: buffers that layers saved by earlier versions lack; such a layer loads them as 1 (the identity)
     DEFAULTED_BUFFERS = ("weight_gain",)
-    __jit_unused_properties__ = ["plan", "contraction_degree"]
+    __jit_unused_properties__ = ["plan", "contraction_degree", "odd_chains"]
 
     def __init__(self, irreps_in, irreps_out, correlation: int, num_elements: int, normalize: bool = True,
                  method: str = "auto", chains: int = 1, weight_gain: float = DEFAULT_WEIGHT_GAIN,
-                 scalar_bias: bool = True):
+                 scalar_bias: bool = True, odd_chains: int = 0):
         super().__init__()
         correlation = whole_number(correlation, "correlation", "GauntManyBody")
         num_elements = whole_number(num_elements, "num_elements", "GauntManyBody")
         chains = whole_number(chains, "chains", "GauntManyBody")
+        if isinstance(odd_chains, bool) or not isinstance(odd_chains, int) or odd_chains < 0:
+            raise ValueError(f"GauntManyBody: odd_chains must be a whole number >= 0, got {odd_chains!r}")
+        if odd_chains and correlation < 3:
+            raise ValueError(f"GauntManyBody: odd_chains needs correlation >= 3 (the odd-path couplings are of order "
+                             f"3), got correlation {correlation}")
         if isinstance(weight_gain, bool) or not isinstance(weight_gain, (int, float)) or not (
                 0.0 < float(weight_gain) < float("inf")):
             raise ValueError(f"GauntManyBody: weight_gain must be a positive finite number, got {weight_gain!r}")
@@ -103,6 +113,11 @@ class GauntManyBody(PlannedModule):
         self.scalar_bias: Optional[torch.nn.Parameter] = None
         if scalar_bias and self.scalar_start >= 0:
             self.scalar_bias = torch.nn.Parameter(torch.zeros(num_elements, self.channels))
+        self.add_module("odd_paths", GauntOddPaths(fi, fo, num_elements, odd_chains, float(weight_gain)) if odd_chains else None)
+
+    @property
+    def odd_chains(self) -> int:
+        return 0 if self.odd_paths is None else self.odd_paths.chains
 
     @property
     def contraction_degree(self) -> int:
@@ -121,6 +136,7 @@ class GauntManyBody(PlannedModule):
         state.setdefault("normalize", pickled_normalize(state, "from_grids", _normalized_plan))
         state.get("_parameters", {}).setdefault("scalar_bias", None)  # pickled before the bias: none
         state.setdefault("scalar_start", _scalar_start(state["irreps_out"]))
+        state.get("_modules", {}).setdefault("odd_paths", None)  # pickled before the odd paths: none
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -136,7 +152,8 @@ class GauntManyBody(PlannedModule):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | correlation={self.correlation}, "
                 f"{self.chains} chain(s) per channel, {self.num_elements} elements, "
-                f"scalar bias {'on' if self.scalar_bias is not None else 'off'}, method={self.method})")
+                f"scalar bias {'on' if self.scalar_bias is not None else 'off'}, "
+                f"{self.odd_chains} odd-path chain(s), method={self.method})")
 
     def forward(self, x: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.channels or x.shape[2] != self.compact_in:
@@ -160,6 +177,9 @@ class GauntManyBody(PlannedModule):
             out = self._on_buffers(x, w_in, w_out)
         else:
             out = self._run(x, w_in, w_out)
+        odd_paths = self.odd_paths
+        if odd_paths is not None:
+            out = out + odd_paths(x, attrs, gain)
         bias = self.scalar_bias
         if bias is not None:
             shift = torch.matmul(attrs, bias.to(compute))

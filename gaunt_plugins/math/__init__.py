@@ -7,7 +7,7 @@
 """
 from .fourier import fourier_to_sh_dense, sh_to_fourier_dense, sh_to_fourier_sparse
 from .gaunt import gaunt_coefficients, gaunt_path_allowed, gaunt_paths
-from .s2_grid import MAX_DEGREE, grid_shape, grid_tables, power_grid_tables, s2_product_grid
+from .s2_grid import MAX_DEGREE, bracket_grid_tables, grid_shape, grid_tables, power_grid_tables, s2_product_grid
 from .spherical_harmonics import real_sph_harm, sph_index
 
 __all__ = [

@@ -16,9 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .spherical_harmonics import real_sph_harm
+from .spherical_harmonics import real_sph_harm, real_sph_harm_tangent_gradient
 
-__all__ = ["grid_shape", "s2_product_grid", "grid_tables", "power_grid_tables", "MAX_DEGREE"]
+__all__ = ["grid_shape", "s2_product_grid", "grid_tables", "power_grid_tables", "bracket_grid_tables", "MAX_DEGREE"]
 
 MAX_DEGREE = 64
 """Largest quadrature degree D served: past it the float64 Legendre recurrence loses accuracy."""
@@ -100,3 +100,39 @@ def power_grid_tables(l_in: int, nu: int, lo: int) -> tuple[np.ndarray, np.ndarr
     ``nu * l_in + lo``.
     """
     return tuple(a.copy() for a in _power_grid_tables(int(l_in), int(nu), int(lo)))
+
+
+def bracket_degree(l_in: int) -> int:
+    """Largest degree of the bracket ``{f, g}`` of two degree-``l_in`` functions (``2 l_in - 1``; 0 for constants)."""
+    return max(2 * l_in - 1, 0)
+
+
+@lru_cache(maxsize=None)
+def _bracket_grid_tables(l_in: int, lo: int):
+    lh = bracket_degree(l_in)
+    xyz, w = _s2_product_grid(max(2 * lh, lh + l_in - 1 + lo, 0))
+    lmax = max(l_in, lh, lo)
+    ys = real_sph_harm(lmax, xyz)  # [P, K]
+    grads = real_sph_harm_tangent_gradient(lmax, xyz)  # [P, K, 2]
+    grad_in = np.ascontiguousarray(grads[:, : (l_in + 1) ** 2].transpose(1, 2, 0))  # [K_in, 2, P]
+    project_h = np.ascontiguousarray(ys[:, : (lh + 1) ** 2] * w[:, None])
+    grad_h = np.ascontiguousarray(grads[:, : (lh + 1) ** 2].transpose(1, 2, 0))
+    project_out = np.ascontiguousarray(ys[:, : (lo + 1) ** 2] * w[:, None])
+    tables = (grad_in, project_h, grad_h, project_out)
+    for a in tables:
+        a.setflags(write=False)
+    return tables
+
+
+def bracket_grid_tables(l_in: int, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tables of the nested Poisson bracket ``proj_lo({{f1, f2}, f3})`` of degree-``l_in`` functions, float64
+    copies. ``{f, g}(r) = r . (grad f x grad g) = df/de_theta dg/de_phi - df/de_phi dg/de_theta`` (surface
+    gradients); it forms the couplings ``l1 x l2 -> l3`` with ``l1 + l2 + l3`` odd that a pointwise product
+    cannot, and flips parity, so two of them keep it.
+
+    Returns ``grad_in [(l_in+1)^2, 2, P]`` (tangent gradients of the harmonics at the nodes), ``project_h
+    [P, (Lh+1)^2]`` and ``grad_h [(Lh+1)^2, 2, P]`` (``Lh = 2 l_in - 1``, the inner bracket's degree: its
+    coefficients and their gradients), ``project_out [P, (lo+1)^2]``, on the grid exact for every projection
+    involved (degree ``max(2 Lh, Lh + l_in - 1 + lo)``).
+    """
+    return tuple(a.copy() for a in _bracket_grid_tables(int(l_in), int(lo)))

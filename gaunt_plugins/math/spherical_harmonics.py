@@ -82,3 +82,61 @@ def real_sph_harm(lmax: int, xyz: np.ndarray) -> np.ndarray:
             out[..., sph_index(l, m)] = _norm(l, m) * q[..., l, m] * c[..., m]
             out[..., sph_index(l, -m)] = _norm(l, m) * q[..., l, m] * s[..., m]
     return out
+
+
+def tangent_frame(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit tangent vectors ``(e_theta, e_phi)`` ``[..., 3]`` (e3nn xyz) at unit points off the poles, with
+    ``e_theta x e_phi = r``."""
+    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    rho = np.sqrt(p[..., 0] ** 2 + p[..., 1] ** 2)
+    if np.any(rho < 1e-12):
+        raise ValueError("tangent_frame: a point lies on the polar axis, where e_phi is undefined")
+    cos_phi, sin_phi = p[..., 0] / rho, p[..., 1] / rho
+    e_theta = np.stack([p[..., 2] * cos_phi, p[..., 2] * sin_phi, -rho], axis=-1)
+    e_phi = np.stack([-sin_phi, cos_phi, np.zeros_like(rho)], axis=-1)
+    to_e3nn = [1, 2, 0]  # polar frame (X, Y, Z) -> e3nn (x, y, z) = (Y, Z, X): a cyclic, orientation-keeping map
+    return e_theta[..., to_e3nn], e_phi[..., to_e3nn]
+
+
+def real_sph_harm_tangent_gradient(lmax: int, xyz: np.ndarray) -> np.ndarray:
+    """Surface gradients of :func:`real_sph_harm` in the frame of :func:`tangent_frame`,
+    ``[..., (lmax+1)^2, 2]`` (components along ``e_theta``, ``e_phi``) at unit points ``xyz [..., 3]``.
+
+    The harmonic is ``N q_lm(Z) C_m(X, Y)`` (polar frame); the tangent part of the Cartesian gradient of
+    any extension off the sphere is the surface gradient, so this differentiates that polynomial.
+    """
+    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    q = legendre_theta_factor(lmax, z)
+    dq = np.zeros_like(q)  # d q / d z by differentiating the recurrence
+    for m in range(lmax + 1):
+        q_mm = q[..., m, m]
+        if m + 1 <= lmax:
+            dq[..., m + 1, m] = (2 * m + 1) * q_mm
+        for l in range(m + 2, lmax + 1):
+            dq[..., l, m] = ((2 * l - 1) * (q[..., l - 1, m] + z * dq[..., l - 1, m])
+                             - (l + m - 1) * dq[..., l - 2, m]) / (l - m)
+    c = np.zeros(z.shape + (lmax + 1,))
+    s = np.zeros(z.shape + (lmax + 1,))
+    c[..., 0] = 1.0
+    for m in range(1, lmax + 1):
+        c[..., m] = c[..., m - 1] * x - s[..., m - 1] * y
+        s[..., m] = s[..., m - 1] * x + c[..., m - 1] * y
+    # d/dx (x + i y)^m = m (x + i y)^(m-1), d/dy = i m (x + i y)^(m-1)
+    grad = np.zeros(z.shape + ((lmax + 1) ** 2, 3))
+    for l in range(lmax + 1):
+        for m in range(0, l + 1):
+            n = _norm(l, m)
+            cm1 = c[..., m - 1] if m > 0 else np.zeros_like(z)
+            sm1 = s[..., m - 1] if m > 0 else np.zeros_like(z)
+            grad_c = np.stack([m * q[..., l, m] * cm1, -m * q[..., l, m] * sm1, dq[..., l, m] * c[..., m]], -1)
+            grad[..., sph_index(l, m), :] = n * grad_c
+            if m > 0:
+                grad_s = np.stack([m * q[..., l, m] * sm1, m * q[..., l, m] * cm1, dq[..., l, m] * s[..., m]], -1)
+                grad[..., sph_index(l, -m), :] = n * grad_s
+    e_theta, e_phi = tangent_frame(xyz)
+    to_polar = [2, 0, 1]  # e3nn (x, y, z) -> polar (X, Y, Z)
+    e_theta, e_phi = e_theta[..., to_polar], e_phi[..., to_polar]
+    return np.stack([np.einsum("...kd,...d->...k", grad, e_theta), np.einsum("...kd,...d->...k", grad, e_phi)], -1)
