@@ -1,0 +1,104 @@
+"""``gaunt_product_odd_chains``: the odd-path brackets of the many-body product as a MACE setting (parser,
+model, restart record, fine-tuning)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from conftest import acac_batch, tiny_model
+
+from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, gauntify_model
+from gaunt_plugins.adapters.mace_config import GauntOptions, GauntSettingsError, options_from_args
+
+pytestmark = pytest.mark.e3nn044
+
+
+def _parse(argv):
+    import mace.tools
+
+    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + argv)
+
+
+def test_the_yaml_key_and_the_flag_reach_every_many_body_layer(tmp_path, mace_patched):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tensor_product: gaunt\ngaunt_product_odd_chains: 2\n")
+    assert options_from_args(_parse(["--config", str(cfg)])).product_odd_chains == 2
+    options = options_from_args(_parse(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", "1"]))
+    assert options.product_odd_chains == 1
+    assert options_from_args(_parse(["--tensor_product", "gaunt"])).product_odd_chains == 0
+    model, _ = gauntify_model(tiny_model(), options)
+    blocks = [b for b in model.products if isinstance(b, GauntProductBasisBlock)]
+    assert blocks and all(b.symmetric_contractions.odd_chains == 1 for b in blocks)
+    default, _ = gauntify_model(tiny_model(), GauntOptions())
+    assert all(b.symmetric_contractions.odd_paths is None for b in default.products)
+
+
+def test_a_model_with_odd_paths_starts_as_the_model_without_and_trains_them(float64):
+    """The brackets start at zero output weight (same energies as without), and the energy's gradient
+    reaches their output weights."""
+    gauntify_model(tiny_model(), GauntOptions())  # the first build fills caches that draw random numbers
+    torch.manual_seed(3)
+    plain, _ = gauntify_model(tiny_model(), GauntOptions())
+    with_odd, _ = gauntify_model(tiny_model(), GauntOptions(product_odd_chains=1))
+    state = {k: v for k, v in with_odd.state_dict().items() if ".odd_paths." not in k}
+    plain.load_state_dict(state)
+    batch = acac_batch(2)
+    e_odd = with_odd(dict(batch), training=True, compute_force=True)
+    e_plain = plain(dict(batch), training=False, compute_force=True)
+    assert torch.allclose(e_odd["energy"], e_plain["energy"], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(e_odd["forces"], e_plain["forces"], rtol=1e-10, atol=1e-12)
+    # a force loss reaches the brackets' output weights (second derivatives through the brackets)
+    e_odd["forces"].square().sum().backward()
+    grads = [b.symmetric_contractions.odd_paths.weights_out.grad for b in with_odd.products]
+    assert all(g is not None and g.abs().max() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.5", "17"])
+def test_a_bad_odd_chain_count_is_refused_naming_the_allowed_range(value, capsys, mace_patched):
+    with pytest.raises(SystemExit):
+        _parse(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", value])
+    assert "gaunt_product_odd_chains: expected a whole number from 0 to 16" in capsys.readouterr().err
+    with pytest.raises(GauntSettingsError, match="gaunt_product_odd_chains: expected a whole number from 0 to 16"):
+        GauntOptions(product_odd_chains=value)
+
+
+def test_odd_chains_without_tensor_product_gaunt_are_refused(mace_patched):
+    with pytest.raises(GauntSettingsError, match="gaunt_product_odd_chains is set but tensor_product is e3nn"):
+        options_from_args(_parse(["--gaunt_product_odd_chains", "1"]))
+
+
+def test_odd_chains_with_correlation_two_are_refused(float64):
+    with pytest.raises(ValueError, match="odd_chains needs correlation >= 3"):
+        gauntify_model(tiny_model(correlation=2), GauntOptions(product_odd_chains=1))
+
+
+def test_a_restart_record_names_odd_chains_when_there_are_any():
+    """A restart across odd-chain counts is refused like one across chains: the record differs only then."""
+    from gaunt_plugins.patches.mace_restart import run_settings
+
+    plain = run_settings(argparse.Namespace(tensor_product="gaunt"))
+    assert run_settings(argparse.Namespace(tensor_product="gaunt", gaunt_product_odd_chains=0)) == plain
+    assert run_settings(argparse.Namespace(tensor_product="gaunt", gaunt_product_odd_chains=1)) == dict(
+        plain, gaunt_product_odd_chains=1)
+
+
+def test_fine_tuning_keeps_the_foundation_odd_chains_and_refuses_another(float64):
+    from gaunt_plugins.adapters.mace_finetune import foundation_options, resolve_settings
+
+    foundation, _ = gauntify_model(tiny_model(), GauntOptions(product_odd_chains=1))
+    assert foundation_options(foundation).product_odd_chains == 1
+
+    def settings(**given):
+        args = argparse.Namespace(tensor_product=None, gaunt_targets=None, gaunt_method=None,
+                                  gaunt_conv_products=None, gaunt_product_chains=None, gaunt_product_gain=None,
+                                  gaunt_product_odd_chains=None)
+        vars(args).update(given)
+        resolve_settings(args, foundation)
+        return args
+
+    assert settings().gaunt_product_odd_chains == 1
+    assert settings(gaunt_product_odd_chains="1").gaunt_product_odd_chains == 1
+    with pytest.raises(GauntSettingsError, match="gaunt_product_odd_chains: 2, but .* with 1 odd-path chains"):
+        settings(gaunt_product_odd_chains=2)
