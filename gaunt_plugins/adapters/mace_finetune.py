@@ -34,8 +34,10 @@ from .mace_config import (
     PATH_CONV,
     GauntOptions,
     GauntSettingsError,
+    parse_conv_products,
     parse_gain,
     parse_targets,
+    parse_whole_number,
 )
 
 __all__ = ["foundation_options", "resolve_settings", "load_foundations_elements", "gaunt_blocks_of"]
@@ -117,15 +119,17 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
         targets = found.targets
     else:  # tensor_product: gaunt with the default targets, and the foundation's
         targets = parse_targets(None) | found.targets
-    for key, target, value, name in (("gaunt_conv_products", "conv", found.conv_products, "products per channel"),
-                                     ("gaunt_product_chains", "product", found.product_chains, "chains per channel"),
-                                     ("gaunt_product_gain", "product", found.product_gain, "as its weight gain"),
-                                     ("gaunt_product_odd_chains", "product", found.product_odd_chains,
-                                      "odd-path chains per channel")):
+    for key, target, value, name, parse in (
+            ("gaunt_conv_products", "conv", found.conv_products, "products per channel", parse_conv_products),
+            ("gaunt_product_chains", "product", found.product_chains, "chains per channel",
+             lambda v: parse_whole_number(v, "gaunt_product_chains")),
+            ("gaunt_product_gain", "product", found.product_gain, "as its weight gain", parse_gain),
+            ("gaunt_product_odd_chains", "product", found.product_odd_chains, "odd-path chains per channel",
+             lambda v: parse_whole_number(v, "gaunt_product_odd_chains"))):
         given = getattr(args, key, None)
-        if key == "gaunt_product_gain" and given is not None:
-            given = parse_gain(given)
-        if target in found.targets and given is not None and str(given).strip().lower() != str(value):
+        if given is not None:
+            given = parse(given)  # each key compared as its parser reads it ("2" and 2, "4" and 4.0 agree)
+        if target in found.targets and given is not None and given != value:
             raise GauntSettingsError(f"{key}: {given}, but {keep}, with {value} {name}: set {key}: {value} or "
                                      "remove the key")
         if target in found.targets:

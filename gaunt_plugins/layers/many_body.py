@@ -55,8 +55,10 @@ class GauntManyBody(PlannedModule):
     ``contraction_degree`` (MACE's name) is ``correlation``.
 
     ``odd_chains > 0`` (correlation >= 3) adds :class:`GauntOddPaths` (``odd_paths``): that many nested Poisson
-    brackets per channel, the order-3 couplings through odd intermediate paths that no chain forms; their
-    output weights start at 0, so the initial function is the same. Layers saved without it have none.
+    brackets per channel, the order-3 couplings through odd intermediate paths that no chain forms, to the
+    outputs of degree >= 1 (a scalar output has no such coupling: with scalar outputs alone there is no
+    ``odd_paths``); their output weights start at 0, so the initial function is the same. Layers saved without
+    it have none.
     """
 
     _TABLES = ("to_grid", "from_grids")
@@ -113,11 +115,15 @@ class GauntManyBody(PlannedModule):
         self.scalar_bias: Optional[torch.nn.Parameter] = None
         if scalar_bias and self.scalar_start >= 0:
             self.scalar_bias = torch.nn.Parameter(torch.zeros(num_elements, self.channels))
-        self.add_module("odd_paths", GauntOddPaths(fi, fo, num_elements, odd_chains, float(weight_gain)) if odd_chains else None)
+        # the brackets' scalar part vanishes: a layer with scalar outputs alone (MACE's last) gets none
+        self._odd_chains = odd_chains
+        self.add_module("odd_paths", GauntOddPaths(fi, fo, num_elements, odd_chains, float(weight_gain))
+                        if odd_chains and max(fo.degrees) > 0 else None)
 
     @property
     def odd_chains(self) -> int:
-        return 0 if self.odd_paths is None else self.odd_paths.chains
+        """The odd-path chains asked for (a layer whose outputs are all scalars has no ``odd_paths``)."""
+        return self._odd_chains
 
     @property
     def contraction_degree(self) -> int:
@@ -137,6 +143,7 @@ class GauntManyBody(PlannedModule):
         state.get("_parameters", {}).setdefault("scalar_bias", None)  # pickled before the bias: none
         state.setdefault("scalar_start", _scalar_start(state["irreps_out"]))
         state.get("_modules", {}).setdefault("odd_paths", None)  # pickled before the odd paths: none
+        state.setdefault("_odd_chains", 0)
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

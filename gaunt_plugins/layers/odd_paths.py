@@ -40,6 +40,9 @@ class GauntOddPaths(torch.nn.Module):
     steps, so its parity is that of ``f_1 f_2 f_3``: it adds to a correlation-3 many-body product the part of
     MACE's symmetric contraction that couples through odd intermediate paths (``(1 x 2 -> 2) x 1 -> 2``).
 
+    The degree-0 part of a bracket vanishes (``{h, f}`` is a divergence: its integral over the sphere is 0), so
+    the term has no scalar output: its ``0e`` columns are exactly 0, and an output with degree 0 alone is refused.
+
     ``forward(x [N, C, sum_l (2l+1)], attrs [N, num_elements], gain) -> [N, C x out degrees]`` (flat ``mul_ir``).
     Weights ``weights_in [num_elements, 3, K, chains C]`` (start near 1, apart per factor: ``{f, f} = 0``),
     ``weights_out [num_elements, Ko, chains C]`` (start at 0: a layer gains the term without changing its
@@ -49,8 +52,9 @@ class GauntOddPaths(torch.nn.Module):
 
     def __init__(self, fi: ChannelIrreps, fo: ChannelIrreps, num_elements: int, chains: int, weight_gain: float = 1.0):
         super().__init__()
-        if max(fi.degrees) < 1:
-            raise ValueError(f"GauntOddPaths: irreps_in = {fi.irreps} has only degree 0, whose brackets vanish")
+        if max(fi.degrees) < 1 or max(fo.degrees) < 1:
+            raise ValueError(f"GauntOddPaths: {fi.irreps} -> {fo.irreps}: nested brackets need degrees >= 1 in and "
+                             f"out (those of constants vanish, and so does their degree-0 part)")
         self.channels = fi.mul
         self.chains = int(chains)
         self.num_elements = int(num_elements)
@@ -58,10 +62,13 @@ class GauntOddPaths(torch.nn.Module):
         l_in, lo = max(fi.degrees), max(fo.degrees)
         grad_in, project_h, grad_h, project_out = bracket_grid_tables(l_in, lo)
         cols_in, cols_out = _columns(fi.degrees), _columns(fo.degrees)
-        grad_in, project_out = grad_in[cols_in], project_out[:, cols_out]
-        # unit-RMS brackets for unit-variance inputs and unit weights (a fixed probe: deterministic)
+        grad_in, project_out = grad_in[cols_in], project_out[:, cols_out].copy()
+        project_out[:, [j for j, col in enumerate(cols_out) if col == 0]] = 0.0  # degree 0: exactly 0
+        # unit-RMS brackets (degrees >= 1) for unit-variance inputs and unit weights (a fixed probe: deterministic)
         probe = np.random.default_rng(0).standard_normal((3, 256, len(cols_in)))
-        scale = 1.0 / math.sqrt(float(np.mean(_raw_brackets(probe, grad_in, project_h, grad_h, project_out) ** 2)))
+        raw = _raw_brackets(probe, grad_in, project_h, grad_h, project_out)[:, [j for j, col in enumerate(cols_out)
+                                                                                  if col > 0]]
+        scale = 1.0 / math.sqrt(float(np.mean(raw ** 2)))
         points = grad_in.shape[-1]
         dtype = torch.get_default_dtype()
         device = torch.empty(0).device

@@ -131,3 +131,29 @@ def test_a_bad_odd_chain_count_is_refused(value, match):
 def test_odd_paths_need_correlation_three():
     with pytest.raises(ValueError, match="odd_chains needs correlation >= 3"):
         GauntManyBody(IN, OUT, 2, 3, odd_chains=1)
+
+
+def test_the_scalar_part_of_a_bracket_vanishes_so_scalar_outputs_get_no_odd_paths(float64):
+    """``{h, f}`` is a divergence: its degree-0 part is 0 (to rounding, before the layer zeroes it). A layer with
+    scalar outputs alone (MACE's last) builds no brackets; a mixed one has exactly-zero ``0e`` columns."""
+    from gaunt_plugins.layers.odd_paths import _raw_brackets
+
+    grad_in, project_h, grad_h, project_out = bracket_grid_tables(3, 2)
+    raw = _raw_brackets(np.random.default_rng(1).standard_normal((3, 20, 16)), grad_in, project_h, grad_h,
+                        project_out)
+    assert np.abs(raw[:, 0]).max() < 1e-13 * np.abs(raw[:, 1:]).max()
+    scalar_only = GauntManyBody(IN, "4x0e", 3, 3, odd_chains=1)
+    assert scalar_only.odd_paths is None and scalar_only.odd_chains == 1
+    layer = _layer(1)
+    x, attrs = _inputs()
+    assert torch.equal(layer.odd_paths(x, attrs, layer.weight_gain)[:, :4], torch.zeros(x.shape[0], 4))
+
+
+def test_odd_paths_do_not_amplify_rounding(float64):
+    """A relative change of 1e-15 in the input changes the output by no more than 1e-12 relative (the tables'
+    normalisation never divides by a vanishing part)."""
+    layer = _layer(1)
+    x, attrs = _inputs()
+    out = layer.odd_paths(x, attrs, layer.weight_gain)
+    nudged = layer.odd_paths(x * (1 + 1e-15 * torch.randn_like(x)), attrs, layer.weight_gain)
+    assert (nudged - out).abs().max() < 1e-12 * out.abs().max()

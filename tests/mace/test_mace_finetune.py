@@ -16,7 +16,8 @@ FOUNDATION_Z = [1, 6, 7, 8]  # one element (N) more than the acac data, so fine-
 E0_N = -1484.0
 
 
-def gaunt_foundation(targets=("conv", "product"), conv_products=2, product_chains=2, seed=0, heads=None):
+def gaunt_foundation(targets=("conv", "product"), conv_products=2, product_chains=2, seed=0, heads=None,
+                     correlation=2, odd_chains=0):
     """A tiny Gaunt ScaleShiftMACE of elements H, C, N, O, built directly, with every weight moved away from
     its initial value (so a weight that is not carried over shows)."""
     from e3nn import o3
@@ -27,7 +28,8 @@ def gaunt_foundation(targets=("conv", "product"), conv_products=2, product_chain
 
     torch.manual_seed(seed)
     energies = {**E0S, 7: E0_N}
-    options = GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains)
+    options = GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains,
+                           product_odd_chains=odd_chains)
     with gaunt_construction(options):
         model = modules.ScaleShiftMACE(
             r_max=4.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2,
@@ -36,7 +38,7 @@ def gaunt_foundation(targets=("conv", "product"), conv_products=2, product_chain
             num_interactions=2, num_elements=len(FOUNDATION_Z), hidden_irreps=o3.Irreps("8x0e+8x1o"),
             MLP_irreps=o3.Irreps("8x0e"),
             atomic_energies=np.array([[energies[z] for z in FOUNDATION_Z]] * len(heads or [0])),
-            avg_num_neighbors=8.0, atomic_numbers=FOUNDATION_Z, correlation=2, heads=heads,
+            avg_num_neighbors=8.0, atomic_numbers=FOUNDATION_Z, correlation=correlation, heads=heads,
             gate=torch.nn.functional.silu, atomic_inter_scale=[1.3] * len(heads or [0]),
             atomic_inter_shift=[0.1] * len(heads or [0]), radial_MLP=[16, 16],
         )
@@ -51,7 +53,9 @@ def _energy_forces(model, batch):
     return out["energy"].detach(), out["forces"].detach()
 
 
-def test_element_subset_of_a_gaunt_foundation_predicts_what_the_foundation_predicts(float64, mace_patched):
+@pytest.mark.parametrize("correlation, odd_chains", [(2, 0), (3, 0), (3, 1)])
+def test_element_subset_of_a_gaunt_foundation_predicts_what_the_foundation_predicts(float64, mace_patched,
+                                                                                      correlation, odd_chains):
     """MACE's ``load_foundations_elements`` (patched) on a model rebuilt from a Gaunt foundation for fewer
     elements: every weight, the Gaunt many-body weights included, is carried over for the kept elements, so
     on configurations of those elements the new model gives the foundation's energies and forces (to float64
@@ -64,9 +68,11 @@ def test_element_subset_of_a_gaunt_foundation_predicts_what_the_foundation_predi
     from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, gaunt_construction
     from gaunt_plugins.adapters.mace_finetune import foundation_options
 
-    foundation = gaunt_foundation()
+    foundation = gaunt_foundation(correlation=correlation, odd_chains=odd_chains)
     options = foundation_options(foundation)
     assert (sorted(options.targets), options.conv_products, options.product_chains) == (["conv", "product"], 2, 2)
+    assert options.product_odd_chains == odd_chains
+    assert (foundation.products[0].symmetric_contractions.odd_paths is not None) == bool(odd_chains)
     table = AtomicNumberTable([1, 6, 8])
     cfg = extract_config_mace_model(foundation)
     cfg.update(atomic_numbers=table.zs, num_elements=3, atomic_energies=np.array([E0S[z] for z in table.zs]))
@@ -80,6 +86,10 @@ def test_element_subset_of_a_gaunt_foundation_predicts_what_the_foundation_predi
     for new, old in zip(model.products, foundation.products):
         assert torch.equal(new.symmetric_contractions.weights_in, old.symmetric_contractions.weights_in[kept])
         assert torch.equal(new.symmetric_contractions.weights_out, old.symmetric_contractions.weights_out[kept])
+        if odd_chains and new.symmetric_contractions.odd_paths is not None:
+            for name in ("weights_in", "weights_out"):
+                assert torch.equal(getattr(new.symmetric_contractions.odd_paths, name),
+                                   getattr(old.symmetric_contractions.odd_paths, name)[kept])
     energy, forces = _energy_forces(model, acac_batch(3))
     energy_f, forces_f = _energy_forces(foundation, acac_batch(3, zs=FOUNDATION_Z))
     assert torch.allclose(energy, energy_f, rtol=0, atol=1e-9 * energy_f.abs().max())

@@ -31,6 +31,7 @@ def test_the_yaml_key_and_the_flag_reach_every_many_body_layer(tmp_path, mace_pa
     model, _ = gauntify_model(tiny_model(), options)
     blocks = [b for b in model.products if isinstance(b, GauntProductBasisBlock)]
     assert blocks and all(b.symmetric_contractions.odd_chains == 1 for b in blocks)
+    assert blocks[0].symmetric_contractions.odd_paths.chains == 1
     default, _ = gauntify_model(tiny_model(), GauntOptions())
     assert all(b.symmetric_contractions.odd_paths is None for b in default.products)
 
@@ -51,8 +52,9 @@ def test_a_model_with_odd_paths_starts_as_the_model_without_and_trains_them(floa
     assert torch.allclose(e_odd["forces"], e_plain["forces"], rtol=1e-10, atol=1e-12)
     # a force loss reaches the brackets' output weights (second derivatives through the brackets)
     e_odd["forces"].square().sum().backward()
-    grads = [b.symmetric_contractions.odd_paths.weights_out.grad for b in with_odd.products]
-    assert all(g is not None and g.abs().max() > 0 for g in grads)
+    odd = [b.symmetric_contractions.odd_paths for b in with_odd.products]
+    assert odd[0] is not None and odd[-1] is None  # the last product's outputs are scalars: no brackets there
+    assert odd[0].weights_out.grad is not None and odd[0].weights_out.grad.abs().max() > 0
 
 
 @pytest.mark.parametrize("value", ["-1", "x", "1.5", "17"])
