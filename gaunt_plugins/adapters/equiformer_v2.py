@@ -109,6 +109,7 @@ def _install_selfmix(model: torch.nn.Module, lmax: int, opts: GauntOptions) -> N
             method=opts.method,
             zero_init=opts.zero_init,
             weight_init=model.weight_init,
+            normalize=opts.normalize,
         )
         model.blocks[i] = GauntTransBlockV2.from_block(block, mix)
 
@@ -149,8 +150,8 @@ class GauntEquiformerV2Backbone(_GauntSelfMixModel, EquiformerV2Backbone):
     """EquiformerV2 hydra backbone with the Gaunt self-mix in every block.
 
     Keyword arguments: those of fairchem's ``EquiformerV2Backbone`` plus ``tensor_product``
-    (``"gaunt"`` or absent), ``gaunt_method`` (``"auto"``, ``"grid"``, ``"fourier"``) and
-    ``gaunt_zero_init`` (bool). Output: the stock ``{"node_embedding", "graph"}`` dict.
+    (``"gaunt"`` or absent), ``gaunt_method`` (``"auto"``, ``"grid"``, ``"fourier"``),
+    ``gaunt_zero_init`` and ``gaunt_normalize`` (bools). Output: the stock ``{"node_embedding", "graph"}`` dict.
     """
 
 

@@ -6,6 +6,7 @@ A fairchem-core 1.x model section (the flat ``model:`` of the deprecated ``equif
     tensor_product: gaunt          # absent: the stock model, unchanged
     gaunt_method: auto             # optional: auto | grid | fourier (gaunt_plugins.gaunt_product)
     gaunt_zero_init: false         # optional: start the self-mix output at zero
+    gaunt_normalize: false         # optional: divide the product by its RMS per degree (see GauntSelfMix)
 
 An empty ``tensor_product:`` is an error, as is either key on a fairchem model that is not an
 EquiformerV2 (:func:`check_no_gaunt_keys`). Everything else is passed to fairchem's constructor
@@ -44,7 +45,7 @@ GAUNT = "gaunt"
 METHODS = ("auto", "grid", "fourier")
 
 #: gaunt_* config keys and the :class:`GauntOptions` field each one sets.
-GAUNT_OPTION_KEYS = {"gaunt_method": "method", "gaunt_zero_init": "zero_init"}
+GAUNT_OPTION_KEYS = {"gaunt_method": "method", "gaunt_zero_init": "zero_init", "gaunt_normalize": "normalize"}
 
 # Registry names (fairchem-core 1.10) and the full dotted paths of the classes behind them.
 STOCK_BACKBONE_PATH = "fairchem.core.models.equiformer_v2.equiformer_v2.EquiformerV2Backbone"
@@ -72,6 +73,7 @@ class GauntOptions:
 
     method: str = "auto"
     zero_init: bool = False
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,6 +82,8 @@ class GauntOptions:
             )
         if not isinstance(self.zero_init, bool):
             raise GauntConfigError(f"gaunt_zero_init must be true or false, got {self.zero_init!r}")
+        if not isinstance(self.normalize, bool):
+            raise GauntConfigError(f"gaunt_normalize must be true or false, got {self.normalize!r}")
 
 
 def wants_gaunt(section: Mapping[str, Any]) -> bool:

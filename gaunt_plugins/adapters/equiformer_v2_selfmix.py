@@ -31,6 +31,12 @@ each edge's own rotated frame. Node features carry every order ``m <= l`` in the
 so does this node-wise layer: cutting orders in the global frame would break equivariance. The
 layer therefore reads and writes all ``(lmax+1)^2`` coefficients whatever ``mmax`` is.
 
+With ``normalize=True`` the product is divided by ``p_l`` in the forward pass (a persistent buffer
+``product_scale``) and the linear drawn with std ``INIT_BRANCH_RMS / sqrt(C)``: the same initial branch, but
+the linear's gradient is no longer multiplied by ``p_l`` (26x at ``l = 0``), so an optimiser with
+per-parameter steps moves the branch at the stock linears' pace. A layer saved without the buffer loads
+with ``product_scale = 1`` and predicts what it did.
+
 With ``zero_init=True`` the linear starts at zero: the branch adds exactly zero, so a stock model
 converted to the Gaunt variant predicts what it predicted before (see
 :mod:`gaunt_plugins.adapters.equiformer_v2_convert`).
@@ -92,6 +98,7 @@ class GauntSelfMix(nn.Module):
         method: forwarded to :func:`gaunt_plugins.gaunt_product` (``"auto"``, ``"grid"``,
             ``"fourier"``).
         zero_init: start the output linear at zero (the branch is then exactly zero).
+        normalize: divide the product's degree ``l`` by ``p_l`` (see the module docstring).
         weight_init: ``"normal"`` or ``"uniform"``: the distribution of the output linear when
             ``zero_init`` is False (fairchem's ``weight_init`` names), both with the per-degree std
             ``INIT_BRANCH_RMS / (sqrt(C) p_l)`` of the module docstring.
@@ -110,6 +117,7 @@ class GauntSelfMix(nn.Module):
         method: str = "auto",
         zero_init: bool = False,
         weight_init: str = "normal",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if lmax < 0:
@@ -128,6 +136,8 @@ class GauntSelfMix(nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.channels))
         # derived from lmax: not part of the state dict, so checkpoints carry parameters only
         self.register_buffer("expand_index", _degree_index(self.lmax), persistent=False)
+        scale = 1.0 / product_rms(self.lmax) if normalize else torch.ones(self.lmax + 1, dtype=torch.float64)
+        self.register_buffer("product_scale", scale.to(torch.get_default_dtype()))
         self._check_method()  # before the initialisation, which needs the product's tables
         self.reset_parameters(zero_init=zero_init, weight_init=weight_init)
 
@@ -145,7 +155,8 @@ class GauntSelfMix(nn.Module):
                 self.weight.normal_(0.0, 1.0)
             else:
                 self.weight.uniform_(-math.sqrt(3.0), math.sqrt(3.0))  # unit variance
-            std = INIT_BRANCH_RMS / (math.sqrt(self.channels) * product_rms(self.lmax))  # [lmax+1]
+            effective = product_rms(self.lmax) * self.product_scale.to(torch.float64)  # the forward's p_l
+            std = INIT_BRANCH_RMS / (math.sqrt(self.channels) * effective)  # [lmax+1]
             self.weight.mul_(std.to(device=self.weight.device, dtype=self.weight.dtype).view(-1, 1, 1))
 
     def _check_method(self) -> None:
@@ -172,9 +183,30 @@ class GauntSelfMix(nn.Module):
         a = (y * w1).transpose(1, 2)  # [N, C, (L+1)^2]
         b = (y * w2).transpose(1, 2)
         prod = gaunt_product(a, b, self.lmax, method=self.method) * SQRT_4PI  # [N, C, (L+1)^2]
+        prod = prod * self.product_scale.to(prod.dtype).index_select(0, self.expand_index)
         weight = self.weight.index_select(0, self.expand_index)  # [(L+1)^2, C_out, C_in]
         out = torch.einsum("nim,moi->nmo", prod, weight)  # [N, (L+1)^2, C]
         return torch.cat([out.narrow(1, 0, 1) + self.bias, out.narrow(1, 1, out.shape[1] - 1)], dim=1)
 
+    @property
+    def normalized(self) -> bool:
+        return bool((self.product_scale != 1).any())
+
+    def __setstate__(self, state) -> None:
+        buffers = state.get("_buffers", {})
+        if "product_scale" not in buffers:  # pickled before the buffer existed: the product was not normalised
+            lmax = state["lmax"]
+            buffers["product_scale"] = torch.ones(lmax + 1, dtype=state["_parameters"]["weight"].dtype)
+        super().__setstate__(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if prefix + "weight" in state_dict and prefix + "product_scale" not in state_dict:
+            # saved before the buffer existed: the product was not normalised
+            state_dict[prefix + "product_scale"] = torch.ones_like(self.product_scale)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def extra_repr(self) -> str:
-        return f"lmax={self.lmax}, channels={self.channels}, method={self.method!r}"
+        return (f"lmax={self.lmax}, channels={self.channels}, method={self.method!r}, "
+                f"normalized={self.normalized}")

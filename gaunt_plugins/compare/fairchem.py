@@ -25,7 +25,7 @@ from .._process import Job, child_env, python_cmd
 
 __all__ = ["FairchemFramework", "parse_val_lines"]
 
-GAUNT_KEYS = ("tensor_product", "gaunt_method", "gaunt_zero_init", "gaunt_targets")
+GAUNT_KEYS = ("tensor_product", "gaunt_method", "gaunt_zero_init", "gaunt_normalize", "gaunt_targets")
 STOCK_NAMES = {
     "gaunt_plugins.adapters.equiformer_v2.GauntEquiformerV2Backbone": "equiformer_v2_backbone",
     "equiformer_v2_gaunt_backbone": "equiformer_v2_backbone",

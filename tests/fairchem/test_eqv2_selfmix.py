@@ -110,7 +110,8 @@ def test_output_keeps_every_order_m():
     assert (out.abs().amax(dim=(0, 2)) > 1e-8).all()
 
 
-def test_parameter_shapes_and_no_persistent_buffers():
+def test_parameter_shapes_and_the_one_persistent_buffer():
+    """The state dict holds the parameters and ``product_scale`` (how the saved weights read the product)."""
     mix = GauntSelfMix(3, 5)
     shapes = {k: tuple(v.shape) for k, v in mix.state_dict().items()}
     assert shapes == {
@@ -118,6 +119,7 @@ def test_parameter_shapes_and_no_persistent_buffers():
         "input_weight2": (4, 5),
         "weight": (4, 5, 5),
         "bias": (5,),
+        "product_scale": (4,),
     }
     assert mix.irreps == "5x0e+5x1o+5x2e+5x3o"
 
@@ -169,3 +171,38 @@ def test_fresh_branch_starts_at_init_branch_rms_at_every_degree(lmax, weight_ini
         square_sums += torch.stack([out[:, l * l:(l + 1) ** 2].pow(2).mean() for l in range(lmax + 1)])
     rms = (square_sums / 4).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, INIT_BRANCH_RMS), rtol=0.25), rms
+
+
+def test_normalize_divides_the_product_by_its_rms_and_keeps_the_initial_branch(float64):
+    """``normalize=True``: the same initial branch (same seed), the product divided by ``p_l`` so the linear's
+    gradient is ``1 / p_l`` of the plain layer's; a state dict saved without ``product_scale`` loads as plain."""
+    from gaunt_plugins.adapters.equiformer_v2_selfmix import GauntSelfMix, product_rms
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 16, 4, dtype=torch.float64)
+    branches, grads = [], []
+    for normalize in (False, True):
+        torch.manual_seed(1)
+        mix = GauntSelfMix(3, 4, normalize=normalize)
+        out = mix(x)
+        out.square().sum().backward()
+        branches.append(out.detach())
+        grads.append(mix.weight.grad.detach())
+    assert torch.allclose(branches[0], branches[1], rtol=1e-12, atol=1e-15)
+    p = product_rms(3).to(torch.float64)
+    # the plain layer's weights are the normalised layer's divided by p_l: same function, the gradient
+    # of the plain one is p_l times larger per unit of output change
+    assert torch.allclose(grads[0], grads[1] * p.view(-1, 1, 1), rtol=1e-10, atol=0)
+    old_state = {k: v for k, v in mix.state_dict().items() if k != "product_scale"}
+    loaded = GauntSelfMix(3, 4, normalize=True)
+    loaded.load_state_dict(old_state)
+    assert not loaded.normalized and torch.equal(loaded.product_scale, torch.ones(4, dtype=torch.float64))
+
+
+def test_gaunt_normalize_reaches_every_block_and_bad_values_are_refused():
+    from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError, GauntOptions, split_gaunt_kwargs
+
+    _, opts = split_gaunt_kwargs({"tensor_product": "gaunt", "gaunt_normalize": True})
+    assert opts.normalize is True
+    with pytest.raises(GauntConfigError, match="gaunt_normalize must be true or false"):
+        GauntOptions(normalize="yes")
