@@ -98,7 +98,6 @@ def test_a_scripted_layer_with_odd_paths_gives_eager_outputs(float64):
 
 def test_odd_paths_have_exact_first_and_second_derivatives(float64):
     """Forces train on the gradient of the energy: the term's second derivatives are checked numerically."""
-    layer = _layer(1)
     x, attrs = _inputs(n=2)
     x = x[:, :1].clone().requires_grad_(True)  # one channel
     small = GauntManyBody("1x0e+1x1o+1x2e+1x3o", "1x0e+1x1o+1x2e", 3, 3, odd_chains=1)
