@@ -6,7 +6,7 @@ A fairchem-core 1.x model section (the flat ``model:`` of the deprecated ``equif
     tensor_product: gaunt          # absent: the stock model, unchanged
     gaunt_method: auto             # optional: auto | grid | fourier (gaunt_plugins.gaunt_product)
     gaunt_zero_init: false         # optional: start the self-mix output at zero
-    gaunt_normalize: false         # optional: divide the product by its RMS per degree (see GauntSelfMix)
+    gaunt_normalize: true          # optional: divide the product by its RMS per degree (see GauntSelfMix)
 
 An empty ``tensor_product:`` is an error, as is either key on a fairchem model that is not an
 EquiformerV2 (:func:`check_no_gaunt_keys`). Everything else is passed to fairchem's constructor
@@ -73,7 +73,7 @@ class GauntOptions:
 
     method: str = "auto"
     zero_init: bool = False
-    normalize: bool = False
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -31,7 +31,7 @@ each edge's own rotated frame. Node features carry every order ``m <= l`` in the
 so does this node-wise layer: cutting orders in the global frame would break equivariance. The
 layer therefore reads and writes all ``(lmax+1)^2`` coefficients whatever ``mmax`` is.
 
-With ``normalize=True`` the product is divided by ``p_l`` in the forward pass (a persistent buffer
+With ``normalize=True`` (the default) the product is divided by ``p_l`` in the forward pass (a persistent buffer
 ``product_scale``) and the linear drawn with std ``INIT_BRANCH_RMS / sqrt(C)``: the same initial branch, but
 the linear's gradient is no longer multiplied by ``p_l`` (26x at ``l = 0``), so an optimiser with
 per-parameter steps moves the branch at the stock linears' pace. A layer saved without the buffer loads
@@ -98,7 +98,7 @@ class GauntSelfMix(nn.Module):
         method: forwarded to :func:`gaunt_plugins.gaunt_product` (``"auto"``, ``"grid"``,
             ``"fourier"``).
         zero_init: start the output linear at zero (the branch is then exactly zero).
-        normalize: divide the product's degree ``l`` by ``p_l`` (see the module docstring).
+        normalize: divide the product's degree ``l`` by ``p_l`` (see the module docstring; default on).
         weight_init: ``"normal"`` or ``"uniform"``: the distribution of the output linear when
             ``zero_init`` is False (fairchem's ``weight_init`` names), both with the per-degree std
             ``INIT_BRANCH_RMS / (sqrt(C) p_l)`` of the module docstring.
@@ -117,7 +117,7 @@ class GauntSelfMix(nn.Module):
         method: str = "auto",
         zero_init: bool = False,
         weight_init: str = "normal",
-        normalize: bool = False,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         if lmax < 0:
@@ -136,9 +136,9 @@ class GauntSelfMix(nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.channels))
         # derived from lmax: not part of the state dict, so checkpoints carry parameters only
         self.register_buffer("expand_index", _degree_index(self.lmax), persistent=False)
+        self._check_method()  # before the scale and the initialisation, which need the product's tables
         scale = 1.0 / product_rms(self.lmax) if normalize else torch.ones(self.lmax + 1, dtype=torch.float64)
         self.register_buffer("product_scale", scale.to(torch.get_default_dtype()))
-        self._check_method()  # before the initialisation, which needs the product's tables
         self.reset_parameters(zero_init=zero_init, weight_init=weight_init)
 
     def reset_parameters(self, zero_init: bool = False, weight_init: str = "normal") -> None:

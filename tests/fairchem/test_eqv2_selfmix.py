@@ -30,6 +30,7 @@ def _reference(mix: GauntSelfMix, x: torch.Tensor) -> np.ndarray:
     a = np.moveaxis(xn * w1, 1, 2)  # [N, C, K]
     b = np.moveaxis(xn * w2, 1, 2)
     prod = brute_force_product(a, b, lmax) * math.sqrt(4 * math.pi)  # [N, C, K]
+    prod = prod * mix.product_scale.detach().numpy()[deg]  # 1 / p_l (normalised, the default) or 1
     w = mix.weight.detach().numpy()[deg]  # [K, Cout, Cin]
     out = np.einsum("nim,moi->nmo", prod, w)
     out[:, 0, :] += mix.bias.detach().numpy()
@@ -79,7 +80,7 @@ def test_sampled_grid_of_degree_2l_would_alias():
 
 
 def test_scalars_multiply_as_scalars():
-    mix = GauntSelfMix(2, 1)
+    mix = GauntSelfMix(2, 1, normalize=False)  # normalised, the product is divided by p_0 as well
     with torch.no_grad():
         mix.weight.zero_()
         mix.weight[0, 0, 0] = 1.0
@@ -202,7 +203,9 @@ def test_normalize_divides_the_product_by_its_rms_and_keeps_the_initial_branch(f
 def test_gaunt_normalize_reaches_every_block_and_bad_values_are_refused():
     from gaunt_plugins.adapters.equiformer_v2_config import GauntConfigError, GauntOptions, split_gaunt_kwargs
 
-    _, opts = split_gaunt_kwargs({"tensor_product": "gaunt", "gaunt_normalize": True})
-    assert opts.normalize is True
+    _, opts = split_gaunt_kwargs({"tensor_product": "gaunt", "gaunt_normalize": False})
+    assert opts.normalize is False
+    assert split_gaunt_kwargs({"tensor_product": "gaunt"})[1].normalize is True  # the default
+    assert GauntSelfMix(2, 3).normalized and not GauntSelfMix(2, 3, normalize=False).normalized
     with pytest.raises(GauntConfigError, match="gaunt_normalize must be true or false"):
         GauntOptions(normalize="yes")
