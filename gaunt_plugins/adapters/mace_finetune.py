@@ -95,7 +95,7 @@ def resolve_settings(args: Any, foundation: torch.nn.Module,
     with ``tensor_product: gaunt`` the targets are the union of the requested and the foundation's. Raises
     :class:`~.mace_config.GauntSettingsError` for ``tensor_product: e3nn``, for explicit ``gaunt_targets``
     that leave out a target the foundation has, and for an explicit ``gaunt_conv_products`` /
-    ``gaunt_product_chains`` / ``gaunt_product_gain`` other than the foundation's. Returns the foundation's options (``None``, and
+    ``gaunt_product_chains`` / ``gaunt_product_gain`` / ``gaunt_product_odd_chains`` other than the foundation's. Returns the foundation's options (``None``, and
     ``args`` untouched, for a foundation without Gaunt blocks).
     """
     found = foundation_options(foundation)

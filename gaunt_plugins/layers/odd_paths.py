@@ -46,11 +46,13 @@ class GauntOddPaths(torch.nn.Module):
     ``forward(x [N, C, sum_l (2l+1)], attrs [N, num_elements], gain) -> [N, C x out degrees]`` (flat ``mul_ir``).
     Weights ``weights_in [num_elements, 3, K, chains C]`` (start near 1, apart per factor: ``{f, f} = 0``),
     ``weights_out [num_elements, Ko, chains C]`` (start at 0: a layer gains the term without changing its
-    initial function), both multiplied by ``gain`` in ``forward`` (the parameters hold ``w / weight_gain``). The tables are scaled so that unit-variance inputs with
-    unit weights give unit-RMS brackets. Computed by dense matmuls on a grid exact for every projection.
+    initial function), both multiplied by ``gain`` in ``forward`` (the parameters hold ``w / weight_gain``).
+    The tables are scaled so that unit-variance inputs with unit weights give unit-RMS brackets (degrees >= 1).
+    Computed by dense matmuls on a grid exact for every projection.
     """
 
-    def __init__(self, fi: ChannelIrreps, fo: ChannelIrreps, num_elements: int, chains: int, weight_gain: float = 1.0):
+    def __init__(self, fi: ChannelIrreps, fo: ChannelIrreps, num_elements: int, chains: int,
+                 weight_gain: float = 1.0):
         super().__init__()
         if max(fi.degrees) < 1 or max(fo.degrees) < 1:
             raise ValueError(f"GauntOddPaths: {fi.irreps} -> {fo.irreps}: nested brackets need degrees >= 1 in and "
@@ -87,7 +89,8 @@ class GauntOddPaths(torch.nn.Module):
         self.points = points
         self.inner_degree = bracket_degree(l_in)
         lanes = self.chains * self.channels
-        self.weights_in = torch.nn.Parameter((1.0 + 0.5 * torch.randn(num_elements, 3, self.k_in, lanes)) / float(weight_gain))
+        start = 1.0 + 0.5 * torch.randn(num_elements, 3, self.k_in, lanes)
+        self.weights_in = torch.nn.Parameter(start / float(weight_gain))
         self.weights_out = torch.nn.Parameter(torch.zeros(num_elements, self.k_out, lanes))
 
     def _gradients(self, a: torch.Tensor) -> torch.Tensor:
