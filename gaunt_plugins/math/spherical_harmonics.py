@@ -27,10 +27,27 @@ def e3nn_to_polar_frame(xyz: np.ndarray) -> np.ndarray:
     return np.stack([xyz[..., 2], xyz[..., 0], xyz[..., 1]], axis=-1)
 
 
+def _unit_polar(xyz: np.ndarray) -> np.ndarray:
+    """e3nn points ``[..., 3]`` on the unit sphere, in the frame whose third axis is e3nn's polar y."""
+    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
+    return p / np.linalg.norm(p, axis=-1, keepdims=True)
+
+
+def _cos_sin_powers(lmax: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re/Im of ``(x + i y)^m`` for ``m = 0..lmax``, ``[..., lmax+1]`` each: ``rho^m cos(m phi)``, ``rho^m
+    sin(m phi)`` as polynomials (no division by ``rho``)."""
+    c = np.zeros(x.shape + (lmax + 1,))
+    s = np.zeros(x.shape + (lmax + 1,))
+    c[..., 0] = 1.0
+    for m in range(1, lmax + 1):
+        c[..., m] = c[..., m - 1] * x - s[..., m - 1] * y
+        s[..., m] = s[..., m - 1] * x + c[..., m - 1] * y
+    return c, s
+
+
 def polar_angles(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(theta, phi)`` of e3nn points: theta from e3nn's polar axis (y), phi around it."""
-    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
-    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    p = _unit_polar(xyz)
     return np.arccos(np.clip(p[..., 2], -1.0, 1.0)), np.arctan2(p[..., 1], p[..., 0])
 
 
@@ -64,17 +81,10 @@ def real_sph_harm(lmax: int, xyz: np.ndarray) -> np.ndarray:
     Points are normalised to the unit sphere first. Matches
     ``e3nn.o3.spherical_harmonics(range(lmax+1), xyz, True, normalization="integral")``.
     """
-    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
-    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    p = _unit_polar(xyz)
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     q = legendre_theta_factor(lmax, z)
-    # Re/Im of (x + i y)^m = rho^m cos(m phi), rho^m sin(m phi): polynomials, no division by rho.
-    c = np.zeros(z.shape + (lmax + 1,))
-    s = np.zeros(z.shape + (lmax + 1,))
-    c[..., 0] = 1.0
-    for m in range(1, lmax + 1):
-        c[..., m] = c[..., m - 1] * x - s[..., m - 1] * y
-        s[..., m] = s[..., m - 1] * x + c[..., m - 1] * y
+    c, s = _cos_sin_powers(lmax, x, y)
     out = np.zeros(z.shape + ((lmax + 1) ** 2,))
     for l in range(lmax + 1):
         out[..., sph_index(l, 0)] = _norm(l, 0) * q[..., l, 0]
@@ -87,8 +97,7 @@ def real_sph_harm(lmax: int, xyz: np.ndarray) -> np.ndarray:
 def tangent_frame(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unit tangent vectors ``(e_theta, e_phi)`` ``[..., 3]`` (e3nn xyz) at unit points off the poles, with
     ``e_theta x e_phi = r``."""
-    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
-    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    p = _unit_polar(xyz)
     rho = np.sqrt(p[..., 0] ** 2 + p[..., 1] ** 2)
     if np.any(rho < 1e-12):
         raise ValueError("tangent_frame: a point lies on the polar axis, where e_phi is undefined")
@@ -106,8 +115,7 @@ def real_sph_harm_tangent_gradient(lmax: int, xyz: np.ndarray) -> np.ndarray:
     The harmonic is ``N q_lm(Z) C_m(X, Y)`` (polar frame); the tangent part of the Cartesian gradient of
     any extension off the sphere is the surface gradient, so this differentiates that polynomial.
     """
-    p = e3nn_to_polar_frame(np.asarray(xyz, dtype=np.float64))
-    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    p = _unit_polar(xyz)
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     q = legendre_theta_factor(lmax, z)
     dq = np.zeros_like(q)  # d q / d z by differentiating the recurrence
@@ -118,12 +126,7 @@ def real_sph_harm_tangent_gradient(lmax: int, xyz: np.ndarray) -> np.ndarray:
         for l in range(m + 2, lmax + 1):
             dq[..., l, m] = ((2 * l - 1) * (q[..., l - 1, m] + z * dq[..., l - 1, m])
                              - (l + m - 1) * dq[..., l - 2, m]) / (l - m)
-    c = np.zeros(z.shape + (lmax + 1,))
-    s = np.zeros(z.shape + (lmax + 1,))
-    c[..., 0] = 1.0
-    for m in range(1, lmax + 1):
-        c[..., m] = c[..., m - 1] * x - s[..., m - 1] * y
-        s[..., m] = s[..., m - 1] * x + c[..., m - 1] * y
+    c, s = _cos_sin_powers(lmax, x, y)
     # d/dx (x + i y)^m = m (x + i y)^(m-1), d/dy = i m (x + i y)^(m-1)
     grad = np.zeros(z.shape + ((lmax + 1) ** 2, 3))
     for l in range(lmax + 1):
