@@ -159,6 +159,13 @@ def mace_patched():
         yield p
 
 
+def parse_train_args(argv):
+    """``mace_run_train``'s parser (the patched one under ``mace_patched``) on ``argv`` with a run name."""
+    import mace.tools
+
+    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + list(argv))
+
+
 def venv_bin(name: str) -> str:
     """The path of a console script installed next to this interpreter."""
     path = Path(sys.executable).parent / name

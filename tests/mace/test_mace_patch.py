@@ -7,6 +7,7 @@ import types
 import pytest
 
 import mace  # noqa: F401
+from conftest import parse_train_args
 
 from gaunt_plugins.patches.base import FrameworkPatch, MissingTargetError, UnsupportedVersionError
 from gaunt_plugins.patches.loader import apply_patches, available_patches, revert_patches
@@ -148,24 +149,18 @@ def test_gaunt_plugins_exports_patch():
 
 
 # ---------------------------------------------------------------------------- the MACE parser
-def _parse(argv):
-    import mace.tools
-
-    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + argv)
-
-
 def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("tensor_product: gaunt\ngaunt_targets: [conv, product]\ngaunt_method: grid\n"
                    "gaunt_conv_products: 3\ngaunt_product_chains: 2\n")
     with pytest.raises(SystemExit):
-        _parse(["--config", str(cfg)])
+        parse_train_args(["--config", str(cfg)])
     assert "unrecognized arguments" in capsys.readouterr().err
 
     from gaunt_plugins.patch import patched
 
     with patched("mace"):
-        args = _parse(["--config", str(cfg)])
+        args = parse_train_args(["--config", str(cfg)])
         assert (args.tensor_product, args.gaunt_method) == ("gaunt", "grid")
         from gaunt_plugins.adapters.mace_config import options_from_args
 
@@ -174,16 +169,16 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         assert args.gaunt_conv_products == 3 and options.conv_products == 3
         assert args.gaunt_product_chains == 2 and options.product_chains == 2
         with pytest.raises(SystemExit):
-            _parse(["--tensor_product", "gaunt", "--gaunt_conv_products", "2.5"])
+            parse_train_args(["--tensor_product", "gaunt", "--gaunt_conv_products", "2.5"])
         err = capsys.readouterr().err
         assert "gaunt_conv_products: expected 'paths'" in err and "or a whole number from 1 to" in err
-        args = _parse(["--tensor_product", "GAUNT", "--gaunt_targets", "conv"])
+        args = parse_train_args(["--tensor_product", "GAUNT", "--gaunt_targets", "conv"])
         assert options_from_args(args).targets == frozenset({"conv"})
-        assert options_from_args(_parse([])) is None  # default: stock MACE
-        args = _parse(["--interaction", "GauntRealAgnosticResidualInteractionBlock"])
+        assert options_from_args(parse_train_args([])) is None  # default: stock MACE
+        args = parse_train_args(["--interaction", "GauntRealAgnosticResidualInteractionBlock"])
         assert args.interaction == "GauntRealAgnosticResidualInteractionBlock"
         with pytest.raises(SystemExit):
-            _parse(["--tensor_product", "cuda-magic"])
+            parse_train_args(["--tensor_product", "cuda-magic"])
         assert "invalid choice: 'cuda-magic'" in capsys.readouterr().err
 
 
@@ -221,7 +216,7 @@ def test_an_empty_tensor_product_in_the_yaml_is_refused_naming_the_allowed_value
     for key, allowed in (("tensor_product", "one of ['e3nn', 'gaunt']"), ("gaunt_targets", "a list of")):
         cfg.write_text(f"tensor_product: gaunt\n{key}:\n")
         with pytest.raises(SystemExit) as info:
-            _parse(["--config", str(cfg)])
+            parse_train_args(["--config", str(cfg)])
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert f"{key} is empty in {cfg}: give {allowed}" in err
@@ -236,9 +231,9 @@ def test_gaunt_keys_without_tensor_product_gaunt_are_refused_naming_the_key(mace
                       (["--tensor_product", "e3nn", "--gaunt_conv_products", "2"], "gaunt_conv_products"),
                       (["--gaunt_method", "grid"], "gaunt_method")):
         with pytest.raises(GauntSettingsError, match=f"{key} is set but tensor_product is e3nn") as info:
-            options_from_args(_parse(argv))
+            options_from_args(parse_train_args(argv))
         assert "Add `tensor_product: gaunt`" in str(info.value)
-    assert options_from_args(_parse([])) is None
+    assert options_from_args(parse_train_args([])) is None
 
 
 @pytest.mark.parametrize("key", ["gaunt_conv_products", "gaunt_product_chains"])
@@ -249,9 +244,9 @@ def test_product_counts_have_a_documented_maximum(key, capsys, mace_patched):
 
     top = {"gaunt_conv_products": mace_config.MAX_CONV_PRODUCTS,
            "gaunt_product_chains": mace_config.MAX_PRODUCT_CHAINS}[key]
-    assert getattr(_parse(["--tensor_product", "gaunt", f"--{key}", str(top)]), key) == top
+    assert getattr(parse_train_args(["--tensor_product", "gaunt", f"--{key}", str(top)]), key) == top
     with pytest.raises(SystemExit):
-        _parse(["--tensor_product", "gaunt", f"--{key}", "100000000"])
+        parse_train_args(["--tensor_product", "gaunt", f"--{key}", "100000000"])
     err = capsys.readouterr().err
     assert f"{key}: expected " in err and f"a whole number from 1 to {top}" in err
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from conftest import acac_batch, tiny_model
+from conftest import acac_batch, parse_train_args, tiny_model
 
 from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, gauntify_model
 from gaunt_plugins.adapters.mace_config import GauntOptions, GauntSettingsError, options_from_args
@@ -16,19 +16,13 @@ from gaunt_plugins.layers.many_body import DEFAULT_WEIGHT_GAIN
 pytestmark = pytest.mark.e3nn044
 
 
-def _parse(argv):
-    import mace.tools
-
-    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + argv)
-
-
 def test_the_yaml_key_and_the_flag_reach_every_many_body_layer(tmp_path, mace_patched):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("tensor_product: gaunt\ngaunt_product_gain: 2.5\n")
-    assert options_from_args(_parse(["--config", str(cfg)])).product_gain == 2.5
-    options = options_from_args(_parse(["--tensor_product", "gaunt", "--gaunt_product_gain", "4"]))
+    assert options_from_args(parse_train_args(["--config", str(cfg)])).product_gain == 2.5
+    options = options_from_args(parse_train_args(["--tensor_product", "gaunt", "--gaunt_product_gain", "4"]))
     assert options.product_gain == 4.0
-    assert options_from_args(_parse(["--tensor_product", "gaunt"])).product_gain is None  # the layer's default
+    assert options_from_args(parse_train_args(["--tensor_product", "gaunt"])).product_gain is None  # the layer's default
     model, _ = gauntify_model(tiny_model(), options)
     blocks = [b for b in model.products if isinstance(b, GauntProductBasisBlock)]
     assert blocks and all(float(b.symmetric_contractions.weight_gain) == 4.0 for b in blocks)
@@ -55,7 +49,7 @@ def test_the_gain_changes_the_parameters_not_the_initial_function(float64):
 @pytest.mark.parametrize("value", ["0", "-1", "x", "nan", "inf", "2000"])
 def test_a_bad_gain_is_refused_naming_the_allowed_range(value, capsys, mace_patched):
     with pytest.raises(SystemExit):
-        _parse(["--tensor_product", "gaunt", "--gaunt_product_gain", value])
+        parse_train_args(["--tensor_product", "gaunt", "--gaunt_product_gain", value])
     assert "gaunt_product_gain: expected a number greater than 0 and at most 1024" in capsys.readouterr().err
     with pytest.raises(GauntSettingsError, match="gaunt_product_gain: expected a number greater than 0"):
         GauntOptions(product_gain=value)
@@ -63,7 +57,7 @@ def test_a_bad_gain_is_refused_naming_the_allowed_range(value, capsys, mace_patc
 
 def test_a_gain_without_tensor_product_gaunt_is_refused(mace_patched):
     with pytest.raises(GauntSettingsError, match="gaunt_product_gain is set but tensor_product is e3nn"):
-        options_from_args(_parse(["--gaunt_product_gain", "4"]))
+        options_from_args(parse_train_args(["--gaunt_product_gain", "4"]))
 
 
 def test_a_restart_record_names_a_gain_other_than_the_default():

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from conftest import acac_batch, tiny_model
+from conftest import acac_batch, parse_train_args, tiny_model
 
 from gaunt_plugins.adapters.mace_blocks import GauntProductBasisBlock, gauntify_model
 from gaunt_plugins.adapters.mace_config import GauntOptions, GauntSettingsError, options_from_args
@@ -15,19 +15,13 @@ from gaunt_plugins.adapters.mace_config import GauntOptions, GauntSettingsError,
 pytestmark = pytest.mark.e3nn044
 
 
-def _parse(argv):
-    import mace.tools
-
-    return mace.tools.build_default_arg_parser().parse_args(["--name", "t"] + argv)
-
-
 def test_the_yaml_key_and_the_flag_reach_every_many_body_layer(tmp_path, mace_patched):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("tensor_product: gaunt\ngaunt_product_odd_chains: 2\n")
-    assert options_from_args(_parse(["--config", str(cfg)])).product_odd_chains == 2
-    options = options_from_args(_parse(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", "1"]))
+    assert options_from_args(parse_train_args(["--config", str(cfg)])).product_odd_chains == 2
+    options = options_from_args(parse_train_args(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", "1"]))
     assert options.product_odd_chains == 1
-    assert options_from_args(_parse(["--tensor_product", "gaunt"])).product_odd_chains == 0
+    assert options_from_args(parse_train_args(["--tensor_product", "gaunt"])).product_odd_chains == 0
     model, _ = gauntify_model(tiny_model(), options)
     blocks = [b for b in model.products if isinstance(b, GauntProductBasisBlock)]
     assert blocks and all(b.symmetric_contractions.odd_chains == 1 for b in blocks)
@@ -60,7 +54,7 @@ def test_a_model_with_odd_paths_starts_as_the_model_without_and_trains_them(floa
 @pytest.mark.parametrize("value", ["-1", "x", "1.5", "17"])
 def test_a_bad_odd_chain_count_is_refused_naming_the_allowed_range(value, capsys, mace_patched):
     with pytest.raises(SystemExit):
-        _parse(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", value])
+        parse_train_args(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", value])
     assert "gaunt_product_odd_chains: expected a whole number from 0 to 16" in capsys.readouterr().err
     with pytest.raises(GauntSettingsError, match="gaunt_product_odd_chains: expected a whole number from 0 to 16"):
         GauntOptions(product_odd_chains=value)
@@ -68,7 +62,7 @@ def test_a_bad_odd_chain_count_is_refused_naming_the_allowed_range(value, capsys
 
 def test_odd_chains_without_tensor_product_gaunt_are_refused(mace_patched):
     with pytest.raises(GauntSettingsError, match="gaunt_product_odd_chains is set but tensor_product is e3nn"):
-        options_from_args(_parse(["--gaunt_product_odd_chains", "1"]))
+        options_from_args(parse_train_args(["--gaunt_product_odd_chains", "1"]))
 
 
 def test_odd_chains_with_correlation_two_are_refused(float64):
