@@ -181,14 +181,23 @@ def contraction_inputs(model, batch: dict, layer: int):
 def _term_outputs(layer: GauntManyBody, x: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
     """``[M, N, dim_out]``: the layer's output with ``weights_out`` one for a single (power, chain) and zero
     elsewhere, for power 1 (chain 0: the chains' linear terms coincide up to scale) and every chain of each
-    higher power; a function of ``weights_in``. Every output of the layer is ``sum_m w[z, m, lo, c] * this[m]``."""
+    higher power, then for every odd-path chain of ``layer.odd_paths`` (if any) its bracket alone; a function of the
+    input weights. Every output of the layer is ``sum_m w[z, m, lo, c] * this[m]``."""
     c = layer.channels
+    odd = layer.odd_paths
     terms = [(0, 0)] + [(nu, k) for nu in range(1, layer.correlation) for k in range(layer.chains)]
+    odd_terms = [(-1, k) for k in range(odd.chains)] if odd is not None else []
     outs = []
-    for nu, k in terms:
+    for nu, k in terms + odd_terms:
         w = torch.zeros_like(layer.weights_out)
-        w[:, nu, :, k * c:(k + 1) * c] = 1.0
+        if nu >= 0:
+            w[:, nu, :, k * c:(k + 1) * c] = 1.0
         layer.weights_out = torch.nn.Parameter(w, requires_grad=False)
+        if odd is not None:
+            w_odd = torch.zeros_like(odd.weights_out)
+            if nu < 0:
+                w_odd[:, :, k * c:(k + 1) * c] = 1.0
+            odd.weights_out = torch.nn.Parameter(w_odd, requires_grad=False)
         outs.append(layer(x, attrs))
     return torch.stack(outs)
 
@@ -230,8 +239,9 @@ def _degree_slices(irreps_in) -> List[slice]:
 
 
 def fit_many_body(x, attrs, target, irreps_in, irreps_out, correlation: int, chains: int, starts: int,
-                  iterations: int) -> float:
-    """Best relative residual of a ``GauntManyBody(irreps_in -> irreps_out, chains)`` fitted to ``target``.
+                  iterations: int, odd_chains: int = 0) -> float:
+    """Best relative residual of a ``GauntManyBody(irreps_in -> irreps_out, chains, odd_chains)`` fitted to
+    ``target``.
 
     ``x [N, C, width]``, ``attrs [N, elements]`` (one-hot), ``target [N, irreps_out.dim]``; all weights free
     (gain 1): ``weights_out`` by least squares given ``weights_in`` (exact: the output is linear in them),
@@ -254,10 +264,13 @@ def fit_many_body(x, attrs, target, irreps_in, irreps_out, correlation: int, cha
     best = 1.0
     for start in range(starts):
         torch.manual_seed(1000 + start)
-        layer = GauntManyBody(irreps_in, irreps_out, correlation, attrs.shape[1], chains=chains, weight_gain=1.0)
+        layer = GauntManyBody(irreps_in, irreps_out, correlation, attrs.shape[1], chains=chains, weight_gain=1.0,
+                              odd_chains=odd_chains)
+        inputs = [layer.weights_in] + ([layer.odd_paths.weights_in] if layer.odd_paths is not None else [])
         with torch.no_grad():  # random signs: a start keeps the signs of its products of weights_in long
-            layer.weights_in.copy_(torch.randn_like(layer.weights_in))
-        opt = torch.optim.LBFGS([layer.weights_in], lr=1, max_iter=iterations, history_size=50,
+            for w in inputs:
+                w.copy_(torch.randn_like(w))
+        opt = torch.optim.LBFGS(inputs, lr=1, max_iter=iterations, history_size=50,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-30, tolerance_change=1e-30)
 
         def residual(balanced=False):
