@@ -10,9 +10,10 @@
 //   gaunt::many_body(x [N, C, Ic], w_in [N, NU, K, C], w_out [N, NU, Ko, C], offsets_in [I], offsets_out [C, Io],
 //               deg_in [I], deg_out [Io], to_grid [I, P], from_grids [NU, P, Io], dim_out) -> [N, dim_out]
 // Each has a `<name>_backward(grad, <the forward's inputs>)` returning the gradients of its tensor inputs (one
-// fused kernel pass). Autograd: first derivatives run the backward operators; their own derivatives (second
-// derivatives, force training) differentiate the composed references below (ATen operations): exact second
-// derivatives, no third ones.
+// fused kernel pass). Autograd: a first derivative runs the backward operator; one taken with create_graph (it
+// will be differentiated again: force training) differentiates the composed reference below (ATen operations)
+// instead, so autograd records it and every order is exact. The backward operators' own derivatives (someone
+// differentiating them directly) come from the same references: exact second derivatives, no third ones.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -397,12 +398,14 @@ Tensor gather_dense(const Tensor& x, const Tensor& offsets) {
         .view({x.size(0), offsets.size(0), offsets.size(1)});
 }
 
-// y [B, C, Io] -> [B, dim_out] through offsets [C, Io] (-1: not emitted; shared offsets sum).
+// y [B, C, Io] -> [B, dim_out] through offsets [C, Io] (-1: not emitted; shared offsets sum). The coefficients not
+// emitted land in one extra column, dropped: no data-dependent shape (torch.compile traces this).
 Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
     Tensor flat = offsets.reshape(-1);
-    Tensor keep = at::nonzero(flat >= 0).view(-1);
-    return at::zeros({y.size(0), dim_out}, y.options())
-        .index_add(1, flat.index_select(0, keep), y.reshape({y.size(0), -1}).index_select(1, keep));
+    Tensor target = at::where(flat < 0, at::full_like(flat, dim_out), flat);
+    return at::zeros({y.size(0), dim_out + 1}, y.options())
+        .index_add(1, target, y.reshape({y.size(0), -1}))
+        .narrow(1, 0, dim_out);
 }
 
 Tensor per_coefficient(const Tensor& w, const Tensor& deg) {  // w [B, K, C] -> [B, C, I] by degree slot
@@ -478,7 +481,36 @@ variable_list double_backward(const std::function<Tensor(const variable_list&)>&
                                  /*allow_unused=*/true);
 }
 
-// The forward operators under autograd: the forward below autograd, the backward through the backward operator.
+
+// Under create_graph (a first derivative that will itself be differentiated: force training) the gradients of a
+// forward operator come from its composed reference on the saved inputs, so that autograd records them: the same
+// values as the fused backward, and every higher order exact. `need` marks the inputs that want a gradient.
+variable_list composed_grads(const std::function<Tensor(const variable_list&)>& composed, const variable_list& inputs,
+                             const std::vector<bool>& need, const Tensor& g) {
+    variable_list wrt;
+    for (size_t i = 0; i < inputs.size(); ++i)
+        if (need[i]) wrt.push_back(inputs[i]);
+    variable_list result(inputs.size());
+    if (wrt.empty()) return result;
+    Tensor out = composed(inputs);
+    variable_list grads = torch::autograd::grad({out}, wrt, {g}, /*retain_graph=*/true, /*create_graph=*/true,
+                                                /*allow_unused=*/true);
+    for (size_t i = 0, k = 0; i < inputs.size(); ++i)
+        if (need[i]) {
+            result[i] = grads[k].defined() ? grads[k] : at::zeros_like(inputs[i]);
+            ++k;
+        }
+    return result;
+}
+
+std::vector<bool> needs(AutogradContext* ctx, size_t count) {
+    std::vector<bool> need(count);
+    for (size_t i = 0; i < count; ++i) need[i] = ctx->needs_input_grad(i);
+    return need;
+}
+
+// The forward operators under autograd: the forward below autograd, the backward through the backward operator
+// (a fused kernel pass), or under create_graph through the composed reference (composed_grads).
 struct GridProductFn : public torch::autograd::Function<GridProductFn> {
     static Tensor forward(AutogradContext* ctx, Tensor u, Tensor v, Tensor t1, Tensor t2, Tensor t3) {
         ctx->save_for_backward({u, v, t1, t2, t3});
@@ -488,6 +520,11 @@ struct GridProductFn : public torch::autograd::Function<GridProductFn> {
     }
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         auto s = ctx->get_saved_variables();
+        if (at::GradMode::is_enabled()) {
+            auto r = composed_grads([&](const variable_list& in) { return grid_product_ref(in[0], in[1], s[2], s[3], s[4]); },
+                                    {s[0], s[1]}, needs(ctx, 2), grads[0]);
+            return {r[0], r[1], Tensor(), Tensor(), Tensor()};
+        }
         auto r = op("gaunt::grid_product_backward")
                      .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                        const Tensor&, const Tensor&)>()
@@ -510,6 +547,15 @@ struct ConvFn : public torch::autograd::Function<ConvFn> {
     }
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         auto s = ctx->get_saved_variables();
+        if (at::GradMode::is_enabled()) {
+            int64_t k1 = ctx->saved_data["k1"].toInt(), k2 = ctx->saved_data["k2"].toInt();
+            int64_t dim_out = ctx->saved_data["dim_out"].toInt();
+            auto r = composed_grads([&](const variable_list& in) {
+                return conv_ref(in[0], in[1], in[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], k1, k2, dim_out);
+            }, {s[0], s[1], s[2]}, needs(ctx, 3), grads[0]);
+            r.resize(14);
+            return r;
+        }
         auto r = op("gaunt::conv_backward").typed<decltype(conv_backward_cpu)>().call(
             grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], ctx->saved_data["k1"].toInt(),
             ctx->saved_data["k2"].toInt(), ctx->saved_data["dim_out"].toInt());
@@ -536,6 +582,16 @@ struct MessageFn : public torch::autograd::Function<MessageFn> {
     }
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         auto s = ctx->get_saved_variables();
+        if (at::GradMode::is_enabled()) {
+            int64_t n = ctx->saved_data["num_nodes"].toInt(), k1 = ctx->saved_data["k1"].toInt();
+            int64_t k2 = ctx->saved_data["k2"].toInt(), dim_out = ctx->saved_data["dim_out"].toInt();
+            auto r = composed_grads([&](const variable_list& in) {
+                return message_ref(in[0], in[1], in[2], s[3], n, s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], k1,
+                                   k2, dim_out);
+            }, {s[0], s[1], s[2]}, needs(ctx, 3), grads[0]);
+            r.resize(16);
+            return r;
+        }
         auto r = op("gaunt::message_backward").typed<decltype(message_backward_cpu)>().call(
             grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["num_nodes"].toInt(), s[4], s[5], s[6], s[7], s[8],
             s[9], s[10], s[11], ctx->saved_data["k1"].toInt(), ctx->saved_data["k2"].toInt(),
@@ -559,6 +615,14 @@ struct ManyBodyFn : public torch::autograd::Function<ManyBodyFn> {
     }
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         auto s = ctx->get_saved_variables();
+        if (at::GradMode::is_enabled()) {
+            int64_t dim_out = ctx->saved_data["dim_out"].toInt();
+            auto r = composed_grads([&](const variable_list& in) {
+                return many_body_ref(in[0], in[1], in[2], s[3], s[4], s[5], s[6], s[7], s[8], dim_out);
+            }, {s[0], s[1], s[2]}, needs(ctx, 3), grads[0]);
+            r.resize(10);
+            return r;
+        }
         auto r = op("gaunt::many_body_backward").typed<decltype(many_body_backward_cpu)>().call(
             grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], ctx->saved_data["dim_out"].toInt());
         variable_list out(10);
