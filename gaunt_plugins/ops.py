@@ -6,10 +6,9 @@ import numbers
 
 import torch
 
-from functools import lru_cache
 
-from .backends.dispatch import executor_for, record
-from .backends.registry import backend_setting
+from .backends import registry, torch_ops
+from .backends.cpu.script import GP_MAXI, GP_MAXP, compile_ops_ready
 from .math.fourier import MAX_FOURIER_DEGREE
 from .math.s2_grid import MAX_DEGREE
 from .plans import functional_plan
@@ -52,7 +51,7 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         ``[broadcast(...), (Lo+1)^2]`` coefficients of ``proj_{<=Lo}(f1 * f2)``. float32 and float64
         are computed in their own precision; half and bfloat16 inputs are accumulated in float32
         and the result is cast back to the inputs' type. Differentiable (autograd) in both methods.
-        Runs on the executor the backend dispatch chooses (the CPU kernels, Triton on CUDA, or the PyTorch
+        Runs where :mod:`gaunt_plugins.backends.registry` says (the CPU kernels, Triton on CUDA, or the PyTorch
         reference; the 2D Fourier path only on the reference).
 
     Example:
@@ -97,16 +96,37 @@ def gaunt_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str
         return x1.new_zeros(tuple(shape) + ((lo + 1) ** 2,), dtype=result)
     plan = functional_plan(l1, l2, lo, method)
     a, b = x1.to(compute), x2.to(compute)
-    executor = _executor(plan, a.device, compute, backend_setting())
-    if not torch.compiler.is_compiling():
-        record("functional", executor)
-    out = executor(a, b)
+    out = _run(plan, a, b)
     if plan.pad:
         out = torch.nn.functional.pad(out, (0, plan.pad))
     return out.to(result)
 
 
-@lru_cache(maxsize=512)
-def _executor(plan, device: torch.device, dtype: torch.dtype, setting: str):
-    """The dispatch's choice for one (plan, device, dtype, setting), made once."""
-    return executor_for("functional", plan, device, dtype)
+def _run(plan, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``proj((a @ Y1) * (b @ Y2))`` on the plan's tables: the route of :mod:`gaunt_plugins.backends.registry`
+    (the 2D Fourier path on the reference only)."""
+    t = plan.tensors.get(a.dtype, a.device)
+    setting = registry.backend_setting()
+    if plan.method != "grid":
+        if setting == "triton":
+            raise registry.forced_refusal("triton backend: the 2D Fourier method has no Triton kernel (method='grid' "
+                                          "has)")
+        registry.record("gaunt_product", "torch", "torch-reference-fourier")
+        return torch_ops.fourier_product(a, b, t["to_fourier1"], t["to_fourier2"], t["from_fourier"], plan.torus)
+    y1, y2, f = t["to_grid1"], t["to_grid2"], t["from_grid"]
+    if setting == "triton":
+        rows = registry.select_backend("gaunt_product", dict(x1=a, x2=b), widths=dict(
+            x1=a.shape[-1], x2=b.shape[-1], out=f.shape[1])).grid_rows
+        registry.record("gaunt_product", "triton", "triton")
+    elif (setting == "auto" and a.device.type == "cpu" and compile_ops_ready() and y1.shape[1] <= GP_MAXP
+          and max(plan.widths) <= GP_MAXI):
+        rows = torch.ops.gaunt.grid_product
+        registry.record("gaunt_product", "torch", "cpu-kernels")
+    else:
+        registry.record("gaunt_product", "torch", "torch-reference")
+        return torch_ops.grid_product(a, b, y1, y2, f)
+    lead = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    u = a.expand(lead + a.shape[-1:]).reshape(-1, a.shape[-1])
+    v = b.expand(lead + b.shape[-1:]).reshape(-1, b.shape[-1])
+    out = rows(u, v, y1, y2, f)
+    return out.reshape(lead + out.shape[-1:])

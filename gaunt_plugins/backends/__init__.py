@@ -1,14 +1,15 @@
-"""Execution backends of the Gaunt operations and the dispatch between them.
+"""Where a Gaunt product runs (:mod:`.registry`: the one route and the backend setting that steers it).
 
-- ``torch`` (:mod:`.torch_ops`): the reference, every device and dtype, TorchScript-able.
-- ``triton`` (:mod:`.triton_backend`): fused kernels, CUDA only, imported lazily.
+- the ``torch.ops.gaunt`` operators (:mod:`.cpu`): the C kernels on float32/float64 CPU tensors, for eager calls,
+  TorchScript, ``torch.compile`` and C++ hosts alike;
+- ``torch`` (:mod:`.torch_ops`): the reference, every device and dtype, TorchScript-able;
+- ``triton`` (:mod:`.triton_backend`): fused kernels, CUDA only, imported lazily, run where forced.
 
-``weighted_product``, ``conv_product``, ``many_body_product`` here take the arguments of their
-:mod:`.torch_ops` namesakes plus ``backend=None|"auto"|"torch"|"triton"``; ``conv_message`` is the
-fused MACE message step (gather, convolution, scatter-sum). ``auto`` runs PyTorch (with the C kernels on
-CPU; on CUDA the reference, measured faster per training step than the Triton kernels); ``GAUNT_BACKEND`` or :func:`set_backend` force one; a forced ``triton`` that cannot serve
-a call raises ``ValueError`` with the reason instead of falling back. :func:`select_backend` returns
-the backend that will run, :func:`last_backend` the one that ran.
+``weighted_product``, ``conv_product``, ``many_body_product`` here take the arguments of their :mod:`.torch_ops`
+namesakes plus ``backend=None|"auto"|"torch"|"triton"``; ``conv_message`` is the MACE message step (gather,
+convolution, scatter-sum). ``GAUNT_BACKEND`` or :func:`set_backend` force a backend; a forced ``triton`` that
+cannot serve a call raises ``ValueError`` with the reason instead of falling back. :func:`last_backend` and
+:func:`last_executor` name what ran the latest eager call of each op.
 """
 from . import torch_ops
 from .registry import (
@@ -16,7 +17,6 @@ from .registry import (
     BACKEND_ENV,
     TorchBackend,
     TritonBackend,
-    available_backends,
     backend_setting,
     conv_message,
     conv_product,
@@ -36,7 +36,6 @@ __all__ = [
     "BACKEND_ENV",
     "TorchBackend",
     "TritonBackend",
-    "available_backends",
     "backend_setting",
     "conv_message",
     "conv_product",

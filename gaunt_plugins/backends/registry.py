@@ -1,20 +1,22 @@
-"""Backend registry and dispatch for the three Gaunt operations (and the fused MACE message step).
+"""The one place that decides what runs a Gaunt product, and the backend setting that steers it.
 
-Selection, for each call (first match wins):
+The layers and :func:`gaunt_plugins.gaunt_product` take one route in eager mode, under TorchScript and under
+``torch.compile`` alike (:mod:`gaunt_plugins.layers._planned`):
 
-1. the call's ``backend=`` argument, when it is ``"torch"`` or ``"triton"``;
-2. :func:`set_backend` / the :func:`use_backend` context (process-wide setting);
-3. the environment variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``);
-4. ``auto``: PyTorch (on CPU tensors in eager mode with the fused C grid kernel where it serves). CUDA tensors
-   run the PyTorch reference too: on an H200 it trained MACE faster per step than the Triton kernels
-   (``benchmarks/results/gpu_h200``), which a forced ``triton`` still runs.
+1. ``auto`` (the default) and float32/float64 CPU tensors: the ``torch.ops.gaunt`` operators (the C kernels,
+   :mod:`.cpu.library`), where they are registered and the product is within the kernels' limits; PyTorch's
+   dispatcher runs their CPU implementation, their autograd and, under ``torch.compile``, their fake one.
+   Convolutions of scalar node features run coefficient-wise (a degree-0 factor is a scaling) on any device.
+2. Otherwise the dense ops below (``weighted_product``, ``conv_product``, ``many_body_product``,
+   ``conv_message``: the :mod:`.torch_ops` signatures plus ``backend=``), which select, first match wins: the
+   call's ``backend=`` (``"torch"`` or ``"triton"``); :func:`set_backend` / :func:`use_backend`; the environment
+   variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``); else the PyTorch reference (on CUDA too: on an
+   H200 it trained MACE faster per step than the Triton kernels, ``benchmarks/results/gpu_h200``).
 
-``torch`` means the PyTorch reference (:mod:`.torch_ops`) on every device: forced, it never runs a C or
-Triton kernel (the layers' plans follow the same rule, :mod:`.dispatch`).
-
-A forced ``triton`` never falls back: when the kernels cannot serve the call the backend's
-``validate`` raises a ``ValueError`` that says why. The backend actually chosen is returned by :func:`select_backend` and recorded per op in
-:func:`last_backend` (eager calls only).
+``torch`` forced means the PyTorch reference on every device: no C or Triton kernel. A forced ``triton`` never
+falls back: when the kernels cannot serve a call, ``ValueError`` says why and what forced it. Meta tensors (shape
+inference) run the reference under every setting.
+:func:`last_backend` and :func:`last_executor` name what ran the latest eager call of each op.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 
 from . import torch_ops
-from .cpu import ops as cpu_ops
+from .cpu.script import GP_MAXI, GP_MAXP, compile_ops_ready
 from .triton_backend import TritonBackend
 
 __all__ = [
@@ -34,13 +36,14 @@ __all__ = [
     "TorchBackend",
     "TritonBackend",
     "get_backend",
-    "available_backends",
     "backend_setting",
     "set_backend",
     "use_backend",
     "select_backend",
     "last_backend",
     "last_executor",
+    "record",
+    "forced_refusal",
     "weighted_product",
     "conv_product",
     "many_body_product",
@@ -52,10 +55,9 @@ BACKEND_CHOICES = ("auto", "torch", "triton")
 
 
 class TorchBackend:
-    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype, what a forced
-    ``torch`` runs. With ``kernels=True`` (the ``auto`` choice off CUDA) the dense ``weighted_product`` runs the
-    fused CPU grid kernel on float32/float64 CPU tensors in eager mode. (The layers reach the CPU convolution
-    and many-body kernels through their plans: :mod:`.dispatch`.)"""
+    """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype. With ``kernels=True``
+    (what ``auto`` runs) the dense ``weighted_product`` calls the CPU grid-product operator
+    (``torch.ops.gaunt.grid_product``) on float32/float64 CPU tensors where it is registered."""
 
     name = "torch"
 
@@ -68,8 +70,17 @@ class TorchBackend:
     def validate(self, op: str, tensors, **info) -> None:
         return None
 
-    def weighted_product(self, *args):
-        return cpu_ops.weighted_product(*args) if self.kernels else torch_ops.weighted_product(*args)
+    def weighted_product(self, x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid):
+        if self.kernels and x1.device.type == "cpu" and x1.dtype in (torch.float32, torch.float64) \
+                and compile_ops_ready() and max(x1.shape[-1], x2.shape[-1], from_grid.shape[1]) <= GP_MAXI \
+                and to_grid1.shape[1] <= GP_MAXP:
+            n, c = x1.shape[0], x1.shape[1]
+            a = x1 * w1.transpose(-1, -2).index_select(-1, deg1)
+            b = x2 * w2.transpose(-1, -2).index_select(-1, deg2)
+            out = torch.ops.gaunt.grid_product(a.reshape(n * c, -1), b.reshape(n * c, -1), to_grid1, to_grid2,
+                                               from_grid)
+            return out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, deg3)
+        return torch_ops.weighted_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
 
     def conv_product(self, *args):
         return torch_ops.conv_product(*args)
@@ -103,11 +114,6 @@ def get_backend(name: str):
     if name not in _BACKENDS:
         raise ValueError(f"unknown Gaunt backend {name!r}; choose one of {sorted(_BACKENDS)} (or 'auto')")
     return _BACKENDS[name]
-
-
-def available_backends() -> Dict[str, Optional[str]]:
-    """``{name: None if usable here, else the reason it is not}``."""
-    return {name: b.unavailable_reason() for name, b in _BACKENDS.items()}
 
 
 def _check_choice(name: str, where: str) -> str:
@@ -153,23 +159,38 @@ def last_executor(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
     return dict(_LAST_EXECUTOR) if op is None else _LAST_EXECUTOR.get(op)
 
 
+def record(op: str, backend: str, executor: str) -> None:
+    """Note what ran the latest eager call of ``op`` (nothing while ``torch.compile`` traces)."""
+    if not torch.compiler.is_compiling():
+        _LAST[op] = backend
+        _LAST_EXECUTOR[op] = executor
+
+
+def forced_refusal(reason: str, backend: Optional[str] = None) -> ValueError:
+    """The error for a forced backend that cannot serve a call: ``reason`` and what forced it (the call's
+    ``backend=``, :func:`set_backend` or ``$GAUNT_BACKEND``)."""
+    choice = backend if backend not in (None, "auto") else backend_setting()
+    source = (f"backend={backend!r}" if backend not in (None, "auto")
+              else ("set_backend()" if _SETTING[0] is not None else f"{BACKEND_ENV}={choice}"))
+    return ValueError(f"{reason} [{source} forces it; use 'auto' or 'torch' to run elsewhere]")
+
+
 def select_backend(op: str, tensors: Dict[str, Optional[torch.Tensor]], backend: Optional[str] = None, **info):
     """The backend object that will run ``op`` on ``tensors`` (see the module docstring for the order)."""
     if backend is not None:
         _check_choice(backend, f"{op}(backend=...)")
     choice = backend if backend not in (None, "auto") else backend_setting()
-    if choice != "auto":
+    if any(t is not None and t.device.type == "meta" for t in tensors.values()):
+        chosen = _BACKENDS["torch"]  # shape inference: meta tensors hold no values, so no kernel runs on them
+    elif choice != "auto":
         chosen = get_backend(choice)
         try:
             chosen.validate(op, tensors, **info)
         except ValueError as exc:
-            source = (f"backend={backend!r}" if backend not in (None, "auto")
-                      else ("set_backend()" if _SETTING[0] is not None else f"{BACKEND_ENV}={choice}"))
-            raise ValueError(f"{exc} [{source} forces it; use 'auto' or 'torch' to run elsewhere]") from exc
+            raise forced_refusal(str(exc), backend) from exc
     else:
         chosen = _AUTO_TORCH
-    if not torch.compiler.is_compiling():
-        _LAST[op] = chosen.name
+    record(op, chosen.name, "triton" if chosen.name == "triton" else "torch-reference")
     return chosen
 
 

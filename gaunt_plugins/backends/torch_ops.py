@@ -15,12 +15,26 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "flat_to_dense",
+    "dense_to_flat",
     "grid_product",
     "fourier_product",
     "weighted_product",
     "conv_product",
     "many_body_product",
 ]
+
+
+def flat_to_dense(x: torch.Tensor, index: torch.Tensor, lanes: int, width: int) -> torch.Tensor:
+    """e3nn's flat layout ``x [B, dim]`` -> channel-wise ``[B, lanes, width]``, zeros where the feature lacks a
+    degree (``index [lanes * width]`` gathers from ``x`` extended by one zero column)."""
+    padded = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
+    return padded.index_select(1, index).view(x.shape[0], lanes, width)
+
+
+def dense_to_flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Channel-wise ``x [B, lanes, width]`` -> e3nn's flat ``[B, dim]`` through the gather ``index [dim]``."""
+    return x.reshape(x.shape[0], -1).index_select(1, index)
 
 
 def grid_product(x1: torch.Tensor, x2: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,

@@ -141,32 +141,6 @@ class TritonBackend:
                              f"{ei.dtype} {list(ei.shape)}")
         self.kernels()
 
-    # -- plans --------------------------------------------------------------------------------
-    _OPS = {"product": "weighted_product", "conv": "conv_product", "message": "conv_message",
-            "many_body": "many_body_product", "functional": "grid_product"}
-
-    def plan_refusal(self, kind: str, plan, device: torch.device, dtype: torch.dtype) -> Optional[str]:
-        """Why the kernels cannot run ``kind`` of ``plan`` on ``device``/``dtype``, or ``None``."""
-        if kind == "functional" and plan.method != "grid":
-            return "triton backend: the 2D Fourier method has no Triton kernel (method='grid' has)"
-        widths = dict(zip(("x1", "x2", "out"), plan.widths)) if kind != "many_body" else \
-            dict(zip(("x", "out"), plan.widths))
-        try:
-            self.validate(self._OPS[kind], {"x": torch.empty(0, device=device, dtype=dtype)}, widths=widths,
-                          correlation=plan.correlation if kind == "many_body" else None)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-    def plan_executor(self, kind: str, plan, device: torch.device, dtype: torch.dtype,
-                      deterministic: bool = False):
-        """The Triton executor of ``kind`` (call :meth:`plan_refusal` first)."""
-        from .executors import DenseOps, dense_executor
-
-        k = self.kernels()
-        ops = DenseOps(k.weighted_product, k.conv_product, k.conv_message, k.many_body_product, _triton_rows)
-        return dense_executor(kind, plan, plan.tensors.get(dtype, device), ops, "triton", "triton", deterministic)
-
     # -- ops (same signatures as torch_ops) ---------------------------------------------------
     def weighted_product(self, *args):
         return self.kernels().weighted_product(*args)
@@ -180,9 +154,9 @@ class TritonBackend:
     def conv_message(self, *args, deterministic: bool = False):
         return self.kernels().conv_message(*args, deterministic=deterministic)
 
-
-def _triton_rows(u: torch.Tensor, v: torch.Tensor, to_grid1, to_grid2, from_grid) -> torch.Tensor:
-    """``((u @ Y1) * (v @ Y2)) @ F`` for equal rows ``u [R, I1]``, ``v [R, I2]``: the unweighted grid product op."""
-    out = torch.ops.gaunt_triton.grid_product(u.unsqueeze(1), v.unsqueeze(1), None, None, None, None, None, None,
-                                              to_grid1, to_grid2, from_grid)
-    return out.squeeze(1)
+    def grid_rows(self, u: torch.Tensor, v: torch.Tensor, to_grid1, to_grid2, from_grid) -> torch.Tensor:
+        """``((u @ Y1) * (v @ Y2)) @ F`` for equal rows ``u [R, I1]``, ``v [R, I2]``: the unweighted grid product."""
+        self.kernels()
+        out = torch.ops.gaunt_triton.grid_product(u.unsqueeze(1), v.unsqueeze(1), None, None, None, None, None, None,
+                                                  to_grid1, to_grid2, from_grid)
+        return out.squeeze(1)

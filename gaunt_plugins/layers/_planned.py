@@ -1,13 +1,12 @@
-"""What the Gaunt layers share: a plan rebuilt from their irreps, executors cached on the module, exact tables.
+"""What the Gaunt layers share: a plan rebuilt from their irreps, its tables as buffers, one route per call.
 
-A layer keeps the plan of its product (:mod:`gaunt_plugins.plans`) and, per ``(kind, device, dtype, backend
-setting)``, the executor the dispatch chose (:func:`gaunt_plugins.backends.dispatch.executor_for`); both are
-derived state, rebuilt on demand and never pickled or deep-copied. The layer also registers its tables as
-buffers for TorchScript and ``torch.compile``, which call the ``torch.ops.gaunt`` CPU operators on them
-(:mod:`gaunt_plugins.backends.cpu.library`) or trace the PyTorch reference; after a dtype or
-device change those buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built
-under a float32 default computes from float64 tables, not from float32-rounded ones. Layers can be built and
-run on the ``meta`` device (shapes only): the dispatch gives them the PyTorch reference.
+A layer keeps the plan of its product (:mod:`gaunt_plugins.plans`; derived state, rebuilt on demand, never
+pickled or deep-copied) and registers the plan's tables as buffers. Every call, eager, scripted or compiled,
+takes the same route on those buffers (:mod:`gaunt_plugins.backends.registry`): the ``torch.ops.gaunt``
+operators on CPU tensors where they serve, else the dense ops of the backend setting. After a dtype or device
+change the buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built under a
+float32 default computes from float64 tables, not from float32-rounded ones. Layers can be built and run on
+the ``meta`` device (shapes only): the PyTorch reference runs there.
 """
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from ..backends import registry
-from ..backends.cpu.script import script_ops_ready
-from ..backends.dispatch import executor_for, record
+from ..backends.cpu.script import compile_ops_ready, script_ops_ready
 
 __all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number", "pickled_normalize"]
 
@@ -26,7 +24,7 @@ LAYER_METHODS = ("auto", "grid")
 """The layers compute on the quadrature grid (the faster method in every measurement); ``"auto"`` means the
 grid. The 2D Fourier path is :func:`gaunt_plugins.gaunt_product`'s ``method="fourier"``."""
 
-_TRANSIENT = ("_plan", "_executors")
+_TRANSIENT = ("_plan",)
 
 
 def layer_method(method: str, layer: str) -> str:
@@ -108,16 +106,20 @@ class PlannedModule(torch.nn.Module):
         return plan
 
     @torch.jit.unused
-    def _executor(self, kind: str, device: torch.device, dtype: torch.dtype):
-        """The executor for ``kind`` on ``device``/``dtype`` under the current backend setting (cached here)."""
-        cache: Dict = self.__dict__.setdefault("_executors", {})
-        key = (kind, device, dtype, registry.backend_setting())
-        executor = cache.get(key)
-        if executor is None:
-            executor = executor_for(kind, self.plan, device, dtype)
-            cache[key] = executor
-        record(kind, executor)
-        return executor
+    def _auto_setting(self) -> bool:
+        """Whether the backend setting is ``auto`` (eager and ``torch.compile``)."""
+        return registry.backend_setting() == "auto"
+
+    @torch.jit.unused
+    def _kernels_serve(self, x: torch.Tensor) -> bool:
+        """Eager and ``torch.compile``: whether the ``torch.ops.gaunt`` operators run this call (``auto``, CPU
+        tensors, the operators registered, the plan within the kernels' limits)."""
+        return x.device.type == "cpu" and compile_ops_ready() and self._fits_kernels()
+
+    @torch.jit.unused
+    def _note(self, op: str, executor: str) -> None:
+        """Record what ran ``op`` (:func:`gaunt_plugins.backends.last_executor`)."""
+        registry.record(op, "torch", executor)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -134,5 +136,4 @@ class PlannedModule(torch.nn.Module):
                 exact = masters[name].to(device=buf.device, dtype=buf.dtype)
                 if buf.device.type == "meta" or not torch.equal(exact, buf):  # meta tensors hold no values
                     self._buffers[name] = exact
-        self.__dict__.pop("_executors", None)
         return module

@@ -7,9 +7,8 @@ import torch
 
 from .._e3nn import compile_mode, o3
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import (CONV_MAXI, CONV_MAXK2, CONV_MAXP, compile_ops_ready, gather_offsets,
-                                   scatter_offsets)
-from ..backends.executors import dense_to_flat, flat_to_dense
+from ..backends.cpu.script import CONV_MAXI, CONV_MAXK2, CONV_MAXP, gather_offsets, scatter_offsets
+from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ..plans import conv_plan
@@ -122,32 +121,27 @@ class GauntConvolution(PlannedModule):
         if self.weight_offset != 0.0:
             n_in = (self.k1 + self.k2) * self.products * self.channels
             weight = torch.cat([weight[:, :n_in] + self.weight_offset, weight[:, n_in:]], dim=1)
-        if torch.jit.is_scripting():
-            out = self._on_buffers(x1, x2, weight, edge_index)
-        else:
-            out = self._run(x1, x2, weight, edge_index)
-        return out.to(dtype)
+        return self._compute(x1, x2, weight, edge_index).to(dtype)
 
-    @torch.jit.unused
-    def _run(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
-             edge_index: Optional[torch.Tensor]) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self._on_buffers(x1, x2, weight, edge_index)
-        if edge_index is None:
-            return self._executor("conv", x1.device, x1.dtype)(x1, x2, weight)
-        return self._executor("message", x1.device, x1.dtype)(x1, x2, weight, edge_index, x1.shape[0])
-
-    def _on_buffers(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
-                    edge_index: Optional[torch.Tensor]) -> torch.Tensor:
-        """What TorchScript and ``torch.compile`` run on the registered tables: the ``torch.ops.gaunt`` CPU
-        operators on CPU tensors where they serve (:meth:`_fits_kernels`), else the reference (compiled: through
-        the dense ops of :mod:`gaunt_plugins.backends`, so CUDA tensors reach the Triton kernels)."""
+    def _compute(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
+                 edge_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
+        under ``auto`` scalar node features coefficient-wise, else ``torch.ops.gaunt.conv``/``message`` on CPU
+        tensors where the operators serve; otherwise the dense ops of the backend setting (scripted: the
+        reference)."""
+        op = "conv_product" if edge_index is None else "conv_message"
         sh = flat_to_dense(x2, self.index_in2, 1, self.width2).view(x2.shape[0], self.width2)
         if torch.jit.is_scripting():
             if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
+                if self.width1 == 1:
+                    return self._scalar_nodes(x1, sh, weight, edge_index)
                 if x1.device.type == "cpu":
                     return self._kernel_forward(x1, sh, weight, edge_index)
-        elif compile_ops_ready() and x1.device.type == "cpu" and self._fits_kernels():
+        elif self._auto_setting() and self.width1 == 1:
+            self._note(op, "torch-scalar-nodes")
+            return self._scalar_nodes(x1, sh, weight, edge_index)
+        elif self._kernels_serve(x1):
+            self._note(op, "cpu-kernels")
             return self._kernel_forward(x1, sh, weight, edge_index)
         compute = x1.dtype
         lanes = self.products * self.channels
@@ -178,10 +172,7 @@ class GauntConvolution(PlannedModule):
 
     def _kernel_forward(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
                         edge_index: Optional[torch.Tensor]) -> torch.Tensor:
-        """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows; scalar
-        node features (``irreps_in1 = C x 0e``) coefficient-wise instead, as eager runs them (faster than a grid)."""
-        if self.width1 == 1:
-            return self._scalar_nodes(x1, sh, weight, edge_index)
+        """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows."""
         compute = x1.dtype
         lanes = self.products * self.channels
         width_out = self.from_grid.shape[1]
@@ -198,7 +189,7 @@ class GauntConvolution(PlannedModule):
     def _scalar_nodes(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
                       edge_index: Optional[torch.Tensor]) -> torch.Tensor:
         """Scalar node features: a degree-0 factor only scales, ``out[k] = w3[k] coupling[k] (b + w1) x (b + w2[k])
-        sh[k]`` coefficient by coefficient (:class:`~gaunt_plugins.backends.executors.ScalarNodeConv`), then the
+        sh[k]`` coefficient by coefficient (any device; ``coupling[k] = N_l Y_00`` from the tables), then the
         message's scatter-sum."""
         compute = x1.dtype
         lanes = self.products * self.channels

@@ -7,8 +7,8 @@ from typing import Optional
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, compile_ops_ready, scatter_offsets
-from ..backends.executors import dense_to_flat
+from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, scatter_offsets
+from ..backends.torch_ops import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
 from ._planned import PlannedModule, check_floating, layer_method, pickled_normalize, whole_number
@@ -180,10 +180,7 @@ class GauntManyBody(PlannedModule):
         w_in = w_in.view(n, self.correlation, self.k_in, lanes)
         w_out = w_out.view(n, self.correlation, self.k_out, lanes)
         x = x.to(compute)
-        if torch.jit.is_scripting():
-            out = self._on_buffers(x, w_in, w_out)
-        else:
-            out = self._run(x, w_in, w_out)
+        out = self._compute(x, w_in, w_out)
         odd_paths = self.odd_paths
         if odd_paths is not None:
             out = out + odd_paths(x, attrs, gain)
@@ -195,20 +192,16 @@ class GauntManyBody(PlannedModule):
                              out[:, start + self.channels:]], dim=1)
         return out.to(dtype)
 
-    @torch.jit.unused
-    def _run(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self._on_buffers(x, w_in, w_out)
-        return self._executor("many_body", x.device, x.dtype)(x, w_in, w_out)
-
-    def _on_buffers(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        """What TorchScript and ``torch.compile`` run on the registered tables: ``torch.ops.gaunt.many_body`` where
-        it serves (:meth:`_fits_kernels`), else the reference (compiled: through the dense ops)."""
+    def _compute(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
+        ``torch.ops.gaunt.many_body`` on CPU tensors where it serves, else the dense op of the backend setting
+        (scripted: the reference)."""
         if torch.jit.is_scripting():
             if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
                 if x.device.type == "cpu":
                     return self._kernel_forward(x, w_in, w_out)
-        elif compile_ops_ready() and x.device.type == "cpu" and self._fits_kernels():
+        elif self._kernels_serve(x):
+            self._note("many_body_product", "cpu-kernels")
             return self._kernel_forward(x, w_in, w_out)
         compute = x.dtype
         xd = x

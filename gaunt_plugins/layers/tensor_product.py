@@ -7,8 +7,8 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import GP_MAXI, GP_MAXP, compile_ops_ready
-from ..backends.executors import dense_to_flat, flat_to_dense
+from ..backends.cpu.script import GP_MAXI, GP_MAXP
+from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
 from ..plans import product_plan
@@ -119,24 +119,16 @@ class GauntTensorProduct(PlannedModule):
         w3 = w[..., self.k1 + self.k2 :, :]
         if n == 0:
             out = a.new_zeros(0, self.dim_out)
-        elif torch.jit.is_scripting():
-            out = self._on_buffers(a, b, w1, w2, w3)
         else:
-            out = self._run(a, b, w1, w2, w3)
+            out = self._compute(a, b, w1, w2, w3)
         lead.append(self.dim_out)
         return out.reshape(lead).to(dtype)
 
-    @torch.jit.unused
-    def _run(self, a, b, w1, w2, w3) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self._on_buffers(a, b, w1, w2, w3)
-        return self._executor("product", a.device, a.dtype)(a, b, w1, w2, w3)
-
-    def _on_buffers(self, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                    w3: torch.Tensor) -> torch.Tensor:
-        """What TorchScript and ``torch.compile`` run on the registered tables: the reference with its grid product
-        as ``torch.ops.gaunt.grid_product`` on CPU tensors where that serves (:meth:`_fits_kernels`); compiled
-        otherwise: through the dense ops."""
+    def _compute(self, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                 w3: torch.Tensor) -> torch.Tensor:
+        """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
+        the weighted product with its grid product as ``torch.ops.gaunt.grid_product`` on CPU tensors where that
+        serves, else the dense op of the backend setting (scripted: the reference)."""
         compute = a.dtype
         ad = flat_to_dense(a, self.index_in1, self.channels, self.width1)
         bd = flat_to_dense(b, self.index_in2, self.channels, self.width2)
@@ -146,7 +138,8 @@ class GauntTensorProduct(PlannedModule):
                 if a.device.type == "cpu":
                     return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
             out = torch_ops.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
-        elif compile_ops_ready() and a.device.type == "cpu" and self._fits_kernels():
+        elif self._kernels_serve(a):
+            self._note("weighted_product", "cpu-kernels")
             return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
         else:
             out = registry.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)

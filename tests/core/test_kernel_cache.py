@@ -2,9 +2,11 @@
 if this user built it (owner, mode, recorded SHA-256), anything else at its name is rebuilt, never
 loaded; a cache that cannot be used costs one warning and the kernels still work.
 
-Every load runs in a fresh interpreter (the loader is cached per process, and a library once loaded
-stays loaded). A "planted" library is a real shared library whose constructor writes a marker file:
-the marker proves whether it was ever loaded."""
+These are the rules of ``build.cached_library``, which caches the ``torch.ops.gaunt`` operators' library; here
+they cache the C kernels alone (compiled with the operators' flags, loaded with ctypes), which build in a
+second and need no torch. Every load runs in a fresh interpreter (a library once loaded stays loaded). A
+"planted" library is a real shared library whose constructor writes a marker file: the marker proves whether
+it was ever loaded."""
 import hashlib
 import json
 import os
@@ -35,22 +37,41 @@ __attribute__((constructor)) static void planted(void) {
 # build.py needs only the standard library: the packages above it are stubbed, so that each fresh
 # interpreter skips importing torch (seconds each).
 LOAD = """
-import json, os, sys, types, warnings
+import ctypes, json, os, subprocess, sys, types, warnings
 for package in ("gaunt_plugins", "gaunt_plugins.backends", "gaunt_plugins.backends.cpu"):
     sys.modules[package] = types.ModuleType(package)
     sys.modules[package].__path__ = [os.path.join(ROOT, *package.split(".")[1:])]
 import gaunt_plugins.backends.cpu.build as build
+NAME = sys.argv[1]
+
+
+def compile_to(out):
+    flags = build._BASE_FLAGS + build._cpu_flags()
+    proc = subprocess.run([os.environ["CC"], *flags, "-o", str(out), *map(str, build._SOURCES)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise build._BuildFailed(proc.stderr[-500:])
+
+
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    lib, reason = build._load()
+    try:
+        lib, _ = build.cached_library(NAME, lambda folder, install: build.build_into(
+            folder, NAME, install, compile_to, ctypes.CDLL, "CPU kernels"), ctypes.CDLL, "CPU kernels")
+        reason = None
+    except (build._BuildFailed, OSError) as exc:
+        lib, reason = None, str(exc)
 print(json.dumps({"loaded": lib is not None, "reason": reason,
                   "warnings": [str(w.message) for w in caught if "gaunt_plugins CPU kernels" in str(w.message)]}))
 """.replace("ROOT", repr(str(Path(build.__file__).parents[2])))
 
 
+NAME = "gaunt_test_kernels.so"
+
+
 @pytest.fixture(scope="module")
 def name():
-    return build._library_name(CC, build._BASE_FLAGS + build._cpu_flags())
+    return NAME
 
 
 @pytest.fixture
@@ -68,7 +89,7 @@ def load(cache, tmp_path, umask=None):
     temp.mkdir(exist_ok=True)
     env = dict(os.environ, GAUNT_PLUGINS_CACHE=str(cache), GAUNT_TEST_MARKER=str(tmp_path / "marker"),
                TMPDIR=str(temp), CC=CC, GAUNT_CPU_KERNELS="1")
-    proc = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", LOAD, NAME], env=env, capture_output=True, text=True, timeout=300,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
     marker = (tmp_path / "marker").exists()
     assert proc.returncode == 0, (f"the loading process died ({proc.returncode}; the planted library ran: {marker}):\n"

@@ -1,8 +1,9 @@
-"""Compile the kernels (``grid_product.c``, ``conv.c``, ``many_body.c``) once per source/flags/CPU and load them with ctypes.
+"""The compilers, flags and private cache the C kernels (``grid_product.c``, ``conv.c``, ``many_body.c``) are built
+with; :mod:`.library` links them into the ``torch.ops.gaunt`` operators.
 
-The shared library is cached under ``$GAUNT_PLUGINS_CACHE`` (default ``~/.cache/gaunt_plugins``),
-named by a hash of the source, the compiler flags and the CPU's instruction-set flags, so a cache
-shared between machines never loads code the CPU cannot run. The cache folder is private
+A library is cached under ``$GAUNT_PLUGINS_CACHE`` (default ``~/.cache/gaunt_plugins``), named by its builder
+with a hash of the sources, the compilers, their flags and the CPU's instruction-set flags, so a cache shared
+between machines never loads code the CPU cannot run. The cache folder is private
 (:mod:`gaunt_plugins._private_files`: created 0700; used only if it is this user's, writable by nobody
 else, and not a symlink); a cached library is loaded only if it is this user's, writable by nobody else,
 and its SHA-256 equals the digest written beside it (``<name>.so.sha256``) when it was built; otherwise
@@ -10,40 +11,25 @@ it is rebuilt and replaced atomically. A cache that cannot be used (a location t
 written, a folder of another user's or that others can write) costs one warning and a build in a
 private temporary folder, removed once the library is loaded. Set
 ``GAUNT_CPU_KERNELS=0`` to disable the kernels (the layers then use the plain PyTorch path).
-:func:`cached_library` and :func:`build_into` hold these rules for any library: the kernels' PyTorch operators
-(:mod:`.library`) are cached by them too.
+:func:`cached_library` and :func:`build_into` hold these rules; this module needs only the standard library.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import warnings
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..._private_files import fresh_private_dir, private_dir, read_private_file, write_private_file
 
-__all__ = ["load_library", "cpu_kernels_available", "cpu_kernels_unavailable_reason"]
+__all__ = ["cached_library", "build_into"]
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("grid_product.c", "conv.c", "many_body.c")]
 _HEADERS = [Path(__file__).with_name("simd_apply.h")]
-# the arguments of every exported function: i = ptrdiff_t (sizes, strides), p = pointer
-_SIGNATURES = {
-    "gp_forward": "i" * 6 + "pipi" + "p" * 4,
-    "gp_backward": "i" * 6 + "pipi" + "p" * 8,
-    "conv_forward": "i" * 12 + "p" * 12,
-    "conv_backward": "i" * 12 + "p" * 18,
-    "msg_forward": "i" * 12 + "p" * 15,
-    "msg_backward": "i" * 12 + "p" * 20,
-    "mb_forward": "i" * 11 + "p" * 10,
-    "mb_backward": "i" * 11 + "p" * 15,
-}
 # No -ffast-math: with GCC < 13 a shared library built with it turns on flush-to-zero for the
 # whole process. These flags are the ones the reductions need to vectorise.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fassociative-math",
@@ -78,28 +64,11 @@ def _compiler() -> Optional[str]:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
 
 
-def _library_name(cc: str, flags: list[str]) -> str:
-    """The cached library's file name: a hash of the sources, the compiler and its flags."""
-    sources = b"".join(src.read_bytes() for src in _SOURCES + _HEADERS)
-    key = hashlib.sha256(sources + " ".join([cc] + flags).encode()).hexdigest()[:16]
-    return f"gaunt_grid_product_{key}.so"
-
-
 _DIGEST_SUFFIX = ".sha256"
 
 
 class _BuildFailed(Exception):
     """The compiler failed; the message is its error output."""
-
-
-def _build(cc: str, flags: list[str], folder: Path, name: str, install: bool) -> tuple[ctypes.CDLL, Optional[Path]]:
-    """Compile the kernels into ``folder/name`` (see :func:`build_into`) and load them with ctypes."""
-    def compile_to(out: Path) -> None:
-        proc = subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise _BuildFailed(proc.stderr.strip()[:500])
-
-    return build_into(folder, name, install, compile_to, ctypes.CDLL, "CPU kernels")
 
 
 def build_into(folder: Path, name: str, install: bool, compile_to: Callable[[Path], None],
@@ -128,8 +97,7 @@ def build_into(folder: Path, name: str, install: bool, compile_to: Callable[[Pat
     return lib, installed
 
 
-def _cached(folder: Path, name: str,
-            loader: Callable[[str], object] = ctypes.CDLL) -> tuple[Optional[object], Optional[str]]:
+def _cached(folder: Path, name: str, loader: Callable[[str], object]) -> tuple[Optional[object], Optional[str]]:
     """The cached library (loaded with ``loader``) if it is this user's, writable by nobody else, and its SHA-256
     equals the digest recorded when this user built it; else ``(None, why not)`` (``None``: there is none)."""
     path = folder / name
@@ -151,13 +119,6 @@ def _cached(folder: Path, name: str,
         return loader(str(path)), None
     except (OSError, RuntimeError) as exc:
         return None, f"{path} cannot be loaded: {exc}"
-
-
-def _library(cc: str, flags: list[str]) -> ctypes.CDLL:
-    """Load the kernels from the private cache (or build them there), see :func:`cached_library`."""
-    name = _library_name(cc, flags)
-    return cached_library(name, lambda folder, install: _build(cc, flags, folder, name, install), ctypes.CDLL,
-                          "CPU kernels")[0]
 
 
 def cached_library(name: str, build: Callable[[Path, bool], tuple[object, Optional[Path]]],
@@ -188,41 +149,3 @@ def cached_library(name: str, build: Callable[[Path, bool], tuple[object, Option
         return build(tmp, False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@lru_cache(maxsize=None)
-def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    if os.environ.get("GAUNT_CPU_KERNELS", "1") == "0":
-        return None, "disabled by GAUNT_CPU_KERNELS=0"
-    cc = _compiler()
-    if cc is None:
-        return None, "no C compiler found (gcc, cc or clang; or set CC)"
-    try:
-        lib = _library(cc, _BASE_FLAGS + _cpu_flags())
-    except _BuildFailed as exc:
-        return None, f"compiling the CPU kernels failed: {exc}"
-    except OSError as exc:
-        return None, f"the CPU kernels could neither be cached nor built in a temporary folder: {exc}"
-    kinds = {"i": ctypes.c_ssize_t, "p": ctypes.c_void_p}
-    for suffix in ("f32", "f64"):
-        for name, signature in _SIGNATURES.items():
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes = [kinds[c] for c in signature]
-            fn.restype = ctypes.c_int
-    return lib, None
-
-
-def load_library() -> ctypes.CDLL:
-    """The loaded kernels; ``RuntimeError`` with the reason when they cannot be built."""
-    lib, reason = _load()
-    if lib is None:
-        raise RuntimeError(f"gaunt_plugins CPU kernels unavailable: {reason}")
-    return lib
-
-
-def cpu_kernels_available() -> bool:
-    return _load()[0] is not None
-
-
-def cpu_kernels_unavailable_reason() -> Optional[str]:
-    return _load()[1]

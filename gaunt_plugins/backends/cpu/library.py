@@ -1,14 +1,14 @@
 """The CPU kernels as PyTorch operators (``ops.cpp``: ``torch.ops.gaunt.conv``, ``message``, ``many_body``,
 ``grid_product`` and their backwards), built on first use and loaded with ``torch.ops.load_library``.
 
-TorchScript (MACE's ``_compiled.model``), ``torch.compile`` and C++ hosts reach the kernels through these
-operators; eager Python calls the same C kernels through ctypes (:mod:`.build`). The library is one shared object:
-``ops.cpp`` compiled against this torch, linked with the C kernels compiled as :mod:`.build` compiles them. It is
-cached beside them, under the same rules (a private folder; a cached file is loaded only if it is this user's,
-writable by nobody else and matches the digest recorded when it was built; an unusable cache costs one warning and
-a build in a private temporary folder). Its name hashes the sources, the compilers, their flags and the torch
-version, so a library built against another torch is never loaded. ``GAUNT_CPU_KERNELS=0`` disables it too; when
-it cannot be built, the layers script and compile the PyTorch reference (one warning says why).
+Eager calls, TorchScript (MACE's ``_compiled.model``), ``torch.compile`` and C++ hosts all reach the kernels
+through these operators. The library is one shared object: ``ops.cpp`` compiled against this torch, linked with
+the C kernels compiled with the flags of :mod:`.build`. It is cached under :mod:`.build`'s rules (a private
+folder; a cached file is loaded only if it is this user's, writable by nobody else and matches the digest
+recorded when it was built; an unusable cache costs one warning and a build in a private temporary folder). Its
+name hashes the sources, the compilers, their flags and the torch version, so a library built against another
+torch is never loaded. ``GAUNT_CPU_KERNELS=0`` disables it; when it cannot be built, the layers run the PyTorch
+reference (one warning says why).
 
 ``python -m gaunt_plugins.backends.cpu.library`` builds it if needed and prints its path: what a C++ host loads
 before a scripted Gaunt model (``torch.ops.load_library(path)``, or ``LD_PRELOAD`` for LAMMPS).
@@ -115,11 +115,11 @@ _WARNED = []
 
 def load_ops() -> bool:
     """Build (once) and register the ``torch.ops.gaunt`` operators; ``False`` (and one warning) when they cannot
-    be: the layers then script and compile the PyTorch reference."""
+    be: the layers then run the PyTorch reference."""
     reason = _load()[1]
     if reason is not None and not _WARNED and "GAUNT_CPU_KERNELS=0" not in reason:
         _WARNED.append(reason)
-        warnings.warn(f"gaunt_plugins: TorchScript and torch.compile run the PyTorch reference on CPU: {reason}",
+        warnings.warn(f"gaunt_plugins: the Gaunt products run the PyTorch reference on CPU: {reason}",
                       RuntimeWarning)
     return reason is None
 

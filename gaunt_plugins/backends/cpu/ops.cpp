@@ -521,8 +521,9 @@ struct GridProductFn : public torch::autograd::Function<GridProductFn> {
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         auto s = ctx->get_saved_variables();
         if (at::GradMode::is_enabled()) {
-            auto r = composed_grads([&](const variable_list& in) { return grid_product_ref(in[0], in[1], s[2], s[3], s[4]); },
-                                    {s[0], s[1]}, needs(ctx, 2), grads[0]);
+            auto r = composed_grads([&](const variable_list& in) {
+                return grid_product_ref(in[0], in[1], s[2], s[3], s[4]);
+            }, {s[0], s[1]}, needs(ctx, 2), grads[0]);
             return {r[0], r[1], Tensor(), Tensor(), Tensor()};
         }
         auto r = op("gaunt::grid_product_backward")

@@ -1,7 +1,8 @@
-"""What the layers' TorchScript and ``torch.compile`` branches need to call the ``torch.ops.gaunt`` operators.
+"""What the layers need to call the ``torch.ops.gaunt`` operators, in eager mode, under TorchScript and
+``torch.compile``.
 
 TorchScript-able helpers that derive the kernels' offset tables from the layers' gather buffers (so models saved
-before the operators existed script to them unchanged), the kernels' stack limits as constants, and
+before the operators existed run them unchanged), the kernels' stack limits as constants, and
 :func:`compile_ops_ready`, which ``torch.compile`` evaluates once per trace.
 """
 from __future__ import annotations
@@ -38,8 +39,8 @@ def scatter_offsets(index_out: torch.Tensor, lanes: int, width: int) -> torch.Te
 
 
 def script_ops_ready() -> bool:
-    """Whether a model scripted now calls the operators on CPU: the backend setting is ``auto`` and they are
-    registered (built on first use; one warning when they cannot be)."""
+    """Whether the layers call the operators on CPU (a model scripted now, and every eager call): the backend
+    setting is ``auto`` and they are registered (built on first use; one warning when they cannot be)."""
     from .. import registry
     from .library import load_ops
 
