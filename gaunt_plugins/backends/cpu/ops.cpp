@@ -408,6 +408,18 @@ Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
         .narrow(1, 0, dim_out);
 }
 
+// The same when every flat coefficient has exactly one dense source (a convolution's outputs): a gather, which
+// autograd and the CPU run faster than the scatter. The inverse of the offsets is built without data-dependent
+// shapes (the coefficients not emitted all land on one extra slot, dropped).
+Tensor gather_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
+    Tensor flat = offsets.reshape(-1);
+    Tensor target = at::where(flat < 0, at::full_like(flat, dim_out), flat);
+    Tensor source = at::zeros({dim_out + 1}, flat.options())
+                        .index_put_({target}, at::arange(flat.size(0), flat.options()))
+                        .narrow(0, 0, dim_out);
+    return y.reshape({y.size(0), -1}).index_select(1, source);
+}
+
 Tensor per_coefficient(const Tensor& w, const Tensor& deg) {  // w [B, K, C] -> [B, C, I] by degree slot
     return w.transpose(1, 2).index_select(2, deg);
 }
@@ -428,7 +440,7 @@ Tensor conv_ref(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor
     Tensor s = at::matmul(sh.unsqueeze(1) * mask2, y2.to(dt));                    // [E, K2, P]
     Tensor b = at::bmm(wv.narrow(1, k1, k2).transpose(1, 2), s);                  // [E, C, P]
     Tensor out = at::matmul(a * b, f.to(dt)) * per_coefficient(wv.narrow(1, k1 + k2, k - k1 - k2), index(deg3));
-    return scatter_flat(out, index(offo), dim_out);
+    return gather_flat(out, index(offo), dim_out);
 }
 
 Tensor message_ref(const Tensor& x, const Tensor& sh, const Tensor& w, const Tensor& ei, int64_t num_nodes,
