@@ -67,6 +67,9 @@ class PlannedModule(torch.nn.Module):
     named as in the plan's tensors)."""
 
     _TABLES: Tuple[str, ...] = ()
+    _DERIVED: Tuple[str, ...] = ()
+    """Index tables the kernels read, held as non-persistent buffers (not in state dicts): rebuilt from the plan
+    after a device move and for layers pickled before they existed (:meth:`_register_derived`)."""
     __jit_unused_properties__ = ["plan"]
     __constants__ = ["_kernel_ops"]
     _kernel_ops = False
@@ -95,6 +98,14 @@ class PlannedModule(torch.nn.Module):
         device = torch.empty(0).device
         for name in names:
             self.register_buffer(name, tables[name].to(device=device, copy=True))
+
+    def _register_derived(self) -> None:
+        """Register the plan's :attr:`_DERIVED` tables as non-persistent buffers beside the others."""
+        reference = next(iter(self._buffers.values()), None)
+        device = reference.device if reference is not None else torch.empty(0).device
+        tables = self.plan.tensors.get(torch.float64, torch.device("cpu"))
+        for name in self._DERIVED:
+            self.register_buffer(name, tables[name].to(device=device, copy=True), persistent=False)
 
     @property
     def plan(self):
@@ -136,4 +147,8 @@ class PlannedModule(torch.nn.Module):
                 exact = masters[name].to(device=buf.device, dtype=buf.dtype)
                 if buf.device.type == "meta" or not torch.equal(exact, buf):  # meta tensors hold no values
                     self._buffers[name] = exact
+        for name in self._DERIVED:
+            buf = self._buffers.get(name)
+            if buf is not None:
+                self._buffers[name] = masters[name].to(device=buf.device)
         return module

@@ -7,7 +7,7 @@ import torch
 
 from .._e3nn import compile_mode, o3
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import CONV_MAXI, CONV_MAXK2, CONV_MAXP, gather_offsets, scatter_offsets
+from ..backends.cpu.script import CONV_MAXI, CONV_MAXK2, CONV_MAXP
 from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -52,6 +52,7 @@ class GauntConvolution(PlannedModule):
     """
 
     _TABLES = ("to_grid1", "to_grid2", "from_grid", "deg_mask2")
+    _DERIVED = ("offsets_in1", "offsets_out", "deg2")
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto",
                  products: int = 1, weight_offset: float = 1.0):
@@ -80,6 +81,7 @@ class GauntConvolution(PlannedModule):
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
         self._register_plan_buffers(t, ("to_grid1", "to_grid2", "from_grid", "deg_mask2", "index_in1", "index_in2",
                                         "index_out", "deg1", "deg3"))
+        self._register_derived()
 
     def _build_plan(self):
         irreps_out = o3.Irreps([(self.channels, ir) for _, ir in self.irreps_out])
@@ -92,6 +94,8 @@ class GauntConvolution(PlannedModule):
         state.setdefault("weight_offset", 0.0)
         state.setdefault("normalize", pickled_normalize(state, "from_grid", _normalized_plan))
         super().__setstate__(state)
+        if "offsets_in1" not in self._buffers:  # pickled before the kernels' index tables were buffers
+            self._register_derived()
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | "
@@ -174,17 +178,12 @@ class GauntConvolution(PlannedModule):
                         edge_index: Optional[torch.Tensor]) -> torch.Tensor:
         """``torch.ops.gaunt.conv`` (``edge_index`` None) or ``torch.ops.gaunt.message`` on the flat rows."""
         compute = x1.dtype
-        lanes = self.products * self.channels
-        width_out = self.from_grid.shape[1]
-        offsets_in1 = gather_offsets(self.index_in1, self.dim_in1, lanes)
-        offsets_out = scatter_offsets(self.index_out, lanes, width_out)
-        deg2 = self.deg_mask2.argmax(0)
         y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
         if edge_index is None:
-            return torch.ops.gaunt.conv(x1, sh, weight, offsets_in1, offsets_out, self.deg1, deg2, self.deg3, y1, y2,
-                                        f, self.k1, self.k2, self.dim_out)
-        return torch.ops.gaunt.message(x1, sh, weight, edge_index, x1.shape[0], offsets_in1, offsets_out, self.deg1,
-                                       deg2, self.deg3, y1, y2, f, self.k1, self.k2, self.dim_out)
+            return torch.ops.gaunt.conv(x1, sh, weight, self.offsets_in1, self.offsets_out, self.deg1, self.deg2,
+                                        self.deg3, y1, y2, f, self.k1, self.k2, self.dim_out)
+        return torch.ops.gaunt.message(x1, sh, weight, edge_index, x1.shape[0], self.offsets_in1, self.offsets_out,
+                                       self.deg1, self.deg2, self.deg3, y1, y2, f, self.k1, self.k2, self.dim_out)
 
     def _scalar_nodes(self, x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor,
                       edge_index: Optional[torch.Tensor]) -> torch.Tensor:
@@ -199,7 +198,7 @@ class GauntConvolution(PlannedModule):
         x = x1 if edge_index is None else x1.index_select(0, edge_index[0])
         w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
         a = flat_to_dense(x, self.index_in1, lanes, 1)[:, :, 0] * w[:, 0]
-        deg2 = self.deg_mask2.argmax(0)[:width_out]
+        deg2 = self.deg2[:width_out]
         w2 = w[:, self.k1:self.k1 + self.k2].transpose(1, 2).index_select(2, deg2)
         w3 = w[:, self.k1 + self.k2:].transpose(1, 2).index_select(2, self.deg3)
         out = dense_to_flat((a.unsqueeze(2) * w2) * (sh[:, None, :width_out] * (coupling * w3)), self.index_out)

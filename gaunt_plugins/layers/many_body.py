@@ -7,7 +7,7 @@ from typing import Optional
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, scatter_offsets
+from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP
 from ..backends.torch_ops import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
@@ -62,6 +62,7 @@ class GauntManyBody(PlannedModule):
     """
 
     _TABLES = ("to_grid", "from_grids")
+    _DERIVED = ("offsets_in", "offsets_out")
     #: buffers that layers saved by earlier versions lack; such a layer loads them as 1 (the identity)
     DEFAULTED_BUFFERS = ("weight_gain",)
     __jit_unused_properties__ = ["plan", "contraction_degree", "odd_chains"]
@@ -98,6 +99,7 @@ class GauntManyBody(PlannedModule):
         self.dim_out = fo.dim
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
         self._register_plan_buffers(t, ("to_grid", "from_grids", "index_in", "index_out", "deg_in", "deg_out"))
+        self._register_derived()
         lanes = chains * self.channels
         weights_in = torch.ones(num_elements, correlation, self.k_in, lanes)
         # chains after the first start apart from it, so that they learn different couplings
@@ -145,6 +147,8 @@ class GauntManyBody(PlannedModule):
         state.get("_modules", {}).setdefault("odd_paths", None)  # pickled before the odd paths: none
         state.setdefault("_odd_chains", 0)
         super().__setstate__(state)
+        if "offsets_in" not in self._buffers:  # pickled before the kernels' index tables were buffers
+            self._register_derived()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -228,11 +232,7 @@ class GauntManyBody(PlannedModule):
         """``torch.ops.gaunt.many_body`` on the compact rows (every chain reading its channel's coefficients)."""
         compute = x.dtype
         xl = x if self.chains == 1 else x.repeat(1, self.chains, 1)
-        offsets_in = torch.where(self.index_in == self.compact_in, torch.full_like(self.index_in, -1), self.index_in)
-        offsets_out = scatter_offsets(self.index_out, self.channels, self.from_grids.shape[2])
-        if self.chains > 1:
-            offsets_out = offsets_out.repeat(self.chains, 1)
-        return torch.ops.gaunt.many_body(xl, w_in, w_out, offsets_in, offsets_out, self.deg_in, self.deg_out,
+        return torch.ops.gaunt.many_body(xl, w_in, w_out, self.offsets_in, self.offsets_out, self.deg_in, self.deg_out,
                                          self.to_grid.to(compute), self.from_grids.to(compute), self.dim_out)
 
 

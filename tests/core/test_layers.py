@@ -457,3 +457,22 @@ def test_many_body_saved_without_a_scalar_bias_loads_and_predicts_what_it_did():
     revived = GauntManyBody.__new__(GauntManyBody)
     revived.__setstate__(pickled)
     assert revived.scalar_bias is None and torch.equal(revived(x, attrs), old(x, attrs))
+
+
+@pytest.mark.parametrize("name", ["conv", "many_body"])
+def test_a_layer_pickled_without_the_kernels_index_buffers_rebuilds_them_and_predicts_the_same(name):
+    """The kernels' index tables are non-persistent buffers; a layer pickled before they existed gets them back
+    from its plan when unpickled, and computes what it did."""
+    import pickle
+
+    torch.manual_seed(0)
+    layer = _META_LAYERS[name]().double()
+    args, _ = _inputs(name, layer, 5, torch.float64)
+    expected = layer(*args)
+    derived = type(layer)._DERIVED
+    assert derived and not set(derived) & set(layer.state_dict())
+    for key in derived:
+        del layer._buffers[key]
+    restored = pickle.loads(pickle.dumps(layer))
+    assert all(key in restored._buffers for key in derived)
+    torch.testing.assert_close(restored(*args), expected, rtol=0, atol=0)

@@ -1,8 +1,7 @@
 """What the layers need to call the ``torch.ops.gaunt`` operators, in eager mode, under TorchScript and
 ``torch.compile``.
 
-TorchScript-able helpers that derive the kernels' offset tables from the layers' gather buffers (so models saved
-before the operators existed run them unchanged), the kernels' stack limits as constants, and
+The kernels' stack limits as constants, :func:`script_ops_ready` (whether the operators serve this process) and
 :func:`compile_ops_ready`, which ``torch.compile`` evaluates once per trace.
 """
 from __future__ import annotations
@@ -11,7 +10,7 @@ import torch
 
 from .limits import kernel_limits
 
-__all__ = ["gather_offsets", "scatter_offsets", "compile_ops_ready", "script_ops_ready", "CONV_MAXP", "CONV_MAXI",
+__all__ = ["compile_ops_ready", "script_ops_ready", "CONV_MAXP", "CONV_MAXI",
            "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU", "GP_MAXP", "GP_MAXI"]
 
 CONV_MAXP = kernel_limits("conv.c")["MAXP"]
@@ -22,20 +21,6 @@ MB_MAXI = kernel_limits("many_body.c")["MAXI"]
 MB_MAXNU = kernel_limits("many_body.c")["MAXNU"]
 GP_MAXP = kernel_limits("grid_product.c")["MAXP"]
 GP_MAXI = kernel_limits("grid_product.c")["MAXI"]
-
-
-def gather_offsets(index: torch.Tensor, absent: int, lanes: int) -> torch.Tensor:
-    """A gather ``index [lanes * width]`` into a flat row extended by one zero (index ``absent``) as the kernels'
-    offsets ``[lanes, width]`` (-1 where absent)."""
-    return torch.where(index == absent, torch.full_like(index, -1), index).view(lanes, -1)
-
-
-def scatter_offsets(index_out: torch.Tensor, lanes: int, width: int) -> torch.Tensor:
-    """The inverse of the flat output gather ``index_out [Do]`` (from ``[lanes * width]``): ``[lanes, width]``
-    offsets into a flat output row, -1 where a dense coefficient is not emitted."""
-    offsets = torch.full([lanes * width], -1, dtype=torch.long, device=index_out.device)
-    positions = torch.arange(index_out.shape[0], dtype=torch.long, device=index_out.device)
-    return offsets.index_put((index_out,), positions).view(lanes, width)
 
 
 def script_ops_ready() -> bool:
