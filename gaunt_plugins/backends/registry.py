@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 
 from . import torch_ops
-from .cpu.script import GP_MAXI, GP_MAXP, compile_ops_ready
+from .cpu.script import compile_ops_ready, grid_product_fits, weighted_grid_product
 from .triton_backend import TritonBackend
 
 __all__ = [
@@ -72,14 +72,9 @@ class TorchBackend:
 
     def weighted_product(self, x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid):
         if self.kernels and x1.device.type == "cpu" and x1.dtype in (torch.float32, torch.float64) \
-                and compile_ops_ready() and max(x1.shape[-1], x2.shape[-1], from_grid.shape[1]) <= GP_MAXI \
-                and to_grid1.shape[1] <= GP_MAXP:
-            n, c = x1.shape[0], x1.shape[1]
-            a = x1 * w1.transpose(-1, -2).index_select(-1, deg1)
-            b = x2 * w2.transpose(-1, -2).index_select(-1, deg2)
-            out = torch.ops.gaunt.grid_product(a.reshape(n * c, -1), b.reshape(n * c, -1), to_grid1, to_grid2,
-                                               from_grid)
-            return out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, deg3)
+                and compile_ops_ready() \
+                and grid_product_fits(to_grid1.shape[1], (x1.shape[-1], x2.shape[-1], from_grid.shape[1])):
+            return weighted_grid_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
         return torch_ops.weighted_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
 
     def conv_product(self, *args):

@@ -7,7 +7,7 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import GP_MAXI, GP_MAXP
+from ..backends.cpu.script import grid_product_fits, weighted_grid_product
 from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -148,17 +148,12 @@ class GauntTensorProduct(PlannedModule):
     @torch.jit.unused
     def _fits_kernels(self) -> bool:
         """Whether the plan is within ``grid_product.c``'s stack limits (float32 or float64 here)."""
-        return (self.to_grid1.shape[1] <= GP_MAXP
-                and max(self.width1, self.width2, self.width_out) <= GP_MAXI)
+        return grid_product_fits(self.to_grid1.shape[1], (self.width1, self.width2, self.width_out))
 
     def _kernel_forward(self, ad: torch.Tensor, bd: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                         w3: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """The weighted product with its grid product as ``torch.ops.gaunt.grid_product`` on ``[N C, I]`` rows."""
-        n, c = ad.shape[0], ad.shape[1]
-        u = ad * w1.transpose(-1, -2).index_select(-1, self.deg1)
-        v = bd * w2.transpose(-1, -2).index_select(-1, self.deg2)
-        out = torch.ops.gaunt.grid_product(u.reshape(n * c, -1), v.reshape(n * c, -1), y1, y2, f)
-        out = out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, self.deg3)
+        out = weighted_grid_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
         return dense_to_flat(out, self.index_out)
 
 

@@ -399,24 +399,27 @@ Tensor gather_dense(const Tensor& x, const Tensor& offsets) {
         .view({x.size(0), offsets.size(0), offsets.size(1)});
 }
 
-// y [B, C, Io] -> [B, dim_out] through offsets [C, Io] (-1: not emitted; shared offsets sum). The coefficients not
-// emitted land in one extra column, dropped: no data-dependent shape (torch.compile traces this).
-Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
+// offsets [C, Io] -> [C Io] flat positions, the coefficients not emitted (-1) sent to one extra slot `dim_out`,
+// dropped afterwards: no data-dependent shape (torch.compile traces the helpers below).
+Tensor flat_targets(const Tensor& offsets, int64_t dim_out) {
     Tensor flat = offsets.reshape(-1);
-    Tensor target = at::where(flat < 0, at::full_like(flat, dim_out), flat);
+    return at::where(flat < 0, at::full_like(flat, dim_out), flat);
+}
+
+// y [B, C, Io] -> [B, dim_out] through offsets [C, Io] (-1: not emitted; shared offsets sum).
+Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
+    Tensor target = flat_targets(offsets, dim_out);
     return at::zeros({y.size(0), dim_out + 1}, y.options())
         .index_add(1, target, y.reshape({y.size(0), -1}))
         .narrow(1, 0, dim_out);
 }
 
 // The same when every flat coefficient has exactly one dense source (a convolution's outputs): a gather, which
-// autograd and the CPU run faster than the scatter. The inverse of the offsets is built without data-dependent
-// shapes (the coefficients not emitted all land on one extra slot, dropped).
+// autograd and the CPU run faster than the scatter, through the inverse of the offsets.
 Tensor gather_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
-    Tensor flat = offsets.reshape(-1);
-    Tensor target = at::where(flat < 0, at::full_like(flat, dim_out), flat);
-    Tensor source = at::zeros({dim_out + 1}, flat.options())
-                        .index_put_({target}, at::arange(flat.size(0), flat.options()))
+    Tensor target = flat_targets(offsets, dim_out);
+    Tensor source = at::zeros({dim_out + 1}, target.options())
+                        .index_put_({target}, at::arange(target.size(0), target.options()))
                         .narrow(0, 0, dim_out);
     return y.reshape({y.size(0), -1}).index_select(1, source);
 }

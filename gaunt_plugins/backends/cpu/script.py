@@ -1,7 +1,8 @@
 """What the layers need to call the ``torch.ops.gaunt`` operators, in eager mode, under TorchScript and
 ``torch.compile``.
 
-The kernels' stack limits as constants, :func:`script_ops_ready` (whether the operators serve this process) and
+The kernels' stack limits as constants (and :func:`grid_product_fits`), the weighted product on the grid-product
+operator (:func:`weighted_grid_product`), :func:`script_ops_ready` (whether the operators serve this process) and
 :func:`compile_ops_ready`, which ``torch.compile`` evaluates once per trace.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 
 from .limits import kernel_limits
 
-__all__ = ["compile_ops_ready", "script_ops_ready", "CONV_MAXP", "CONV_MAXI",
+__all__ = ["compile_ops_ready", "script_ops_ready", "grid_product_fits", "weighted_grid_product", "CONV_MAXP", "CONV_MAXI",
            "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU", "GP_MAXP", "GP_MAXI"]
 
 CONV_MAXP = kernel_limits("conv.c")["MAXP"]
@@ -21,6 +22,24 @@ MB_MAXI = kernel_limits("many_body.c")["MAXI"]
 MB_MAXNU = kernel_limits("many_body.c")["MAXNU"]
 GP_MAXP = kernel_limits("grid_product.c")["MAXP"]
 GP_MAXI = kernel_limits("grid_product.c")["MAXI"]
+
+
+def grid_product_fits(points: int, widths) -> bool:
+    """Whether a grid product of ``points`` grid points and these coefficient widths is within ``grid_product.c``'s
+    stack limits."""
+    return points <= GP_MAXP and max(widths) <= GP_MAXI
+
+
+def weighted_grid_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+                          deg1: torch.Tensor, deg2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor,
+                          to_grid2: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
+    """:func:`..torch_ops.weighted_product` (``x1 [N, C, I1]``, ``x2 [N, C, I2]``, weights ``[*, K, C]`` ->
+    ``[N, C, Io]``) with its grid product as ``torch.ops.gaunt.grid_product`` on ``[N C, I]`` rows."""
+    n, c = x1.shape[0], x1.shape[1]
+    a = x1 * w1.transpose(-1, -2).index_select(-1, deg1)
+    b = x2 * w2.transpose(-1, -2).index_select(-1, deg2)
+    out = torch.ops.gaunt.grid_product(a.reshape(n * c, -1), b.reshape(n * c, -1), to_grid1, to_grid2, from_grid)
+    return out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, deg3)
 
 
 def script_ops_ready() -> bool:
