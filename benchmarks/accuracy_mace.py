@@ -215,7 +215,7 @@ def snapshot_code(dest_root: Path) -> tuple:
     files = []
     for target, source in _PACKAGE_DIRS.items():
         for path in sorted((ROOT / source).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".c", ".h"):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".c", ".cpp", ".h"):
                 rel = Path(target) / path.relative_to(ROOT / source)
                 files.append((rel, path))
                 h.update(str(rel).encode())
@@ -299,21 +299,30 @@ def read_epochs(run_dir: Path, name: str) -> List[Dict]:
             step_time[row["epoch"]] = step_time.get(row["epoch"], 0.0) + row["time"]
         elif row.get("mode") == "eval" and row.get("epoch") is not None:
             evals[row["epoch"]] = row
-    checkpoints = {int(p.stem.rsplit("-", 1)[1]): p.name for p in (run_dir / "checkpoints").glob("*_epoch-*.pt")}
+    checkpoints, stage_two = {}, set()
+    for path in (run_dir / "checkpoints").glob("*_epoch-*.pt"):
+        tail = path.stem.rsplit("-", 1)[1]  # "<epoch>", or "<epoch>_swa" for MACE's stage two
+        epoch = int(tail.removesuffix("_swa"))
+        checkpoints[epoch] = path.name
+        if tail.endswith("_swa"):
+            stage_two.add(epoch)
     epochs, elapsed = [], 0.0
     for epoch in sorted(step_time):
         elapsed += step_time[epoch]
         row = evals.get(epoch, {})
         epochs.append({"epoch": epoch, "train_s": step_time[epoch], "elapsed_s": elapsed,
                        "valid_loss": row.get("loss"), "valid_mae_f": row.get("mae_f"),
-                       "checkpoint": checkpoints.get(epoch)})
+                       "checkpoint": checkpoints.get(epoch), "stage_two": epoch in stage_two})
     return epochs
 
 
 def best_epoch(epochs: List[Dict], budget_s: Optional[float] = None) -> Optional[Dict]:
-    """The best-validation epoch with a checkpoint, among those that end within ``budget_s``."""
+    """The best-validation epoch with a checkpoint, among those that end within ``budget_s``; where any of them
+    is of MACE's stage two, among those only (as MACE chooses: stage two's loss weighs energies differently)."""
     pool = [e for e in epochs if e["checkpoint"] and e["valid_loss"] is not None
             and (budget_s is None or e["elapsed_s"] <= budget_s)]
+    if any(e.get("stage_two") for e in pool):
+        pool = [e for e in pool if e.get("stage_two")]
     return min(pool, key=lambda e: e["valid_loss"]) if pool else None
 
 
@@ -440,6 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                              "instead of the working tree (to continue runs trained with it to more --epochs)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--no-ema", action="store_true", help="train without MACE's exponential moving average")
+    parser.add_argument("--stage-two", action="store_true",
+                        help="train with MACE's stage two (swa: energy weight 1000, lr 1e-3, the last quarter of the "
+                             "epochs); the model compared is the best-validation checkpoint of stage two")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 2 epochs, 40 configs")
     args = parser.parse_args(argv)
     for v in args.variants:
@@ -450,7 +462,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if args.no_ema:
         model.pop("ema")
         model.pop("ema_decay")
-    work = args.work.resolve() / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema"))
+    if args.stage_two:
+        model["swa"] = True
+    work = args.work.resolve() / (("quick" if args.quick else "full") + ("" if args.no_ema else "_ema")
+                                  + ("_stage_two" if args.stage_two else ""))
     files = prepare_data(find_acac(), work / "data", args.n_train, args.n_valid, args.n_test)
     if args.code_snapshot is None:
         code_dir, code = snapshot_code(work / "code")
@@ -514,7 +529,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         }
     text = table(result)
     print(text)
-    out = args.out or HERE / "results" / f"accuracy_mace{'_quick' if args.quick else ''}.json"
+    out = args.out or HERE / "results" / (f"accuracy_mace{'_quick' if args.quick else ''}"
+                                          f"{'_stage_two' if args.stage_two else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["table"] = text
     out.write_text(json.dumps(result, indent=1))

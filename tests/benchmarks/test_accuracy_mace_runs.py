@@ -71,3 +71,35 @@ def test_a_missing_code_snapshot_is_named_with_the_ones_there(tmp_path, monkeypa
     (tmp_path / "full_ema" / "code" / "abc123").mkdir(parents=True)
     with pytest.raises(SystemExit, match="--code-snapshot nope: no snapshot .*; the snapshots in .*: abc123"):
         accuracy_mace.main(["--work", str(tmp_path), "--code-snapshot", "nope"])
+
+
+def test_stage_two_compares_the_best_stage_two_checkpoint(tmp_path):
+    """MACE's stage two names its checkpoints ``..._epoch-N_swa.pt`` and weighs energies 1000x in its loss: the
+    model compared is the best stage-two epoch even where a stage-one epoch has a lower validation loss."""
+    run_dir = tmp_path / "upstream_s1"
+    (run_dir / "results").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    losses = {0: 0.5, 1: 0.1, 2: 0.9, 3: 0.7}  # epochs 2 and 3 are stage two
+    with open(run_dir / "results" / "upstream_s1_run-1_train.txt", "w") as fh:
+        for epoch, loss in losses.items():
+            fh.write(json.dumps({"mode": "opt", "epoch": epoch, "time": 1.0}) + "\n")
+            fh.write(json.dumps({"mode": "eval", "epoch": epoch, "loss": loss, "mae_f": 0.1}) + "\n")
+            suffix = "_swa" if epoch >= 2 else ""
+            (run_dir / "checkpoints" / f"upstream_s1_run-1_epoch-{epoch}{suffix}.pt").write_bytes(b"")
+    epochs = accuracy_mace.read_epochs(run_dir, "upstream_s1")
+    assert [e["stage_two"] for e in epochs] == [False, False, True, True]
+    best = accuracy_mace.best_epoch(epochs)
+    assert best["epoch"] == 3 and best["checkpoint"] == "upstream_s1_run-1_epoch-3_swa.pt"
+    assert accuracy_mace.best_epoch(epochs, budget_s=2.0)["epoch"] == 1  # no stage-two epoch within the budget
+    assert accuracy_mace.best_epoch(epochs[:2])["epoch"] == 1  # without stage two: among all epochs
+
+
+def test_the_code_snapshot_holds_every_source_the_package_builds_from(tmp_path):
+    """The runs execute the snapshot: it must hold the C kernels and the operators' C++ source, not only Python."""
+    dest, digest = accuracy_mace.snapshot_code(tmp_path)
+    package = ROOT / "gaunt_plugins"
+    for suffix in (".py", ".c", ".cpp", ".h"):
+        sources = sorted(p.relative_to(package) for p in package.rglob(f"*{suffix}") if "__pycache__" not in p.parts)
+        assert sources, suffix
+        for rel in sources:
+            assert (dest / "gaunt_plugins" / rel).is_file(), rel
