@@ -52,7 +52,7 @@ class GauntConvolution(PlannedModule):
     """
 
     _TABLES = ("to_grid1", "to_grid2", "from_grid", "deg_mask2")
-    _DERIVED = ("offsets_in1", "offsets_out", "deg2")
+    _DERIVED = ("offsets_in1", "offsets_out", "deg2", "scalar_coupling")
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto",
                  products: int = 1, weight_offset: float = 1.0):
@@ -94,7 +94,7 @@ class GauntConvolution(PlannedModule):
         state.setdefault("weight_offset", 0.0)
         state.setdefault("normalize", pickled_normalize(state, "from_grid", _normalized_plan))
         super().__setstate__(state)
-        if "offsets_in1" not in self._buffers:  # pickled before the kernels' index tables were buffers
+        if any(name not in self._buffers for name in self._DERIVED):  # pickled before these tables were buffers
             self._register_derived()
 
     def __repr__(self) -> str:
@@ -193,8 +193,7 @@ class GauntConvolution(PlannedModule):
         compute = x1.dtype
         lanes = self.products * self.channels
         width_out = self.from_grid.shape[1]
-        y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
-        coupling = torch.einsum("p,kp,pk->k", y1[0], y2[:width_out], f)
+        coupling = self.scalar_coupling.to(compute)
         x = x1 if edge_index is None else x1.index_select(0, edge_index[0])
         w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
         a = flat_to_dense(x, self.index_in1, lanes, 1)[:, :, 0] * w[:, 0]

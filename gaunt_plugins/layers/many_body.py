@@ -147,7 +147,7 @@ class GauntManyBody(PlannedModule):
         state.get("_modules", {}).setdefault("odd_paths", None)  # pickled before the odd paths: none
         state.setdefault("_odd_chains", 0)
         super().__setstate__(state)
-        if "offsets_in" not in self._buffers:  # pickled before the kernels' index tables were buffers
+        if any(name not in self._buffers for name in self._DERIVED):  # pickled before these tables were buffers
             self._register_derived()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..irreps import ChannelIrreps, channel_irreps, output_irreps
 from ._cache import cached_plan
 from ._cast import CastCache
@@ -22,7 +24,8 @@ class ConvPlan(TwoInputSizes):
     -> ``[E, out.dim]``. ``tensors.get(dtype, device)`` holds the tables ``to_grid1 [I1, Pg]``, ``to_grid2 [I2, Pg]``,
     ``from_grid [Pg, Io]`` (normalisation folded in), ``deg_mask2 [K2, I2]`` (1 where a harmonic coefficient has
     that degree), the gathers ``index_in1 [P C I1]``, ``index_in2 [I2]``, ``index_out [Do]``, the degree slots
-    ``deg1 [I1]``, ``deg2 [I2]``, ``deg3 [Io]``, and the flat-row offsets of the CPU kernels ``offsets_in1
+    ``deg1 [I1]``, ``deg2 [I2]``, ``deg3 [Io]``, ``scalar_coupling [Io]`` (scalar ``in1``: the product of a
+    constant with harmonic ``k`` is ``scalar_coupling[k]`` times it; empty otherwise), and the flat-row offsets of the CPU kernels ``offsets_in1
     [P C, I1]`` and ``offsets_out [P C, Io]`` (-1: absent / not emitted).
     """
 
@@ -55,8 +58,12 @@ def conv_plan(irreps_in1: str, irreps_in2: str, irreps_out: str, products: int =
     lanes = products * f1.mul
     index_in1 = dense_gather(f1, repeat=products)
     index_out = flat_gather(fo)
+    # scalar node features: output coefficient k is coupling[k] x1 sh[k] (the grid product of a constant)
+    width_out = proj.shape[1]
+    coupling = (torch.einsum("p,kp,pk->k", y1[0], y2[:width_out], proj) if f1.lmax == 0 and width_out <= y2.shape[0]
+                else y1.new_zeros(0))
     tensors = CastCache(dict(
-        to_grid1=y1, to_grid2=y2, from_grid=proj, deg_mask2=f2.degree_mask(),
+        to_grid1=y1, to_grid2=y2, from_grid=proj, deg_mask2=f2.degree_mask(), scalar_coupling=coupling,
         index_in1=index_in1, index_in2=dense_gather(f2), index_out=index_out,
         deg1=f1.degree_slots(), deg2=f2.degree_slots(), deg3=fo.degree_slots(),
         offsets_in1=offsets_from_gather(index_in1, f1.dim, lanes),
