@@ -13,7 +13,6 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      MACE's at equal epochs, see benchmarks/results/accuracy_mace.json).
                      YAML ``[conv, product]``, command line ``--gaunt_targets conv product`` or
                      ``conv,product``; ``all`` means both.
-``gaunt_method``     how the Gaunt layers compute the product: ``auto`` (default) or ``grid``.
 ``gaunt_conv_products``
                      how the Gaunt convolution builds its output. ``paths``: one output block per path
                      ``l1 x l2 -> l3``, from the Gaunt coefficients (:class:`~gaunt_plugins.layers.
@@ -38,6 +37,9 @@ Options (command line ``--name value`` or YAML ``name: value``):
                      the optimiser (a positive number; default: the layer's, ``GauntManyBody``'s
                      ``DEFAULT_WEIGHT_GAIN``). The initial function does not depend on it.
 
+``gaunt_method`` (``auto`` or ``grid``) is accepted for configs written for earlier versions and has no effect:
+the MACE layers always compute on the quadrature grid (both values ran it); a ``FutureWarning`` says so.
+
 The ``gaunt_*`` keys configure Gaunt products: without ``tensor_product: gaunt`` they are refused
 (:class:`GauntSettingsError`), never ignored. ``gaunt_conv_products`` and ``gaunt_product_chains`` are
 at most :data:`MAX_CONV_PRODUCTS` and :data:`MAX_PRODUCT_CHAINS`.
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
+import warnings
 from dataclasses import dataclass
 from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Union
 
@@ -280,13 +283,18 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
                 f"tensor products and take effect only with them. Add `tensor_product: gaunt` (command line "
                 f"`--tensor_product gaunt`), or remove {', '.join(given)}")
         return None
+    method = getattr(args, "gaunt_method", None)
+    if method is not None:
+        warnings.warn(f"gaunt_method: {method} has no effect and will be removed: the MACE Gaunt layers always compute "
+                      f"on the quadrature grid (auto and grid were the same); remove the key", FutureWarning,
+                      stacklevel=2)
     products = getattr(args, "gaunt_conv_products", None)
     chains = getattr(args, "gaunt_product_chains", None)
     gain = getattr(args, "gaunt_product_gain", None)
     odd = getattr(args, "gaunt_product_odd_chains", None)
     return GauntOptions(
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
-        method=str(getattr(args, "gaunt_method", None) or "auto").lower(),
+        method=str(method or "auto").lower(),
         conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
         product_chains=DEFAULT_PRODUCT_CHAINS if chains is None else chains,
         product_gain=gain,
@@ -385,7 +393,7 @@ def add_arguments(parser: Any) -> Any:
     )
     parser.add_argument(
         "--gaunt_method",
-        help="with --tensor_product gaunt: how the Gaunt products are computed (default auto)",
+        help="no effect, to be removed (the Gaunt layers always compute on the grid; accepted for older configs)",
         type=lambda v: str(v).strip().lower(),
         default=None,
         choices=list(gaunt_methods()),

@@ -164,8 +164,9 @@ def test_stock_parser_rejects_the_key_and_patched_parser_accepts_it(tmp_path, ca
         assert (args.tensor_product, args.gaunt_method) == ("gaunt", "grid")
         from gaunt_plugins.adapters.mace_config import options_from_args
 
-        options = options_from_args(args)
-        assert options.targets == frozenset({"conv", "product"}) and options.method == "grid"
+        with pytest.warns(FutureWarning, match="gaunt_method: grid has no effect"):
+            options = options_from_args(args)
+        assert options.targets == frozenset({"conv", "product"})
         assert args.gaunt_conv_products == 3 and options.conv_products == 3
         assert args.gaunt_product_chains == 2 and options.product_chains == 2
         with pytest.raises(SystemExit):
@@ -201,7 +202,7 @@ def test_configure_model_errors(extra, message):
     def original(*args, **kwargs):  # pragma: no cover - must not run
         raise AssertionError("configure_model ran")
 
-    args = argparse.Namespace(tensor_product="gaunt", gaunt_targets=["conv", "product"], gaunt_method="auto",
+    args = argparse.Namespace(tensor_product="gaunt", gaunt_targets=["conv", "product"],
                               hidden_irreps="8x0e+8x1o", enable_cueq=False, enable_oeq=False, only_cueq=False)
     for key, value in extra.items():
         setattr(args, key, value)
@@ -335,3 +336,13 @@ def test_restart_check_accepts_a_checkpoint_written_before_the_many_body_gain():
     assert model["product"].weight_gain.item() == 1.0
     no_weights = {k: v for k, v in old.items() if not k.endswith("weights_in")}
     assert _tensor_differences(no_weights, current) == ["product.weights_in is missing from the checkpoint"]
+
+
+def test_gaunt_method_is_accepted_with_a_warning_and_changes_nothing(mace_patched):
+    """Configs written for versions with ``gaunt_method`` still run: the key warns that it has no effect (both
+    values ran the grid) and the options are those without it."""
+    from gaunt_plugins.adapters.mace_config import options_from_args
+
+    with pytest.warns(FutureWarning, match="remove the key"):
+        with_key = options_from_args(parse_train_args(["--tensor_product", "gaunt", "--gaunt_method", "auto"]))
+    assert with_key == options_from_args(parse_train_args(["--tensor_product", "gaunt"]))
