@@ -106,11 +106,6 @@ def degrees(lmax: int, device) -> torch.Tensor:
     return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)]).to(device)
 
 
-def degree_mask(lmax: int, device) -> torch.Tensor:
-    d = degrees(lmax, "cpu")
-    return (d.view(1, -1) == torch.arange(lmax + 1).view(-1, 1)).float().to(device)
-
-
 def natural(mul: int, lmax: int):
     from e3nn import o3
     return o3.Irreps([(mul, (l, (-1) ** l)) for l in range(lmax + 1)])
@@ -202,19 +197,19 @@ def bench_conv(b: Bench, lmax: int, c: int, edges: int, cueq):
     i = (lmax + 1) ** 2
     k = lmax + 1
     y1, y2, f = (torch.from_numpy(t).float().to(dev) for t in grid_tables(lmax, lmax, lmax))
-    d, m2 = degrees(lmax, dev), degree_mask(lmax, dev)
+    d = degrees(lmax, dev)
     x1 = torch.randn(edges, c, i, device=dev, requires_grad=True)
     sh = torch.randn(edges, i, device=dev, requires_grad=True)
     w = torch.randn(edges, 3 * k, c, device=dev, requires_grad=True)
     fl_f = floor_ms(nbytes(x1, sh, w) + edges * c * i * 4, b.bandwidth)
     fl_b = fl_f + floor_ms(edges * c * i * 4 + 2 * nbytes(x1, sh, w), b.bandwidth)
     with torch.no_grad():
-        err = rel_err(tk.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f),
-                      torch_ops.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f))
-    b.add("conv", lmax, c, edges, "triton", lambda: (lambda: tk.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f),
+        err = rel_err(tk.conv_product(x1, sh, w, k, lmax + 1, d, d, d, y1, y2, f),
+                      torch_ops.conv_product(x1, sh, w, k, lmax + 1, d, d, d, y1, y2, f))
+    b.add("conv", lmax, c, edges, "triton", lambda: (lambda: tk.conv_product(x1, sh, w, k, lmax + 1, d, d, d, y1, y2, f),
                                                      [x1, sh, w]), fl_f, fl_b, err)
     b.add("conv", lmax, c, edges, "torch-grid",
-          lambda: (lambda: torch_ops.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f), [x1, sh, w]), fl_f, fl_b)
+          lambda: (lambda: torch_ops.conv_product(x1, sh, w, k, lmax + 1, d, d, d, y1, y2, f), [x1, sh, w]), fl_f, fl_b)
     if lmax <= b.args.max_e3nn_l:
         def e3nn_case():
             from e3nn import o3
@@ -255,15 +250,15 @@ def bench_conv(b: Bench, lmax: int, c: int, edges: int, cueq):
         fm_b = fm_f + floor_ms(nodes * c * i * 4 + nbytes(xn, sh, w, ei) + nbytes(xn, sh, w), b.bandwidth)
 
         def torch_msg():
-            msg = torch_ops.conv_product(xn.index_select(0, ei[0]), sh, w, k, d, m2, d, y1, y2, f)
+            msg = torch_ops.conv_product(xn.index_select(0, ei[0]), sh, w, k, lmax + 1, d, d, d, y1, y2, f)
             return msg.new_zeros(nodes, c, i).index_add(0, ei[1], msg)
         with torch.no_grad():
             ref = torch_msg()
-            errs = {det: rel_err(tk.conv_message(xn, sh, w, ei, nodes, k, d, m2, d, y1, y2, f, deterministic=det), ref)
+            errs = {det: rel_err(tk.conv_message(xn, sh, w, ei, nodes, k, lmax + 1, d, d, d, y1, y2, f, deterministic=det), ref)
                     for det in (False, True)}
         for det in (False, True):
             b.add("message", lmax, c, edges, f"triton-{'deterministic' if det else 'atomic'}",
-                  lambda det=det: (lambda: tk.conv_message(xn, sh, w, ei, nodes, k, d, m2, d, y1, y2, f,
+                  lambda det=det: (lambda: tk.conv_message(xn, sh, w, ei, nodes, k, lmax + 1, d, d, d, y1, y2, f,
                                                            deterministic=det), [xn, sh, w]),
                   fm_f, fm_b, errs[det], note=f"{nodes} nodes")
         b.add("message", lmax, c, edges, "torch-grid", lambda: (torch_msg, [xn, sh, w]), fm_f, fm_b,

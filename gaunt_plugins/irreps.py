@@ -49,13 +49,6 @@ class ChannelIrreps:
         return torch.tensor([slot.get(l, 0) for l in range(self.lmax + 1) for _ in range(2 * l + 1)],
                             dtype=torch.long)
 
-    def degree_mask(self) -> torch.Tensor:
-        """``[num_degrees, (lmax+1)^2]`` float64: 1 where a dense coefficient has that degree."""
-        mask = torch.zeros(self.num_degrees, (self.lmax + 1) ** 2, dtype=torch.float64)
-        for i, l in enumerate(self.degrees):
-            mask[i, l * l:(l + 1) ** 2] = 1.0
-        return mask
-
 
 def _parity_twist(l: int, p: int) -> int:
     return 1 if p == (-1) ** l else -1

@@ -54,15 +54,15 @@ def weighted_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: t
         to_grid1, to_grid2, from_grid)
 
 
-def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, deg1: torch.Tensor,
-                 deg_mask2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
+def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, deg1: torch.Tensor,
+                 deg2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
                  from_grid: torch.Tensor) -> torch.Tensor:
     """Fused :func:`gaunt_plugins.backends.torch_ops.conv_product`: ``x1 [E, C, I1]``, ``sh [E, I2]``,
     ``weight [E, K1+K2+K3, C]`` -> ``[E, C, Io]``."""
-    k1 = int(k1)
-    k3 = weight.shape[1] - k1 - deg_mask2.shape[0]
-    return torch.ops.gaunt_triton.conv_product(x1, sh, weight, k1, _mask(deg1, k1), deg_mask2, _mask(deg3, k3),
-                                               to_grid1, to_grid2, from_grid)
+    k1, k2 = int(k1), int(k2)
+    k3 = weight.shape[1] - k1 - k2
+    return torch.ops.gaunt_triton.conv_product(x1, sh, weight, k1, _mask(deg1, k1), _mask(deg2, k2),
+                                               _mask(deg3, k3), to_grid1, to_grid2, from_grid)
 
 
 def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, deg_in: torch.Tensor,
@@ -76,7 +76,7 @@ def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, 
 
 
 def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
-                 num_nodes: int, k1: int, deg1: torch.Tensor, deg_mask2: torch.Tensor, deg3: torch.Tensor,
+                 num_nodes: int, k1: int, k2: int, deg1: torch.Tensor, deg2: torch.Tensor, deg3: torch.Tensor,
                  to_grid1: torch.Tensor, to_grid2: torch.Tensor, from_grid: torch.Tensor,
                  deterministic: bool = False) -> torch.Tensor:
     """MACE message passing in one kernel: ``out [num_nodes, C, Io]``,
@@ -87,8 +87,8 @@ def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_i
     ``deterministic=True``: edges sorted by receiver (by sender in backward), one program per node
     summing its segment in a fixed order: bit-reproducible run to run.
     """
-    k1 = int(k1)
-    k3 = weight.shape[1] - k1 - deg_mask2.shape[0]
+    k1, k2 = int(k1), int(k2)
+    k3 = weight.shape[1] - k1 - k2
     return torch.ops.gaunt_triton.conv_message(x, sh, weight, edge_index, int(num_nodes), k1, _mask(deg1, k1),
-                                               deg_mask2, _mask(deg3, k3), to_grid1, to_grid2, from_grid,
+                                               _mask(deg2, k2), _mask(deg3, k3), to_grid1, to_grid2, from_grid,
                                                bool(deterministic))

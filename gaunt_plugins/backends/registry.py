@@ -83,11 +83,11 @@ class TorchBackend:
     def many_body_product(self, x, w_in, w_out, deg_in, deg_out, to_grid, from_grids):
         return torch_ops.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, from_grids)
 
-    def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+    def conv_message(self, x, sh, weight, edge_index, num_nodes, k1, k2, deg1, deg2, deg3, to_grid1, to_grid2,
                      from_grid, deterministic: bool = False):
         """Gather, :meth:`conv_product` (unfused: per-edge messages materialised), scatter-sum."""
         src, dst = edge_index[0], edge_index[1]
-        msg = self.conv_product(x.index_select(0, src), sh, weight, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+        msg = self.conv_product(x.index_select(0, src), sh, weight, k1, k2, deg1, deg2, deg3, to_grid1, to_grid2,
                                 from_grid)
         if deterministic and msg.is_cuda:
             # segment sums over receiver-sorted edges: a fixed order (index_add_ uses atomics on CUDA)
@@ -207,14 +207,14 @@ def weighted_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: t
     return b.weighted_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
 
 
-def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, deg1: torch.Tensor,
-                 deg_mask2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
+def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, deg1: torch.Tensor,
+                 deg2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
                  from_grid: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
     """:func:`torch_ops.conv_product` on the selected backend."""
-    b = select_backend("conv_product", dict(x1=x1, sh=sh, weight=weight, deg1=deg1, deg_mask2=deg_mask2,
+    b = select_backend("conv_product", dict(x1=x1, sh=sh, weight=weight, deg1=deg1, deg2=deg2,
                                             deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2, from_grid=from_grid),
                        backend, widths=dict(x1=_width(x1), sh=_width(sh), out=_width(from_grid)))
-    return b.conv_product(x1, sh, weight, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2, from_grid)
+    return b.conv_product(x1, sh, weight, k1, k2, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
 
 
 def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, deg_in: torch.Tensor,
@@ -230,15 +230,15 @@ def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, 
 
 
 def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
-                 num_nodes: int, k1: int, deg1: torch.Tensor, deg_mask2: torch.Tensor, deg3: torch.Tensor,
+                 num_nodes: int, k1: int, k2: int, deg1: torch.Tensor, deg2: torch.Tensor, deg3: torch.Tensor,
                  to_grid1: torch.Tensor, to_grid2: torch.Tensor, from_grid: torch.Tensor,
                  deterministic: bool = False, backend: Optional[str] = None) -> torch.Tensor:
     """MACE message step ``out[v] = sum_{e: dst[e]=v} conv_product(x[src[e]], sh[e], weight[e])`` ->
     ``[num_nodes, C, Io]``; fused into one kernel on the Triton backend (``deterministic=True``: fixed
     summation order, bit-reproducible)."""
     b = select_backend("conv_message", dict(x=x, sh=sh, weight=weight, edge_index=edge_index, deg1=deg1,
-                                            deg_mask2=deg_mask2, deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2,
+                                            deg2=deg2, deg3=deg3, to_grid1=to_grid1, to_grid2=to_grid2,
                                             from_grid=from_grid), backend,
                        widths=dict(x=_width(x), sh=_width(sh), out=_width(from_grid)))
-    return b.conv_message(x, sh, weight, edge_index, num_nodes, k1, deg1, deg_mask2, deg3, to_grid1, to_grid2,
+    return b.conv_message(x, sh, weight, edge_index, num_nodes, k1, k2, deg1, deg2, deg3, to_grid1, to_grid2,
                           from_grid, deterministic=deterministic)

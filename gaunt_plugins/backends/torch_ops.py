@@ -78,23 +78,23 @@ def weighted_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: t
     return out * w3.transpose(-1, -2).index_select(-1, deg3)
 
 
-def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, deg1: torch.Tensor,
-                 deg_mask2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
+def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, deg1: torch.Tensor,
+                 deg2: torch.Tensor, deg3: torch.Tensor, to_grid1: torch.Tensor, to_grid2: torch.Tensor,
                  from_grid: torch.Tensor) -> torch.Tensor:
     """Gaunt convolution: node features times edge harmonics with per-edge weights.
 
     ``x1 [E, C, I1]`` (sender features), ``sh [E, I2]`` (edge harmonics), ``weight [E, K1+K2+K3, C]``
-    (degree-major: the ``k1`` input-1 degrees, harmonic degrees, output degrees), ``deg1 [I1]``, ``deg3 [Io]``
-    degree slots, ``deg_mask2 [K2, I2]`` (1 where a harmonic coefficient has that degree).
+    (degree-major: the ``k1`` input-1 degrees, the ``k2`` harmonic degrees, the output degrees), ``deg1 [I1]``,
+    ``deg2 [I2]``, ``deg3 [Io]`` degree slots.
     Returns ``[E, C, Io]`` = ``w3 * proj( ((w1 * x1) @ Y1) * sum_l2 w2[l2] (sh_l2 @ Y2) )``.
     The harmonic side goes to the grid once per degree (``[E, K2, P]``), not once per channel.
     """
-    k2 = deg_mask2.shape[0]
     w1 = weight[:, :k1]
     w2 = weight[:, k1:k1 + k2]
     w3 = weight[:, k1 + k2:]
     a = torch.matmul(x1 * w1.transpose(1, 2).index_select(2, deg1), to_grid1)  # [E, C, P]
-    s = torch.matmul(sh.unsqueeze(1) * deg_mask2, to_grid2)  # [E, K2, P]
+    mask2 = (deg2.unsqueeze(0) == torch.arange(k2, device=deg2.device).unsqueeze(1)).to(sh.dtype)  # [K2, I2]
+    s = torch.matmul(sh.unsqueeze(1) * mask2, to_grid2)  # [E, K2, P]
     b = torch.bmm(w2.transpose(1, 2), s)  # [E, C, P]
     return torch.matmul(a * b, from_grid) * w3.transpose(1, 2).index_select(2, deg3)
 

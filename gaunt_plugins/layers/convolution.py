@@ -51,7 +51,7 @@ class GauntConvolution(PlannedModule):
     path and channel). ``irreps_out`` (``C x ...``) defaults to every reachable degree up to ``L1 + L2``.
     """
 
-    _TABLES = ("to_grid1", "to_grid2", "from_grid", "deg_mask2")
+    _TABLES = ("to_grid1", "to_grid2", "from_grid")
     _DERIVED = ("offsets_in1", "offsets_out", "deg2", "scalar_coupling")
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out=None, normalize: bool = True, method: str = "auto",
@@ -79,7 +79,7 @@ class GauntConvolution(PlannedModule):
         self.dim_in1, self.dim_in2, self.dim_out = f1.dim, f2.dim, fo.dim
         self.weight_numel = plan.weight_numel
         t = plan.tensors.get(torch.get_default_dtype(), torch.device("cpu"))
-        self._register_plan_buffers(t, ("to_grid1", "to_grid2", "from_grid", "deg_mask2", "index_in1", "index_in2",
+        self._register_plan_buffers(t, ("to_grid1", "to_grid2", "from_grid", "index_in1", "index_in2",
                                         "index_out", "deg1", "deg3"))
         self._register_derived()
 
@@ -93,9 +93,16 @@ class GauntConvolution(PlannedModule):
         state.setdefault("products", 1)
         state.setdefault("weight_offset", 0.0)
         state.setdefault("normalize", pickled_normalize(state, "from_grid", _normalized_plan))
+        state.get("_buffers", {}).pop("deg_mask2", None)  # the harmonics' degrees as a mask: now the slots deg2
         super().__setstate__(state)
         if any(name not in self._buffers for name in self._DERIVED):  # pickled before these tables were buffers
             self._register_derived()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        state_dict.pop(prefix + "deg_mask2", None)  # saved when the harmonics' degrees were also held as a mask
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | "
@@ -151,21 +158,20 @@ class GauntConvolution(PlannedModule):
         lanes = self.products * self.channels
         w = weight.view(weight.shape[0], self.k1 + self.k2 + self.k3, lanes)
         a = flat_to_dense(x1, self.index_in1, lanes, self.width1)
-        mask2, y1 = self.deg_mask2.to(compute), self.to_grid1.to(compute)
-        y2, f = self.to_grid2.to(compute), self.from_grid.to(compute)
+        y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
         if edge_index is None:
             if torch.jit.is_scripting():
-                out = torch_ops.conv_product(a, sh, w, self.k1, self.deg1, mask2, self.deg3, y1, y2, f)
+                out = torch_ops.conv_product(a, sh, w, self.k1, self.k2, self.deg1, self.deg2, self.deg3, y1, y2, f)
             else:
-                out = registry.conv_product(a, sh, w, self.k1, self.deg1, mask2, self.deg3, y1, y2, f)
+                out = registry.conv_product(a, sh, w, self.k1, self.k2, self.deg1, self.deg2, self.deg3, y1, y2, f)
             return dense_to_flat(out, self.index_out)
         if torch.jit.is_scripting():
-            msg = torch_ops.conv_product(a.index_select(0, edge_index[0]), sh, w, self.k1, self.deg1, mask2,
-                                         self.deg3, y1, y2, f)
+            msg = torch_ops.conv_product(a.index_select(0, edge_index[0]), sh, w, self.k1, self.k2, self.deg1,
+                                         self.deg2, self.deg3, y1, y2, f)
             dense = msg.new_zeros([x1.shape[0]] + list(msg.shape[1:])).index_add(0, edge_index[1], msg)
         else:
-            dense = registry.conv_message(a, sh, w, edge_index, x1.shape[0], self.k1, self.deg1, mask2, self.deg3,
-                                          y1, y2, f)
+            dense = registry.conv_message(a, sh, w, edge_index, x1.shape[0], self.k1, self.k2, self.deg1, self.deg2,
+                                          self.deg3, y1, y2, f)
         return dense_to_flat(dense, self.index_out)
 
     @torch.jit.unused

@@ -21,11 +21,11 @@ class ConvPlan(TwoInputSizes):
     with per-edge weights, emitting ``P C x (degrees_out)`` (lane ``k C + c``: product ``k`` of channel ``c``).
 
     Flat ``x1 [E, in1.dim]``, ``sh [E, in2.dim]``, ``weight [E, (K1 + K2 + K3) P C]`` (degree-major, lane-minor)
-    -> ``[E, out.dim]``. ``tensors.get(dtype, device)`` holds the tables ``to_grid1 [I1, Pg]``, ``to_grid2 [I2, Pg]``,
-    ``from_grid [Pg, Io]`` (normalisation folded in), ``deg_mask2 [K2, I2]`` (1 where a harmonic coefficient has
-    that degree), the gathers ``index_in1 [P C I1]``, ``index_in2 [I2]``, ``index_out [Do]``, the degree slots
-    ``deg1 [I1]``, ``deg2 [I2]``, ``deg3 [Io]``, ``scalar_coupling [Io]`` (scalar ``in1``: the product of a
-    constant with harmonic ``k`` is ``scalar_coupling[k]`` times it; empty otherwise), and the flat-row offsets of the CPU kernels ``offsets_in1
+    -> ``[E, out.dim]``. ``tensors.get(dtype, device)`` holds the tables ``to_grid1 [I1, Pg]``, ``to_grid2
+    [I2, Pg]``, ``from_grid [Pg, Io]`` (normalisation folded in), the gathers ``index_in1 [P C I1]``, ``index_in2
+    [I2]``, ``index_out [Do]``, the degree slots ``deg1 [I1]``, ``deg2 [I2]``, ``deg3 [Io]`` (every kernel's one
+    degree encoding), ``scalar_coupling [Io]`` (scalar ``in1``: the product of a constant with harmonic ``k`` is
+    ``scalar_coupling[k]`` times it; empty otherwise) and the flat-row offsets of the CPU kernels ``offsets_in1
     [P C, I1]`` and ``offsets_out [P C, Io]`` (-1: absent / not emitted).
     """
 
@@ -63,7 +63,7 @@ def conv_plan(irreps_in1: str, irreps_in2: str, irreps_out: str, products: int =
     coupling = (torch.einsum("p,kp,pk->k", y1[0], y2[:width_out], proj) if f1.lmax == 0 and width_out <= y2.shape[0]
                 else y1.new_zeros(0))
     tensors = CastCache(dict(
-        to_grid1=y1, to_grid2=y2, from_grid=proj, deg_mask2=f2.degree_mask(), scalar_coupling=coupling,
+        to_grid1=y1, to_grid2=y2, from_grid=proj, scalar_coupling=coupling,
         index_in1=index_in1, index_in2=dense_gather(f2), index_out=index_out,
         deg1=f1.degree_slots(), deg2=f2.degree_slots(), deg3=fo.degree_slots(),
         offsets_in1=offsets_from_gather(index_in1, f1.dim, lanes),

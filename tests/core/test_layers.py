@@ -480,3 +480,24 @@ def test_a_layer_pickled_without_the_kernels_index_buffers_rebuilds_them_and_pre
         restored = pickle.loads(pickle.dumps(old))
         assert all(key in restored._buffers for key in derived)
         torch.testing.assert_close(restored(*args), expected, rtol=0, atol=0)
+
+
+def test_a_convolution_saved_with_the_harmonics_degree_mask_loads_and_predicts_the_same():
+    """Convolutions once also held the harmonics' degrees as a persistent mask (``deg_mask2``): a state dict or
+    a pickle with it still loads (strictly) into a layer that reads the degree slots, and computes the same."""
+    import pickle
+
+    torch.manual_seed(0)
+    layer = _META_LAYERS["conv"]().double()
+    args, _ = _inputs("conv", layer, 5, torch.float64)
+    expected = layer(*args)
+    assert "deg_mask2" not in layer.state_dict()
+    old_state = dict(layer.state_dict(), deg_mask2=torch.ones(layer.k2, layer.width2, dtype=torch.float64))
+    fresh = _META_LAYERS["conv"]().double()
+    fresh.load_state_dict(old_state, strict=True)
+    torch.testing.assert_close(fresh(*args), expected, rtol=0, atol=0)
+    old = copy.deepcopy(layer)
+    old._buffers["deg_mask2"] = torch.ones(layer.k2, layer.width2, dtype=torch.float64)
+    restored = pickle.loads(pickle.dumps(old))
+    assert "deg_mask2" not in restored._buffers
+    torch.testing.assert_close(restored(*args), expected, rtol=0, atol=0)

@@ -7,7 +7,7 @@ import torch
 from gaunt_plugins import backends
 from gaunt_plugins.backends import registry, torch_ops
 from gaunt_plugins.backends.triton_backend import TritonBackend
-from triton_cases import degree_mask, degrees, power_tables, product_tables, rel_err
+from triton_cases import degrees, power_tables, product_tables, rel_err
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +20,10 @@ def _clean_setting(monkeypatch):
 
 def _conv(device="cpu", dtype=torch.float32, c=3):
     y1, y2, f = product_tables(1, 1, 2, dtype, device)
-    d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, dtype).to(device)
+    d1, d2, d3 = degrees(1).to(device), degrees(1).to(device), degrees(2).to(device)
     x1, sh, w = (torch.randn(4, c, 4, dtype=dtype, device=device), torch.randn(4, 4, dtype=dtype, device=device),
                  torch.randn(4, 7, c, dtype=dtype, device=device))
-    return (x1, sh, w, 2, d1, m2, d3, y1, y2, f)
+    return (x1, sh, w, 2, 2, d1, d2, d3, y1, y2, f)
 
 
 def test_cpu_auto_is_torch():
@@ -136,10 +136,10 @@ def test_dispatch_matches_reference_all_ops(tk, device):
     ref_mb = backends.many_body_product(*mb, backend="torch")
     assert rel_err(backends.many_body_product(*mb, backend="triton"), ref_mb) < 1e-5
     assert rel_err(backends.many_body_product(*mb[:6], list(fs), backend="triton"), ref_mb) < 1e-5
-    x1, sh, w, k1, d1, m2, d3, y1, y2, f = args
+    x1, sh, w, k1, k2, d1, d2, d3, y1, y2, f = args
     ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]], device=device)
     nodes = torch.randn(4, 3, 4, device=device)
-    ref = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, backend="torch")
+    ref = backends.conv_message(nodes, sh, w, ei, 4, k1, k2, d1, d2, d3, y1, y2, f, backend="torch")
     assert backends.last_backend("conv_message") == "torch"
     # also non-contiguous features (a transposed view): the kernels make the coefficient dim contiguous
     xt = torch.randn(3, 4, 4, device=device).transpose(1, 2)
@@ -148,7 +148,7 @@ def test_dispatch_matches_reference_all_ops(tk, device):
     assert rel_err(backends.weighted_product(xt, xt, ws, ws, ws, d, d, d, yy1, yy2, ff, backend="triton"),
                    backends.weighted_product(xt, xt, ws, ws, ws, d, d, d, yy1, yy2, ff, backend="torch")) < 1e-5
     for det in (False, True):
-        got = backends.conv_message(nodes, sh, w, ei, 4, k1, d1, m2, d3, y1, y2, f, deterministic=det,
+        got = backends.conv_message(nodes, sh, w, ei, 4, k1, k2, d1, d2, d3, y1, y2, f, deterministic=det,
                                     backend="triton")
         assert rel_err(got, ref) < 1e-5
     assert backends.last_backend("conv_message") == "triton"
@@ -156,14 +156,14 @@ def test_dispatch_matches_reference_all_ops(tk, device):
 
 def test_torch_backend_message_deterministic_segment_path():
     """The torch backend's deterministic message path (segment sums, used on CUDA) equals index_add."""
-    x1, sh, w, k1, d1, m2, d3, y1, y2, f = _conv()
+    x1, sh, w, k1, k2, d1, d2, d3, y1, y2, f = _conv()
     ei = torch.tensor([[0, 1, 2, 3], [1, 1, 0, 3]])
     nodes = torch.randn(5, 3, 4)
     tb = backends.get_backend("torch")
-    msg = torch_ops.conv_product(nodes[ei[0]], sh, w, k1, d1, m2, d3, y1, y2, f)
+    msg = torch_ops.conv_product(nodes[ei[0]], sh, w, k1, k2, d1, d2, d3, y1, y2, f)
     perm = torch.argsort(ei[1], stable=True)
     seg = torch.segment_reduce(msg[perm], "sum", lengths=torch.bincount(ei[1], minlength=5), axis=0, unsafe=True)
-    assert rel_err(seg, tb.conv_message(nodes, sh, w, ei, 5, k1, d1, m2, d3, y1, y2, f)) < 1e-6
+    assert rel_err(seg, tb.conv_message(nodes, sh, w, ei, 5, k1, k2, d1, d2, d3, y1, y2, f)) < 1e-6
 
 
 def test_layers_run_on_the_triton_backend(tk, device):

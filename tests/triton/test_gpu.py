@@ -6,7 +6,7 @@ import torch
 
 from gaunt_plugins import backends
 from gaunt_plugins.backends import torch_ops
-from triton_cases import degree_mask, degrees, power_tables, product_tables, rel_err, value_and_grads
+from triton_cases import degrees, power_tables, product_tables, rel_err, value_and_grads
 
 pytestmark = pytest.mark.gpu
 
@@ -18,11 +18,11 @@ def _tol(tk):
 def test_gpu_conv_model_shape(tk):
     l, c, e = 3, 128, 4096
     y1, y2, f = product_tables(l, l, l, device="cuda")
-    d, m2 = degrees(l).cuda(), degree_mask(l).cuda()
+    d = degrees(l).cuda()
     inputs = [torch.randn(e, c, 16, device="cuda"), torch.randn(e, 16, device="cuda"),
               torch.randn(e, 12, c, device="cuda")]
-    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, 4, d, m2, d, y1, y2, f), inputs)
-    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, 4, d, m2, d, y1, y2, f), inputs)
+    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, 4, l + 1, d, d, d, y1, y2, f), inputs)
+    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, 4, l + 1, d, d, d, y1, y2, f), inputs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < _tol(tk)
 
@@ -48,42 +48,42 @@ def test_gpu_many_body_and_self_model_shapes(tk):
 
 def test_gpu_bfloat16_and_float64(tk):
     y1, y2, f = product_tables(2, 2, 2, device="cuda")
-    d, m2 = degrees(2).cuda(), degree_mask(2).cuda()
+    d = degrees(2).cuda()
     x, sh, w = torch.randn(512, 64, 9, device="cuda"), torch.randn(512, 9, device="cuda"), torch.randn(512, 9, 64, device="cuda")
-    ref = torch_ops.conv_product(x, sh, w, 3, d, m2, d, y1, y2, f)
-    out = tk.conv_product(x.bfloat16(), sh.bfloat16(), w.bfloat16(), 3, d, m2, d, y1, y2, f)
+    ref = torch_ops.conv_product(x, sh, w, 3, 3, d, d, d, y1, y2, f)
+    out = tk.conv_product(x.bfloat16(), sh.bfloat16(), w.bfloat16(), 3, 3, d, d, d, y1, y2, f)
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 3e-2
     y1d, y2d, fd = product_tables(2, 2, 2, torch.float64, "cuda")
-    ref = torch_ops.conv_product(x.double(), sh.double(), w.double(), 3, d, m2.double(), d, y1d, y2d, fd)
-    out = tk.conv_product(x.double(), sh.double(), w.double(), 3, d, m2.double(), d, y1d, y2d, fd)
+    ref = torch_ops.conv_product(x.double(), sh.double(), w.double(), 3, 3, d, d, d, y1d, y2d, fd)
+    out = tk.conv_product(x.double(), sh.double(), w.double(), 3, 3, d, d, d, y1d, y2d, fd)
     assert rel_err(out, ref) < 1e-12
 
 
 def test_gpu_message_deterministic_bitwise(tk):
     l, c, e, n = 2, 64, 8192, 512
     y1, y2, f = product_tables(l, l, l, device="cuda")
-    d, m2 = degrees(l).cuda(), degree_mask(l).cuda()
+    d = degrees(l).cuda()
     inputs = [torch.randn(n, c, 9, device="cuda"), torch.randn(e, 9, device="cuda"), torch.randn(e, 9, c, device="cuda")]
     ei = torch.randint(0, n, (2, e), device="cuda")
-    runs = [value_and_grads(lambda x, s, w: tk.conv_message(x, s, w, ei, n, 3, d, m2, d, y1, y2, f,
+    runs = [value_and_grads(lambda x, s, w: tk.conv_message(x, s, w, ei, n, 3, l + 1, d, d, d, y1, y2, f,
                                                             deterministic=True), inputs) for _ in range(3)]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
-    atomic = value_and_grads(lambda x, s, w: tk.conv_message(x, s, w, ei, n, 3, d, m2, d, y1, y2, f), inputs)
+    atomic = value_and_grads(lambda x, s, w: tk.conv_message(x, s, w, ei, n, 3, l + 1, d, d, d, y1, y2, f), inputs)
     for a, b in zip(atomic, runs[0]):
         assert rel_err(a, b) < _tol(tk)
 
 
 def test_gpu_inductor_compiles_through_triton_op(tk):
     y1, y2, f = product_tables(2, 2, 2, device="cuda")
-    d, m2 = degrees(2).cuda(), degree_mask(2).cuda()
+    d = degrees(2).cuda()
     x = torch.randn(256, 32, 9, device="cuda", requires_grad=True)
     sh = torch.randn(256, 9, device="cuda", requires_grad=True)
     w = torch.randn(256, 9, 32, device="cuda", requires_grad=True)
 
     def fn(x, sh, w):
-        return torch.tanh(tk.conv_product(x, sh, w, 3, d, m2, d, y1, y2, f)).sum(-1)
+        return torch.tanh(tk.conv_product(x, sh, w, 3, 3, d, d, d, y1, y2, f)).sum(-1)
 
     ref = fn(x, sh, w)
     got = torch.compile(fn, fullgraph=True)(x, sh, w)

@@ -79,27 +79,27 @@ def test_conv_product(tk, device, l1, l2, lo, e, c, dtype):
     inputs = [torch.randn(e, c, (l1 + 1) ** 2, dtype=dtype, device=device),
               torch.randn(e, (l2 + 1) ** 2, dtype=dtype, device=device),
               torch.randn(e, k1 + k2 + k3, c, dtype=dtype, device=device)]
-    d1, d3, m2 = degrees(l1).to(device), degrees(lo).to(device), degree_mask(l2, dtype).to(device)
-    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, k1, d1, m2, d3, y1, y2, f), inputs)
-    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, k1, d1, m2, d3, y1, y2, f), inputs)
+    d1, d2, d3 = degrees(l1).to(device), degrees(l2).to(device), degrees(lo).to(device)
+    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, k1, k2, d1, d2, d3, y1, y2, f), inputs)
+    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, k1, k2, d1, d2, d3, y1, y2, f), inputs)
     for name, a, b in zip(["out", "dx1", "dsh", "dweight"], out, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         assert rel_err(a, b) < TOL[dtype], (name, rel_err(a, b))
 
 
-def test_conv_product_partial_harmonic_mask(tk, device):
-    """Harmonic degrees 0 and 2 only: the l=1 coefficients of ``sh`` have no weight (mask column of
-    zeros) and must not contribute, nor receive a gradient."""
+def test_conv_product_partial_harmonic_degrees(tk, device):
+    """Harmonic degrees 0 and 2 only (two weight slots): the dense harmonics are zero at l=1, whose
+    coefficients sit in slot 0 (as a layer lays them out); the kernels agree with the reference."""
     y1, y2, f = product_tables(1, 2, 2, torch.float32, device)
-    m2 = degree_mask(2)[[0, 2]].to(device)
+    d2 = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1], device=device)
     d1, d3 = degrees(1).to(device), degrees(2).to(device)
-    inputs = [torch.randn(6, 5, 4, device=device), torch.randn(6, 9, device=device),
-              torch.randn(6, 2 + 2 + 3, 5, device=device)]
-    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
-    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    sh = torch.randn(6, 9, device=device)
+    sh[:, 1:4] = 0.0
+    inputs = [torch.randn(6, 5, 4, device=device), sh, torch.randn(6, 2 + 2 + 3, 5, device=device)]
+    ref = value_and_grads(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
+    out = value_and_grads(lambda x, s, w: tk.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-5
-    assert out[2][:, 1:4].abs().max() == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,15 +139,15 @@ def _message_problem(device, dtype=torch.float32, l1=1, l2=2, lo=2, c=5):
     inputs = [torch.randn(n_nodes, c, (l1 + 1) ** 2, dtype=dtype, device=device),
               torch.randn(e, (l2 + 1) ** 2, dtype=dtype, device=device),
               torch.randn(e, k1 + k2 + k3, c, dtype=dtype, device=device)]
-    consts = (degrees(l1).to(device), degree_mask(l2, dtype).to(device), degrees(lo).to(device), y1, y2, f)
+    consts = (l2 + 1, degrees(l1).to(device), degrees(l2).to(device), degrees(lo).to(device), y1, y2, f)
     return edge_index, n_nodes, k1, inputs, consts
 
 
 def _message_ref(edge_index, n_nodes, k1, consts):
-    d1, m2, d3, y1, y2, f = consts
+    k2, d1, d2, d3, y1, y2, f = consts
 
     def fn(x, sh, w):
-        msg = torch_ops.conv_product(x.index_select(0, edge_index[0]), sh, w, k1, d1, m2, d3, y1, y2, f)
+        msg = torch_ops.conv_product(x.index_select(0, edge_index[0]), sh, w, k1, k2, d1, d2, d3, y1, y2, f)
         return msg.new_zeros(n_nodes, msg.shape[1], msg.shape[2]).index_add(0, edge_index[1], msg)
     return fn
 
@@ -188,22 +188,21 @@ def test_empty_rows(tk, device):
     assert w.grad.shape == w.shape and w.grad.abs().max() == 0
     sh = torch.randn(0, 4, device=device)
     we = torch.randn(0, 6, 4, device=device)
-    m2 = degree_mask(1).to(device)
-    assert tk.conv_product(x, sh, we, 2, d, m2, d, y1, y2, f).shape == (0, 4, 4)
+    assert tk.conv_product(x, sh, we, 2, 2, d, d, d, y1, y2, f).shape == (0, 4, 4)
     ei = torch.zeros(2, 0, dtype=torch.long, device=device)
     for det in (False, True):
         nodes = torch.randn(3, 4, 4, device=device)
-        res = tk.conv_message(nodes, sh, we, ei, 3, 2, d, m2, d, y1, y2, f, deterministic=det)
+        res = tk.conv_message(nodes, sh, we, ei, 3, 2, 2, d, d, d, y1, y2, f, deterministic=det)
         assert res.shape == (3, 4, 4) and res.abs().max() == 0
 
 
 def test_several_degree_slots_per_coefficient_refused(tk, device):
     y1, y2, f = product_tables(1, 1, 1, torch.float32, device)
-    d = degrees(1).to(device)
+    m1 = degree_mask(1).to(device)
     m2 = torch.ones(2, 4, device=device)  # every coefficient in both slots
     with pytest.raises(ValueError, match="several non-zeros"):
-        tk.conv_product(torch.randn(2, 4, 4, device=device), torch.randn(2, 4, device=device),
-                        torch.randn(2, 6, 4, device=device), 2, d, m2, d, y1, y2, f)
+        torch.ops.gaunt_triton.conv_product(torch.randn(2, 4, 4, device=device), torch.randn(2, 4, device=device),
+                                            torch.randn(2, 6, 4, device=device), 2, m1, m2, m1, y1, y2, f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,14 +222,14 @@ def test_double_backward_conv(tk, device):
     """Second-order gradients of the convolution run on the fused kernels (the first-order gradients are
     themselves Gaunt products with transposed tables): no fallback warning, reference values."""
     y1, y2, f = product_tables(1, 1, 2, torch.float64, device)
-    d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, torch.float64).to(device)
+    d1, d2, d3 = degrees(1).to(device), degrees(1).to(device), degrees(2).to(device)
     inputs = [torch.randn(3, 4, 4, dtype=torch.float64, device=device),
               torch.randn(3, 4, dtype=torch.float64, device=device),
               torch.randn(3, 7, 4, dtype=torch.float64, device=device)]
-    ref = _double_backward(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    ref = _double_backward(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        out = _double_backward(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+        out = _double_backward(lambda x, s, w: tk.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-10
 
@@ -262,12 +261,12 @@ def _force_pattern(fn, inputs):
 
 def test_second_order_with_input_dependent_cotangent(tk, device):
     y1, y2, f = product_tables(1, 1, 2, torch.float64, device)
-    d1, d3, m2 = degrees(1).to(device), degrees(2).to(device), degree_mask(1, torch.float64).to(device)
+    d1, d2, d3 = degrees(1).to(device), degrees(1).to(device), degrees(2).to(device)
     inputs = [torch.randn(3, 2, 4, dtype=torch.float64, device=device),
               torch.randn(3, 4, dtype=torch.float64, device=device),
               torch.randn(3, 7, 2, dtype=torch.float64, device=device)]
-    ref = _force_pattern(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
-    out = _force_pattern(lambda x, s, w: tk.conv_product(x, s, w, 2, d1, m2, d3, y1, y2, f), inputs)
+    ref = _force_pattern(lambda x, s, w: torch_ops.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
+    out = _force_pattern(lambda x, s, w: tk.conv_product(x, s, w, 2, 2, d1, d2, d3, y1, y2, f), inputs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-10
     y, fs = power_tables(1, 3, 1, torch.float64, device)
@@ -285,11 +284,11 @@ def test_second_order_with_input_dependent_cotangent(tk, device):
 
 def test_third_order_refused(tk, device):
     y1, y2, f = product_tables(1, 1, 1, torch.float64, device)
-    d, m2 = degrees(1).to(device), degree_mask(1, torch.float64).to(device)
+    d = degrees(1).to(device)
     x, s, w = (torch.randn(2, 2, 4, dtype=torch.float64, device=device, requires_grad=True),
                torch.randn(2, 4, dtype=torch.float64, device=device, requires_grad=True),
                torch.randn(2, 6, 2, dtype=torch.float64, device=device, requires_grad=True))
-    (gx,) = torch.autograd.grad(tk.conv_product(x, s, w, 2, d, m2, d, y1, y2, f).pow(2).sum(), [x], create_graph=True)
+    (gx,) = torch.autograd.grad(tk.conv_product(x, s, w, 2, 2, d, d, d, y1, y2, f).pow(2).sum(), [x], create_graph=True)
     (gs,) = torch.autograd.grad(gx.pow(2).sum(), [s], create_graph=True)  # second order: fine, values exact
     with pytest.raises(NotImplementedError, match="third- and higher-order"):
         torch.autograd.grad(gs.sum(), [x])

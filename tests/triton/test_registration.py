@@ -66,10 +66,10 @@ def test_opcheck_backward_ops(tk, device):
 def test_compile_fullgraph_triton_ops(tk, device):
     """The ops trace into one graph (fullgraph=True: a graph break would raise), forward and backward."""
     x1, sh, w, k1, m1, m2, m3, y1, y2, f = _conv_args(device)
-    d1, d3 = degrees(1).to(device), degrees(2).to(device)
+    d1, d2, d3 = degrees(1).to(device), degrees(1).to(device), degrees(2).to(device)
 
     def fn(x1, sh, w):
-        out = tk.conv_product(x1, sh, w, k1, d1, m2, d3, y1, y2, f)
+        out = tk.conv_product(x1, sh, w, k1, 2, d1, d2, d3, y1, y2, f)
         return (out * out).sum(dim=-1)
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
@@ -85,13 +85,13 @@ def test_compile_fullgraph_triton_ops(tk, device):
 def test_compile_fullgraph_dispatch_forced_triton(tk, device):
     """The dispatch function itself (backend selection included) compiles without graph breaks."""
     x1, sh, w, k1, m1, m2, m3, y1, y2, f = _conv_args(device, grad=False)
-    d1, d3 = degrees(1).to(device), degrees(2).to(device)
+    d1, d2, d3 = degrees(1).to(device), degrees(1).to(device), degrees(2).to(device)
 
     def fn(x1, sh, w):
-        return backends.conv_product(x1, sh, w, k1, d1, m2, d3, y1, y2, f, backend="triton")
+        return backends.conv_product(x1, sh, w, k1, 2, d1, d2, d3, y1, y2, f, backend="triton")
 
     got = torch.compile(fn, backend="aot_eager", fullgraph=True)(x1, sh, w)
-    assert rel_err(got, torch_ops.conv_product(x1, sh, w, k1, d1, m2, d3, y1, y2, f)) < 1e-5
+    assert rel_err(got, torch_ops.conv_product(x1, sh, w, k1, 2, d1, d2, d3, y1, y2, f)) < 1e-5
 
 
 def test_compile_inductor_dispatch_cpu():
@@ -99,14 +99,13 @@ def test_compile_inductor_dispatch_cpu():
     gives the eager output."""
     y1, y2, f = product_tables(2, 2, 2)
     d = degrees(2)
-    m2 = degree_mask(2)
     x1, sh, w = torch.randn(6, 4, 9), torch.randn(6, 9), torch.randn(6, 9, 4)
     y, fs = power_tables(2, 3, 1)
     wi, wo = torch.randn(6, 3, 3, 4), torch.randn(6, 3, 2, 4)
     d1 = degrees(1)
 
     def fn(x1, sh, w, wi, wo):
-        a = backends.conv_product(x1, sh, w, 3, d, m2, d, y1, y2, f)
+        a = backends.conv_product(x1, sh, w, 3, 3, d, d, d, y1, y2, f)
         b = backends.many_body_product(a, wi, wo, d, d1, y, fs)
         return b + backends.weighted_product(a, a, w[0, :3], w[0, 3:6], w[0, 6:8], d, d, d1, y1, y2,
                                              f[:, :4])

@@ -99,7 +99,7 @@ def _variants(full: bool = False):
     representative shapes (the launches are captured, not run). ``full`` adds the variants that
     only change constants (bfloat16 loads, 8 warps at L=4, nu=1) to keep the test run short."""
     import gaunt_plugins.triton_kernels as tk
-    from triton_cases import degree_mask, degrees, power_tables, product_tables
+    from triton_cases import degrees, power_tables, product_tables
 
     def conv(l, c, dtype=torch.float32, message=None):
         y1, y2, f = product_tables(l, l, l, torch.float64 if dtype == torch.float64 else torch.float32)
@@ -109,11 +109,11 @@ def _variants(full: bool = False):
         x1 = torch.randn(e, c, i).to(dtype).requires_grad_()
         sh = torch.randn(e, i).to(dtype).requires_grad_()
         w = torch.randn(e, 3 * k, c).to(dtype).requires_grad_()
-        d, m2 = degrees(l), degree_mask(l)
+        d = degrees(l)
         if message is None:
-            return lambda: tk.conv_product(x1, sh, w, k, d, m2, d, y1, y2, f).sum().backward()
+            return lambda: tk.conv_product(x1, sh, w, k, l + 1, d, d, d, y1, y2, f).sum().backward()
         ei = torch.randint(0, 16, (2, e))
-        return lambda: tk.conv_message(x1[:16], sh, w, ei, 16, k, d, m2, d, y1, y2, f,
+        return lambda: tk.conv_message(x1[:16], sh, w, ei, 16, k, l + 1, d, d, d, y1, y2, f,
                                        deterministic=message).sum().backward()
 
     def wprod(l, c):
