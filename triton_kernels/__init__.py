@@ -20,7 +20,6 @@ import torch
 
 from . import constants
 from .ops import INTERPRET, NAMESPACE, OPS
-from .tables import cached, degree_mask
 
 __all__ = [
     "weighted_product",
@@ -32,10 +31,6 @@ __all__ = [
     "NAMESPACE",
     "OPS",
 ]
-
-
-def _mask(deg: torch.Tensor, k: int) -> torch.Tensor:
-    return cached("degmask", (deg,), (int(k),), lambda: degree_mask(deg, int(k)))
 
 
 def _w3(w: torch.Tensor) -> torch.Tensor:
@@ -50,8 +45,7 @@ def weighted_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: t
     ``x2 [N, C, I2]``, weights ``[K, C]`` (shared) or ``[N, K, C]`` -> ``[N, C, Io]``."""
     w1, w2, w3 = _w3(w1), _w3(w2), _w3(w3)
     return torch.ops.gaunt_triton.grid_product(
-        x1, x2, w1, w2, w3, _mask(deg1, w1.shape[1]), _mask(deg2, w2.shape[1]), _mask(deg3, w3.shape[1]),
-        to_grid1, to_grid2, from_grid)
+        x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
 
 
 def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, deg1: torch.Tensor,
@@ -59,10 +53,8 @@ def conv_product(x1: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, k1: i
                  from_grid: torch.Tensor) -> torch.Tensor:
     """Fused :func:`gaunt_plugins.backends.torch_ops.conv_product`: ``x1 [E, C, I1]``, ``sh [E, I2]``,
     ``weight [E, K1+K2+K3, C]`` -> ``[E, C, Io]``."""
-    k1, k2 = int(k1), int(k2)
-    k3 = weight.shape[1] - k1 - k2
-    return torch.ops.gaunt_triton.conv_product(x1, sh, weight, k1, _mask(deg1, k1), _mask(deg2, k2),
-                                               _mask(deg3, k3), to_grid1, to_grid2, from_grid)
+    return torch.ops.gaunt_triton.conv_product(x1, sh, weight, int(k1), int(k2), deg1, deg2, deg3, to_grid1,
+                                               to_grid2, from_grid)
 
 
 def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, deg_in: torch.Tensor,
@@ -71,8 +63,7 @@ def many_body_product(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, 
     """Fused :func:`gaunt_plugins.backends.torch_ops.many_body_product`: ``x [N, C, I]``,
     ``w_in [N, nu, K, C]``, ``w_out [N, nu, Ko, C]``, ``from_grids [nu, P, Io]`` (or a list) -> ``[N, C, Io]``."""
     fs = from_grids if isinstance(from_grids, torch.Tensor) else torch.stack(list(from_grids))
-    return torch.ops.gaunt_triton.many_body_product(x, w_in, w_out, _mask(deg_in, w_in.shape[2]),
-                                                    _mask(deg_out, w_out.shape[2]), to_grid, fs)
+    return torch.ops.gaunt_triton.many_body_product(x, w_in, w_out, deg_in, deg_out, to_grid, fs)
 
 
 def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
@@ -87,8 +78,5 @@ def conv_message(x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_i
     ``deterministic=True``: edges sorted by receiver (by sender in backward), one program per node
     summing its segment in a fixed order: bit-reproducible run to run.
     """
-    k1, k2 = int(k1), int(k2)
-    k3 = weight.shape[1] - k1 - k2
-    return torch.ops.gaunt_triton.conv_message(x, sh, weight, edge_index, int(num_nodes), k1, _mask(deg1, k1),
-                                               _mask(deg2, k2), _mask(deg3, k3), to_grid1, to_grid2, from_grid,
-                                               bool(deterministic))
+    return torch.ops.gaunt_triton.conv_message(x, sh, weight, edge_index, int(num_nodes), int(k1), int(k2), deg1,
+                                               deg2, deg3, to_grid1, to_grid2, from_grid, bool(deterministic))

@@ -5,7 +5,7 @@ channel of every row is an independent spherical function, so the kernels tile t
 M dimension of small matrix products with the precomputed tables:
 
     a = (w1e * x1) @ Y1      [M, P]   to the grid              (w1e: per-degree weights expanded
-    b = (w2e * x2) @ Y2      [M, P]                             to the coefficients, w @ mask)
+    b = (w2e * x2) @ Y2      [M, P]                             to the coefficients by slot)
     out = w3e * ((a * b) @ F)  [M, Io]  pointwise product, projection back
 
 The grid dimension P is walked in chunks of ``BLOCK_P`` (flash-attention style): one chunk of
@@ -16,7 +16,7 @@ instead of saving it.
 Tables arrive padded (``constants.padded``): ``Y [IP, PP]``, ``F [PP, IOP]`` with zero rows and
 columns, so padded lanes contribute exactly zero and the inner loop needs no masks. Per-degree
 weights are gathered through ``deg [IP]`` (int32 degree slot of each coefficient) and
-``scale [IP]`` (its mask value, 0 on padding). Feature loads are masked (ragged rows, channels
+``scale [IP]`` (1, 0 on padding). Feature loads are masked (ragged rows, channels
 and coefficient widths).
 
 Accumulation: float64 inputs compute in float64; float32 in float32 with IEEE dots (no TF32,
@@ -108,8 +108,8 @@ def _atomic_rows(ptr, val, row, ch, valid, s_n, s_c, width, WP: tl.constexpr):
 def _expand(w_ptr, d_ptr, s_ptr, wrow, ch, valid, s_n, s_k, s_c, IP: tl.constexpr):
     """Per-degree weights expanded to the coefficients: ``w[wrow, deg[i], ch] * scale[i]`` ``[M, IP]``.
 
-    ``deg [IP]`` (int32) is the degree slot of each coefficient and ``scale [IP]`` its mask value
-    (1, or 0 on padding and on coefficients that no weight covers). A gather, not a product: for a
+    ``deg [IP]`` (int32) is the degree slot of each coefficient and ``scale [IP]`` 1 on the coefficients,
+    0 on padding. A gather, not a product: for a
     fixed coefficient consecutive pairs read consecutive channels, so the loads coalesce and the
     repeated slots hit L1.
     """

@@ -1,15 +1,15 @@
 """``torch.library`` registration of the fused Gaunt kernels: custom ops, autograd, fake tensors.
 
-Ops (namespace ``gaunt_triton``), all taking degree *masks* ``[K, I]`` (see :mod:`.reference` for the
-exact math of each):
+Ops (namespace ``gaunt_triton``), all taking degree *slots* ``d [I]`` (long: the weight slot of each
+coefficient, as every Gaunt plan hands them out; see :mod:`.reference` for the exact math of each):
 
-- ``grid_product(x1, x2, w1?, w2?, w3?, m1?, m2?, m3?, to_grid1, to_grid2, from_grid)``: channel-wise
+- ``grid_product(x1, x2, w1?, w2?, w3?, d1?, d2?, d3?, to_grid1, to_grid2, from_grid)``: channel-wise
   weighted product; ``x2`` and the weights broadcast over rows (and ``x2`` over channels) when that
   dimension is 1.
-- ``conv_product(x1, sh, weight, k1, m1, m2, m3, to_grid1, to_grid2, from_grid)``: MACE convolution with
+- ``conv_product(x1, sh, weight, k1, k2, d1, d2, d3, to_grid1, to_grid2, from_grid)``: MACE convolution with
   one per-edge weight tensor ``[E, K1+K2+K3, C]``.
-- ``many_body_product(x, w_in, w_out, m_in, m_out, to_grid, from_grids)``: power product, nu <= 4.
-- ``conv_message(x, sh, weight, edge_index, num_nodes, k1, m1, m2, m3, to_grid1, to_grid2, from_grid,
+- ``many_body_product(x, w_in, w_out, d_in, d_out, to_grid, from_grids)``: power product, nu <= 4.
+- ``conv_message(x, sh, weight, edge_index, num_nodes, k1, k2, d1, d2, d3, to_grid1, to_grid2, from_grid,
   deterministic)``: gather by sender, convolution, sum into receivers, one kernel.
 - ``*_backward``: the fused gradients of each (recomputing the grid chunks).
 
@@ -27,6 +27,7 @@ and ``conv_product`` the first-order gradients are themselves Gaunt products wit
 order runs on the same fused kernels; for ``many_body_product`` and ``conv_message`` it goes through
 :mod:`.reference` (unfused, one warning). Third order raises ``NotImplementedError``.
 """
+import inspect
 import os
 import warnings
 from typing import List, Optional, Tuple
@@ -48,12 +49,14 @@ __all__ = ["INTERPRET", "NAMESPACE", "OPS"]
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 NAMESPACE = "gaunt_triton"
 OPS = {}
+_BODIES = {}  # op name -> its Python body (whose signature is the op's schema)
 
 
 def _define(name, fake):
     qual = f"{NAMESPACE}::{name}"
 
     def deco(fn):
+        _BODIES[name] = fn
         if INTERPRET:
             op = torch.library.custom_op(qual, fn, mutates_args=())
             op.register_fake(fake)
@@ -84,8 +87,8 @@ def _empty(like: Tensor) -> Tensor:
 
 def _no_table_grads(needs, what: str) -> None:
     if any(needs):
-        raise NotImplementedError(f"gaunt_triton::{what}: gradients with respect to the tables or degree masks "
-                                  f"are not implemented (they are constants of the layer)")
+        raise NotImplementedError(f"gaunt_triton::{what}: gradients with respect to the tables are not "
+                                  f"implemented (they are constants of the layer)")
 
 
 def _wcheck(w: Optional[Tensor], dim: int) -> None:
@@ -96,13 +99,13 @@ def _wcheck(w: Optional[Tensor], dim: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
-def _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f):
+def _gp_common(x1, x2, w1, w2, w3, d1, d2, d3, y1, y2, f):
     cdt = compute_dtype(x1.dtype)
     y1p, y2p, fp, sz = product_tables(y1, y2, f, cdt)
     i1, i2, io = y1.shape[0], y2.shape[0], f.shape[1]
     gk = {}
-    for j, (m, width) in enumerate(((m1, i1), (m2, i2), (m3, io)), start=1):
-        gk[f"dg{j}_ptr"], gk[f"sc{j}_ptr"] = degree_gather(m, width, cdt, x1)
+    for j, (d, width) in enumerate(((d1, i1), (d2, i2), (d3, io)), start=1):
+        gk[f"dg{j}_ptr"], gk[f"sc{j}_ptr"] = degree_gather(d, width, cdt, x1)
     sizes = dict(I1P=sz["I1P"], I2P=sz["I2P"], IOP=sz["IOP"], PP=sz["PP"], BLOCK_P=K.BLOCK_P)
     return cdt, (y1p, y2p, fp, gk), sizes, (i1, i2, io)
 
@@ -116,12 +119,12 @@ def _wargs(prefix: str, w: Optional[Tensor], dummy: Tensor, packed_k: int = 0):
             w.shape[1])
 
 
-def _gp_forward(x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1, y2, f, *, packed=None, message=None,
+def _gp_forward(x1: Tensor, x2: Tensor, w1, w2, w3, d1, d2, d3, y1, y2, f, *, packed=None, message=None,
                 n_out: int = 0) -> Tensor:
     """Launch ``gp_fwd_kernel``. ``packed = (weight, k1, k2)`` for one per-edge weight tensor;
     ``message = (src, dst)`` to gather x1 by ``src`` and scatter-add into ``n_out`` receivers."""
     x1, x2 = _lastc(x1), _lastc(x2)
-    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, d1, d2, d3, y1, y2, f)
     c = x1.shape[1]
     n = x2.shape[0] if message is not None else x1.shape[0]
     if packed is not None:
@@ -164,12 +167,12 @@ def _gp_forward(x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1, y2, f, *, pa
     return out
 
 
-def _gp_backward(go: Tensor, x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1, y2, f,
+def _gp_backward(go: Tensor, x1: Tensor, x2: Tensor, w1, w2, w3, d1, d2, d3, y1, y2, f,
                  need: Tuple[bool, bool, bool, bool, bool], *, packed=None, message=None) -> List[Tensor]:
     """Launch ``gp_bwd_kernel``; returns ``[dx1, dx2, dw1, dw2, dw3]`` (``dw1`` = the whole packed weight
     gradient when ``packed``), empty tensors where not needed, each shaped like its input."""
     go, x1, x2 = _lastc(go), _lastc(x1), _lastc(x2)
-    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f)
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x1, x2, w1, w2, w3, d1, d2, d3, y1, y2, f)
     c = x1.shape[1]
     n = x2.shape[0] if message is not None else x1.shape[0]
     need_dx1, need_dx2, need_dw1, need_dw2, need_dw3 = need
@@ -273,19 +276,19 @@ def _gp_backward(go: Tensor, x1: Tensor, x2: Tensor, w1, w2, w3, m1, m2, m3, y1,
 # ----------------------------------------------------------------------------------------------
 # grid_product
 # ----------------------------------------------------------------------------------------------
-def _grid_product_fake(x1, x2, w1, w2, w3, m1, m2, m3, to_grid1, to_grid2, from_grid):
+def _grid_product_fake(x1, x2, w1, w2, w3, d1, d2, d3, to_grid1, to_grid2, from_grid):
     return x1.new_empty(x1.shape[0], x1.shape[1], from_grid.shape[1])
 
 
 @_define("grid_product", _grid_product_fake)
 def grid_product(x1: Tensor, x2: Tensor, w1: Optional[Tensor], w2: Optional[Tensor], w3: Optional[Tensor],
-                 m1: Optional[Tensor], m2: Optional[Tensor], m3: Optional[Tensor], to_grid1: Tensor,
+                 d1: Optional[Tensor], d2: Optional[Tensor], d3: Optional[Tensor], to_grid1: Tensor,
                  to_grid2: Tensor, from_grid: Tensor) -> Tensor:
     """``w3e * proj((w1e x1) (*) (w2e x2))``: ``x1 [N, C, I1]``, ``x2 [N|1, C|1, I2]``, ``w [N|1, K, C]``."""
-    return _gp_forward(x1, x2, w1, w2, w3, m1, m2, m3, to_grid1, to_grid2, from_grid)
+    return _gp_forward(x1, x2, w1, w2, w3, d1, d2, d3, to_grid1, to_grid2, from_grid)
 
 
-def _grid_product_backward_fake(grad, x1, x2, w1, w2, w3, m1, m2, m3, to_grid1, to_grid2, from_grid,
+def _grid_product_backward_fake(grad, x1, x2, w1, w2, w3, d1, d2, d3, to_grid1, to_grid2, from_grid,
                                 need_x1, need_x2, need_w1, need_w2, need_w3):
     outs = []
     for t, nd in ((x1, need_x1), (x2, need_x2), (w1, need_w1), (w2, need_w2), (w3, need_w3)):
@@ -295,13 +298,13 @@ def _grid_product_backward_fake(grad, x1, x2, w1, w2, w3, m1, m2, m3, to_grid1, 
 
 @_define("grid_product_backward", _grid_product_backward_fake)
 def grid_product_backward(grad: Tensor, x1: Tensor, x2: Tensor, w1: Optional[Tensor], w2: Optional[Tensor],
-                          w3: Optional[Tensor], m1: Optional[Tensor], m2: Optional[Tensor],
-                          m3: Optional[Tensor], to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor,
+                          w3: Optional[Tensor], d1: Optional[Tensor], d2: Optional[Tensor],
+                          d3: Optional[Tensor], to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor,
                           need_x1: bool, need_x2: bool, need_w1: bool, need_w2: bool,
                           need_w3: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused gradients of ``grid_product`` (empty tensors for those not requested)."""
     need = (need_x1, need_x2, need_w1 and w1 is not None, need_w2 and w2 is not None, need_w3 and w3 is not None)
-    return tuple(_gp_backward(grad, x1, x2, w1, w2, w3, m1, m2, m3, to_grid1, to_grid2, from_grid, need))
+    return tuple(_gp_backward(grad, x1, x2, w1, w2, w3, d1, d2, d3, to_grid1, to_grid2, from_grid, need))
 
 
 def _gp_setup(ctx, inputs, output):
@@ -311,7 +314,7 @@ def _gp_setup(ctx, inputs, output):
 def _gp_bwd(ctx, grad):
     saved = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    _no_table_grads(needs[5:], "grid_product")
+    _no_table_grads(needs[8:], "grid_product")
     outs = torch.ops.gaunt_triton.grid_product_backward(grad, *saved, *[bool(b) for b in needs[:5]])
     return tuple(o if nd else None for o, nd in zip(outs, needs[:5])) + (None,) * 6
 
@@ -319,20 +322,20 @@ def _gp_bwd(ctx, grad):
 # ----------------------------------------------------------------------------------------------
 # conv_product (packed per-edge weights)
 # ----------------------------------------------------------------------------------------------
-def _conv_fake(x1, sh, weight, k1, m1, m2, m3, to_grid1, to_grid2, from_grid):
+def _conv_fake(x1, sh, weight, k1, k2, d1, d2, d3, to_grid1, to_grid2, from_grid):
     return x1.new_empty(x1.shape[0], x1.shape[1], from_grid.shape[1])
 
 
 @_define("conv_product", _conv_fake)
-def conv_product(x1: Tensor, sh: Tensor, weight: Tensor, k1: int, m1: Tensor, m2: Tensor, m3: Tensor,
+def conv_product(x1: Tensor, sh: Tensor, weight: Tensor, k1: int, k2: int, d1: Tensor, d2: Tensor, d3: Tensor,
                  to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor) -> Tensor:
     """MACE convolution ``x1 [E, C, I1]``, ``sh [E, I2]``, ``weight [E, K1+K2+K3, C]`` -> ``[E, C, Io]``."""
     _wcheck(weight, 3)
-    return _gp_forward(x1, sh.unsqueeze(1), None, None, None, m1, m2, m3, to_grid1, to_grid2, from_grid,
-                       packed=(weight, k1, m2.shape[0]))
+    return _gp_forward(x1, sh.unsqueeze(1), None, None, None, d1, d2, d3, to_grid1, to_grid2, from_grid,
+                       packed=(weight, k1, k2))
 
 
-def _conv_backward_fake(grad, x1, sh, weight, k1, m1, m2, m3, to_grid1, to_grid2, from_grid,
+def _conv_backward_fake(grad, x1, sh, weight, k1, k2, d1, d2, d3, to_grid1, to_grid2, from_grid,
                         need_x1, need_sh, need_w):
     return (x1.new_empty(x1.shape) if need_x1 else x1.new_empty(0),
             sh.new_empty(sh.shape) if need_sh else x1.new_empty(0),
@@ -340,38 +343,38 @@ def _conv_backward_fake(grad, x1, sh, weight, k1, m1, m2, m3, to_grid1, to_grid2
 
 
 @_define("conv_product_backward", _conv_backward_fake)
-def conv_product_backward(grad: Tensor, x1: Tensor, sh: Tensor, weight: Tensor, k1: int, m1: Tensor, m2: Tensor,
-                          m3: Tensor, to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor, need_x1: bool,
+def conv_product_backward(grad: Tensor, x1: Tensor, sh: Tensor, weight: Tensor, k1: int, k2: int, d1: Tensor,
+                          d2: Tensor, d3: Tensor, to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor, need_x1: bool,
                           need_sh: bool, need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused gradients of ``conv_product``."""
-    dx1, dx2, dw, _, _ = _gp_backward(grad, x1, sh.unsqueeze(1), None, None, None, m1, m2, m3, to_grid1, to_grid2,
+    dx1, dx2, dw, _, _ = _gp_backward(grad, x1, sh.unsqueeze(1), None, None, None, d1, d2, d3, to_grid1, to_grid2,
                                       from_grid, (need_x1, need_sh, need_w, need_w, need_w),
-                                      packed=(weight, k1, m2.shape[0]))
+                                      packed=(weight, k1, k2))
     if need_sh:
         dx2 = dx2.reshape(sh.shape)
     return dx1, dx2, dw
 
 
 def _conv_bwd(ctx, grad):
-    x1, sh, weight, m1, m2, m3, y1, y2, f = ctx.saved_tensors
+    x1, sh, weight, d1, d2, d3, y1, y2, f = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    _no_table_grads(needs[4:], "conv_product")
-    outs = torch.ops.gaunt_triton.conv_product_backward(grad, x1, sh, weight, ctx.k1, m1, m2, m3, y1, y2, f,
-                                                        bool(needs[0]), bool(needs[1]), bool(needs[2]))
-    return (outs[0] if needs[0] else None, outs[1] if needs[1] else None, outs[2] if needs[2] else None,
-            None, None, None, None, None, None, None)
+    _no_table_grads(needs[8:], "conv_product")
+    outs = torch.ops.gaunt_triton.conv_product_backward(grad, x1, sh, weight, ctx.k1, ctx.k2, d1, d2, d3, y1, y2,
+                                                        f, bool(needs[0]), bool(needs[1]), bool(needs[2]))
+    return (outs[0] if needs[0] else None, outs[1] if needs[1] else None, outs[2] if needs[2] else None) + \
+        (None,) * (len(needs) - 3)
 
 
 def _conv_setup(ctx, inputs, output):
-    x1, sh, weight, k1, m1, m2, m3, y1, y2, f = inputs
-    ctx.k1 = k1
-    ctx.save_for_backward(x1, sh, weight, m1, m2, m3, y1, y2, f)
+    x1, sh, weight, k1, k2, d1, d2, d3, y1, y2, f = inputs
+    ctx.k1, ctx.k2 = k1, k2
+    ctx.save_for_backward(x1, sh, weight, d1, d2, d3, y1, y2, f)
 
 
 # ----------------------------------------------------------------------------------------------
 # many_body_product
 # ----------------------------------------------------------------------------------------------
-def _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids):
+def _mb_common(x, w_in, w_out, d_in, d_out, to_grid, from_grids):
     nu = from_grids.shape[0]
     if not 1 <= nu <= K.MAX_CORRELATION:
         raise ValueError(f"gaunt_triton::many_body_product: correlation {nu} not in 1..{K.MAX_CORRELATION}")
@@ -381,23 +384,23 @@ def _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids):
     cdt = compute_dtype(x.dtype)
     yp, fp, sz = power_tables(to_grid, from_grids, cdt)
     i, io = to_grid.shape[0], from_grids.shape[2]
-    dgi, sci = degree_gather(m_in, i, cdt, x)
-    dgo, sco = degree_gather(m_out, io, cdt, x)
+    dgi, sci = degree_gather(d_in, i, cdt, x)
+    dgo, sco = degree_gather(d_out, io, cdt, x)
     gk = dict(dgi_ptr=dgi, sci_ptr=sci, dgo_ptr=dgo, sco_ptr=sco)
     return nu, cdt, yp, fp, gk, dict(IP=sz["IP"], IOP=sz["IOP"], PP=sz["PP"],
                                           BLOCK_P=K.BLOCK_P), (i, io)
 
 
-def _many_body_fake(x, w_in, w_out, m_in, m_out, to_grid, from_grids):
+def _many_body_fake(x, w_in, w_out, d_in, d_out, to_grid, from_grids):
     return x.new_empty(x.shape[0], x.shape[1], from_grids.shape[2])
 
 
 @_define("many_body_product", _many_body_fake)
-def many_body_product(x: Tensor, w_in: Tensor, w_out: Tensor, m_in: Tensor, m_out: Tensor, to_grid: Tensor,
+def many_body_product(x: Tensor, w_in: Tensor, w_out: Tensor, d_in: Tensor, d_out: Tensor, to_grid: Tensor,
                       from_grids: Tensor) -> Tensor:
     """``sum_nu w_out[nu] * proj_nu(prod_{k<=nu} (w_in[k] x) @ Y)``: ``x [N, C, I]``, ``w [N|1, NU, K, C]``."""
     x = _lastc(x)
-    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
+    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, d_in, d_out, to_grid, from_grids)
     n, c = x.shape[0], x.shape[1]
     out = x.new_empty(n, c, io)
     block_r, block_c = K.tile_shape(c, K.BLOCK_M_MANY_BODY_FWD)
@@ -414,19 +417,19 @@ def many_body_product(x: Tensor, w_in: Tensor, w_out: Tensor, m_in: Tensor, m_ou
     return out
 
 
-def _many_body_backward_fake(grad, x, w_in, w_out, m_in, m_out, to_grid, from_grids, need_x, need_win, need_wout):
+def _many_body_backward_fake(grad, x, w_in, w_out, d_in, d_out, to_grid, from_grids, need_x, need_win, need_wout):
     return (x.new_empty(x.shape) if need_x else x.new_empty(0),
             w_in.new_empty(w_in.shape) if need_win else x.new_empty(0),
             w_out.new_empty(w_out.shape) if need_wout else x.new_empty(0))
 
 
 @_define("many_body_product_backward", _many_body_backward_fake)
-def many_body_product_backward(grad: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, m_in: Tensor, m_out: Tensor,
+def many_body_product_backward(grad: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, d_in: Tensor, d_out: Tensor,
                                to_grid: Tensor, from_grids: Tensor, need_x: bool, need_win: bool,
                                need_wout: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused gradients of ``many_body_product`` w.r.t. x, w_in and w_out."""
     grad, x = _lastc(grad), _lastc(x)
-    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, m_in, m_out, to_grid, from_grids)
+    nu, cdt, yp, fp, gk, sz, (i, io) = _mb_common(x, w_in, w_out, d_in, d_out, to_grid, from_grids)
     n, c = x.shape[0], x.shape[1]
     dx = x.new_empty(x.shape) if need_x else _empty(x)
     win_rows = w_in.shape[0] == n
@@ -473,10 +476,10 @@ def _mb_setup(ctx, inputs, output):
 
 
 def _mb_bwd(ctx, grad):
-    x, w_in, w_out, m_in, m_out, y, fs = ctx.saved_tensors
+    x, w_in, w_out, d_in, d_out, y, fs = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    _no_table_grads(needs[3:], "many_body_product")
-    outs = torch.ops.gaunt_triton.many_body_product_backward(grad, x, w_in, w_out, m_in, m_out, y, fs,
+    _no_table_grads(needs[5:], "many_body_product")
+    outs = torch.ops.gaunt_triton.many_body_product_backward(grad, x, w_in, w_out, d_in, d_out, y, fs,
                                                              bool(needs[0]), bool(needs[1]), bool(needs[2]))
     return tuple(o if nd else None for o, nd in zip(outs, needs[:3])) + (None,) * 4
 
@@ -492,31 +495,30 @@ def _csr(index: Tensor, num_segments: int):
     return perm, seg
 
 
-def _message_fake(x, sh, weight, edge_index, num_nodes, k1, m1, m2, m3, to_grid1, to_grid2, from_grid,
+def _message_fake(x, sh, weight, edge_index, num_nodes, k1, k2, d1, d2, d3, to_grid1, to_grid2, from_grid,
                   deterministic):
     return x.new_empty(num_nodes, x.shape[1], from_grid.shape[1])
 
 
 @_define("conv_message", _message_fake)
-def conv_message(x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_nodes: int, k1: int, m1: Tensor,
-                 m2: Tensor, m3: Tensor, to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor,
+def conv_message(x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_nodes: int, k1: int, k2: int,
+                 d1: Tensor, d2: Tensor, d3: Tensor, to_grid1: Tensor, to_grid2: Tensor, from_grid: Tensor,
                  deterministic: bool) -> Tensor:
     """``out[v] = sum_{e: dst[e]=v} conv(x[src[e]], sh[e], weight[e])``, ``edge_index [2, E]`` = (src, dst)."""
     _wcheck(weight, 3)
     src = edge_index[0].contiguous()
     dst = edge_index[1].contiguous()
     if not deterministic:
-        return _gp_forward(x, sh.unsqueeze(1), None, None, None, m1, m2, m3, to_grid1, to_grid2, from_grid,
-                           packed=(weight, k1, m2.shape[0]), message=(src, dst), n_out=num_nodes)
+        return _gp_forward(x, sh.unsqueeze(1), None, None, None, d1, d2, d3, to_grid1, to_grid2, from_grid,
+                           packed=(weight, k1, k2), message=(src, dst), n_out=num_nodes)
     x, sh = _lastc(x), _lastc(sh)
-    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, d1, d2, d3,
                                                                      to_grid1, to_grid2, from_grid)
     c = x.shape[1]
     out = x.new_empty(num_nodes, c, io)
     perm, seg = _csr(dst, num_nodes)
     block_e, block_c = K.tile_shape(c, K.BLOCK_M_SEGMENT)
     kk = weight.shape[1]
-    k2 = m2.shape[0]
     if num_nodes > 0 and c > 0:
         _launch(msg_fwd_segment_kernel, (num_nodes, triton.cdiv(c, block_c)),
                 x1_ptr=x, sh_ptr=sh, w_ptr=weight, **gk, y1_ptr=y1p, y2_ptr=y2p,
@@ -530,7 +532,7 @@ def conv_message(x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_
     return out
 
 
-def _message_backward_fake(grad, x, sh, weight, edge_index, num_nodes, k1, m1, m2, m3, to_grid1, to_grid2,
+def _message_backward_fake(grad, x, sh, weight, edge_index, num_nodes, k1, k2, d1, d2, d3, to_grid1, to_grid2,
                            from_grid, deterministic, need_x, need_sh, need_w):
     return (x.new_empty(x.shape) if need_x else x.new_empty(0),
             sh.new_empty(sh.shape) if need_sh else x.new_empty(0),
@@ -539,23 +541,22 @@ def _message_backward_fake(grad, x, sh, weight, edge_index, num_nodes, k1, m1, m
 
 @_define("conv_message_backward", _message_backward_fake)
 def conv_message_backward(grad: Tensor, x: Tensor, sh: Tensor, weight: Tensor, edge_index: Tensor, num_nodes: int,
-                          k1: int, m1: Tensor, m2: Tensor, m3: Tensor, to_grid1: Tensor, to_grid2: Tensor,
+                          k1: int, k2: int, d1: Tensor, d2: Tensor, d3: Tensor, to_grid1: Tensor, to_grid2: Tensor,
                           from_grid: Tensor, deterministic: bool, need_x: bool, need_sh: bool,
                           need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused gradients of ``conv_message``: atomics into ``dx[src]``, or (deterministic) one program per
     sender summing its outgoing edges in a fixed order."""
     src = edge_index[0].contiguous()
     dst = edge_index[1].contiguous()
-    k2 = m2.shape[0]
     if not deterministic:
-        dx, dsh, dw, _, _ = _gp_backward(grad, x, sh.unsqueeze(1), None, None, None, m1, m2, m3, to_grid1,
+        dx, dsh, dw, _, _ = _gp_backward(grad, x, sh.unsqueeze(1), None, None, None, d1, d2, d3, to_grid1,
                                          to_grid2, from_grid, (need_x, need_sh, need_w, need_w, need_w),
                                          packed=(weight, k1, k2), message=(src, dst))
         if need_sh:
             dsh = dsh.reshape(sh.shape)
         return dx, dsh, dw
     grad, x, sh = _lastc(grad), _lastc(x), _lastc(sh)
-    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, m1, m2, m3,
+    cdt, (y1p, y2p, fp, gk), sz, (i1, i2, io) = _gp_common(x, sh, None, None, None, d1, d2, d3,
                                                                      to_grid1, to_grid2, from_grid)
     c = x.shape[1]
     e = sh.shape[0]
@@ -591,39 +592,39 @@ def conv_message_backward(grad: Tensor, x: Tensor, sh: Tensor, weight: Tensor, e
 
 
 def _message_setup(ctx, inputs, output):
-    x, sh, weight, edge_index, num_nodes, k1, m1, m2, m3, y1, y2, f, deterministic = inputs
-    ctx.num_nodes, ctx.k1, ctx.deterministic = num_nodes, k1, deterministic
-    ctx.save_for_backward(x, sh, weight, edge_index, m1, m2, m3, y1, y2, f)
+    x, sh, weight, edge_index, num_nodes, k1, k2, d1, d2, d3, y1, y2, f, deterministic = inputs
+    ctx.num_nodes, ctx.k1, ctx.k2, ctx.deterministic = num_nodes, k1, k2, deterministic
+    ctx.save_for_backward(x, sh, weight, edge_index, d1, d2, d3, y1, y2, f)
 
 
 def _message_bwd(ctx, grad):
-    x, sh, weight, edge_index, m1, m2, m3, y1, y2, f = ctx.saved_tensors
+    x, sh, weight, edge_index, d1, d2, d3, y1, y2, f = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    _no_table_grads(needs[6:12], "conv_message")
+    _no_table_grads(needs[10:13], "conv_message")
     outs = torch.ops.gaunt_triton.conv_message_backward(
-        grad, x, sh, weight, edge_index, ctx.num_nodes, ctx.k1, m1, m2, m3, y1, y2, f, ctx.deterministic,
+        grad, x, sh, weight, edge_index, ctx.num_nodes, ctx.k1, ctx.k2, d1, d2, d3, y1, y2, f, ctx.deterministic,
         bool(needs[0]), bool(needs[1]), bool(needs[2]))
     return (outs[0] if needs[0] else None, outs[1] if needs[1] else None, outs[2] if needs[2] else None) + \
-        (None,) * 10
+        (None,) * (len(needs) - 3)
 
 
 # ----------------------------------------------------------------------------------------------
 # double backward: the VJP of every *_backward op
 # ----------------------------------------------------------------------------------------------
-def _degree_sum(t: Tensor, m: Tensor) -> Tensor:
-    """``t [N, C, I]``, mask ``m [K, I]`` -> ``[N, K, C]`` (sum over the coefficients of each degree slot)."""
-    return torch.matmul(m.to(t.dtype), t.transpose(1, 2))
+def _degree_sum(t: Tensor, d: Tensor, k: int) -> Tensor:
+    """``t [N, C, I]``, slots ``d [I]`` -> ``[N, K, C]`` (sum over the coefficients of each degree slot)."""
+    return t.new_zeros(t.shape[0], t.shape[1], k).index_add(2, d, t).transpose(1, 2)
 
 
-def _product_first_order(grad, x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f):
+def _product_first_order(grad, x1, x2, w1, w2, w3, d1, d2, d3, y1, y2, f):
     """The first-order gradients of ``grid_product`` written with ``grid_product`` itself (tables
     transposed), so that differentiating them again runs the fused kernels:
     ``d out / d a`` for cotangent ``h`` is the Gaunt product ``((h F^T) * (b Y2)) Y1^T``. Returns
     ``(dx1, dx2, dw1, dw2, dw3)`` shaped like the inputs; tensors of size ``[N, C, I]``, never ``P``."""
     gp = torch.ops.gaunt_triton.grid_product
-    w1e = expand_weight(w1, m1) if w1 is not None else None
-    w2e = expand_weight(w2, m2) if w2 is not None else None
-    w3e = expand_weight(w3, m3) if w3 is not None else None
+    w1e = expand_weight(w1, d1) if w1 is not None else None
+    w2e = expand_weight(w2, d2) if w2 is not None else None
+    w3e = expand_weight(w3, d3) if w3 is not None else None
     a = x1 if w1e is None else x1 * w1e
     b = x2 if w2e is None else x2 * w2e
     h = grad if w3e is None else grad * w3e
@@ -631,21 +632,20 @@ def _product_first_order(grad, x1, x2, w1, w2, w3, m1, m2, m3, y1, y2, f):
     gb = gp(h, a, None, None, None, None, None, None, f.t(), y1, y2.t())
     dx1 = ga if w1e is None else ga * w1e
     dx2 = (gb if w2e is None else gb * w2e).sum_to_size(x2.shape)
-    dw1 = _degree_sum(ga * x1, m1).sum_to_size(w1.shape) if w1 is not None else None
-    dw2 = _degree_sum(gb * x2.expand_as(gb), m2).sum_to_size(w2.shape) if w2 is not None else None
+    dw1 = _degree_sum(ga * x1, d1, w1.shape[1]).sum_to_size(w1.shape) if w1 is not None else None
+    dw2 = _degree_sum(gb * x2.expand_as(gb), d2, w2.shape[1]).sum_to_size(w2.shape) if w2 is not None else None
     if w3 is not None:
         raw = gp(a, b, None, None, None, None, None, None, y1, y2, f)
-        dw3 = _degree_sum(grad * raw, m3).sum_to_size(w3.shape)
+        dw3 = _degree_sum(grad * raw, d3, w3.shape[1]).sum_to_size(w3.shape)
     else:
         dw3 = None
     return dx1, dx2, dw1, dw2, dw3
 
 
-def _conv_first_order(grad, x1, sh, weight, k1, m1, m2, m3, y1, y2, f):
+def _conv_first_order(grad, x1, sh, weight, k1, k2, d1, d2, d3, y1, y2, f):
     """``(dx1, dsh, dweight)`` of ``conv_product`` through :func:`_product_first_order` (fused, differentiable)."""
-    k2 = m2.shape[0]
     dx1, dx2, dw1, dw2, dw3 = _product_first_order(grad, x1, sh.unsqueeze(1), weight[:, :k1], weight[:, k1:k1 + k2],
-                                                   weight[:, k1 + k2:], m1, m2, m3, y1, y2, f)
+                                                   weight[:, k1 + k2:], d1, d2, d3, y1, y2, f)
     return dx1, dx2.reshape(sh.shape), torch.cat([dw1, dw2, dw3], dim=1)
 
 
@@ -726,9 +726,17 @@ def _double_backward(first_order, n_fwd_args: int, diff_positions, ctx, ggrads):
     return tuple(result)
 
 
-def _make_bwd_autograd(first_order, n_fwd_args: int, tensor_positions, diff_positions):
-    """setup_context/backward pair for a ``*_backward`` op whose forward-op arguments sit at
-    ``1..n_fwd_args``; non-tensor arguments are kept on ctx."""
+def _make_bwd_autograd(first_order, forward: str, differentiable: Tuple[str, ...]):
+    """setup_context/backward pair for ``forward``'s ``*_backward`` op (inputs: grad, ``forward``'s arguments,
+    flags), the positions taken from ``forward``'s signature by name: its tensor arguments are saved, the
+    others kept on ctx; ``differentiable`` names the arguments second-order gradients flow to."""
+    params = list(inspect.signature(_BODIES[forward]).parameters.values())
+    n_fwd_args = len(params)
+    tensor_positions = {p for p, q in enumerate(params) if q.annotation in (Tensor, Optional[Tensor])}
+    diff_positions = {p for p, q in enumerate(params) if q.name in differentiable}
+    if len(diff_positions) != len(differentiable) or not diff_positions <= tensor_positions:
+        raise RuntimeError(f"gaunt_triton::{forward}: {differentiable} are not all tensor arguments of its schema")
+
     def setup(ctx, inputs, output):
         tensors = [inputs[0]]
         extra = {}
@@ -744,8 +752,8 @@ def _make_bwd_autograd(first_order, n_fwd_args: int, tensor_positions, diff_posi
 
     def backward(ctx, *ggrads):
         if any(ctx.needs_input_grad[1 + p] for p in tensor_positions if p not in diff_positions):
-            raise NotImplementedError("gaunt_triton: gradients with respect to the tables or degree masks are not "
-                                      "implemented (they are constants of the layer)")
+            raise NotImplementedError("gaunt_triton: gradients with respect to the tables are not implemented "
+                                      "(they are constants of the layer)")
         return _double_backward(first_order, n_fwd_args, diff_positions, ctx, ggrads)
     return setup, backward
 
@@ -756,16 +764,17 @@ def _register_autograd():
     lib.register_autograd(f"{NAMESPACE}::conv_product", _conv_bwd, setup_context=_conv_setup)
     lib.register_autograd(f"{NAMESPACE}::many_body_product", _mb_bwd, setup_context=_mb_setup)
     lib.register_autograd(f"{NAMESPACE}::conv_message", _message_bwd, setup_context=_message_setup)
-    s, b = _make_bwd_autograd(_composite_first_order(_product_first_order), 11, set(range(11)), {0, 1, 2, 3, 4})
-    lib.register_autograd(f"{NAMESPACE}::grid_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(_composite_first_order(_conv_first_order), 10, {0, 1, 2, 4, 5, 6, 7, 8, 9}, {0, 1, 2})
-    lib.register_autograd(f"{NAMESPACE}::conv_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(_reference_first_order(many_body_ref, (0, 1, 2), "many_body_product"), 7,
-                              set(range(7)), {0, 1, 2})
-    lib.register_autograd(f"{NAMESPACE}::many_body_product_backward", b, setup_context=s)
-    s, b = _make_bwd_autograd(_reference_first_order(conv_message_ref, (0, 1, 2), "conv_message"), 13,
-                              {0, 1, 2, 3, 6, 7, 8, 9, 10, 11}, {0, 1, 2})
-    lib.register_autograd(f"{NAMESPACE}::conv_message_backward", b, setup_context=s)
+    second_order = (  # (forward op, its differentiable first-order gradients, the arguments they flow to)
+        ("grid_product", _composite_first_order(_product_first_order), ("x1", "x2", "w1", "w2", "w3")),
+        ("conv_product", _composite_first_order(_conv_first_order), ("x1", "sh", "weight")),
+        ("many_body_product", _reference_first_order(many_body_ref, (0, 1, 2), "many_body_product"),
+         ("x", "w_in", "w_out")),
+        ("conv_message", _reference_first_order(conv_message_ref, (0, 1, 2), "conv_message"),
+         ("x", "sh", "weight")),
+    )
+    for forward, first_order, differentiable in second_order:
+        setup, backward = _make_bwd_autograd(first_order, forward, differentiable)
+        lib.register_autograd(f"{NAMESPACE}::{forward}_backward", backward, setup_context=setup)
 
 
 _register_autograd()

@@ -1,6 +1,6 @@
 """Padded, contiguous copies of the Gaunt tables in the kernels' compute dtype, cached.
 
-The kernels read ``Y [IP, PP]``, ``F [PP, IOP]`` and degree masks ``M [KP, IP]`` zero-padded to the
+The kernels read ``Y [IP, PP]``, ``F [PP, IOP]`` and degree slots ``d [IP]`` zero-padded to the
 widths in :mod:`.constants`, so padded lanes contribute nothing and the inner loop needs no masks.
 Building them is a handful of tiny copies; in eager mode they are cached per source tensor
 (identity checked through a weak reference, plus the tensor's version counter, so an in-place
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .constants import grid_padded, padded
 
-__all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_mask", "degree_gather", "product_tables",
+__all__ = ["compute_dtype", "pad2", "pad3", "cached", "degree_gather", "product_tables",
            "power_tables"]
 
 _CACHE: dict = {}
@@ -66,11 +66,6 @@ def pad3(t: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Ten
     return F.pad(t.to(dtype), (0, cols - c, 0, rows - r)).contiguous()
 
 
-def degree_mask(deg: torch.Tensor, k: int) -> torch.Tensor:
-    """``M [k, I]`` with ``M[j, i] = 1`` where coefficient ``i`` has degree slot ``deg[i] == j``."""
-    return (deg.view(1, -1).to(torch.long) == torch.arange(k, device=deg.device).view(-1, 1)).to(torch.float64)
-
-
 def product_tables(y1: torch.Tensor, y2: torch.Tensor, f: torch.Tensor, dtype: torch.dtype):
     """Padded ``(Y1 [I1P, PP], Y2 [I2P, PP], F [PP, IOP])`` and the padded sizes."""
     def build():
@@ -92,29 +87,19 @@ def power_tables(y: torch.Tensor, fs: torch.Tensor, dtype: torch.dtype):
     return cached("power", (y, fs), (dtype,), build)
 
 
-def degree_gather(m: Optional[torch.Tensor], width: int, dtype: torch.dtype, like: torch.Tensor):
-    """``(deg [IP] int32, scale [IP] dtype)`` of a degree mask ``m [K, I]``: the slot of each coefficient
-    and the mask value there (0 on padding / uncovered coefficients), ``IP = padded(width)``.
-
-    The kernels gather per-degree weights with these instead of multiplying by the mask, which needs
-    at most one non-zero per mask column (a coefficient belongs to one degree); checked once per mask
-    in eager mode (``ValueError``).
-    """
+def degree_gather(d: Optional[torch.Tensor], width: int, dtype: torch.dtype, like: torch.Tensor):
+    """``(deg [IP] int32, scale [IP] dtype)`` of degree slots ``d [I]`` (the weight slot of each coefficient):
+    the slots zero-padded to ``IP = padded(width)``, and 1 on the coefficients, 0 on the padding. The kernels
+    gather per-degree weights with these; ``d`` None (no weight): all zero."""
     ip = padded(width)
-    if m is None:
+    if d is None:
         return (torch.zeros(ip, dtype=torch.int32, device=like.device),
                 torch.zeros(ip, dtype=dtype, device=like.device))
 
     def build():
-        if m.shape[0] == 0:
-            return (torch.zeros(ip, dtype=torch.int32, device=m.device),
-                    torch.zeros(ip, dtype=dtype, device=m.device))
-        if _plain(m) and not torch.compiler.is_compiling():
-            if bool(((m != 0).sum(0) > 1).any()):
-                raise ValueError("gaunt_triton: a degree mask column has several non-zeros (a coefficient in several "
-                                 "degree slots); the kernels need at most one per coefficient")
-        idx = m.abs().argmax(0)
-        scale = m.gather(0, idx.unsqueeze(0)).squeeze(0)
-        pad = ip - m.shape[1]
-        return (F.pad(idx.to(torch.int32), (0, pad)).contiguous(), F.pad(scale.to(dtype), (0, pad)).contiguous())
-    return cached("degree_gather", (m,), (dtype, ip), build)
+        if tuple(d.shape) != (width,):
+            raise ValueError(f"gaunt_triton: degree slots must be [{width}] (one per coefficient), got {list(d.shape)}")
+        pad = ip - width
+        scale = torch.ones(width, dtype=dtype, device=d.device)
+        return (F.pad(d.to(torch.int32), (0, pad)).contiguous(), F.pad(scale, (0, pad)).contiguous())
+    return cached("degree_gather", (d,), (dtype, ip), build)

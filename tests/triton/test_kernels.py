@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gaunt_plugins.backends import torch_ops
-from triton_cases import degree_mask, degrees, power_tables, product_tables, rel_err, value_and_grads
+from triton_cases import degrees, power_tables, product_tables, rel_err, value_and_grads
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
@@ -194,15 +194,6 @@ def test_empty_rows(tk, device):
         nodes = torch.randn(3, 4, 4, device=device)
         res = tk.conv_message(nodes, sh, we, ei, 3, 2, 2, d, d, d, y1, y2, f, deterministic=det)
         assert res.shape == (3, 4, 4) and res.abs().max() == 0
-
-
-def test_several_degree_slots_per_coefficient_refused(tk, device):
-    y1, y2, f = product_tables(1, 1, 1, torch.float32, device)
-    m1 = degree_mask(1).to(device)
-    m2 = torch.ones(2, 4, device=device)  # every coefficient in both slots
-    with pytest.raises(ValueError, match="several non-zeros"):
-        torch.ops.gaunt_triton.conv_product(torch.randn(2, 4, 4, device=device), torch.randn(2, 4, device=device),
-                                            torch.randn(2, 6, 4, device=device), 2, m1, m2, m1, y1, y2, f)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,6 @@ def degrees(lmax: int) -> torch.Tensor:
     return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
 
 
-def degree_mask(lmax: int, dtype=torch.float32) -> torch.Tensor:
-    d = degrees(lmax)
-    return (d.view(1, -1) == torch.arange(lmax + 1).view(-1, 1)).to(dtype)
-
-
 def product_tables(l1: int, l2: int, lo: int, dtype=torch.float32, device="cpu"):
     return tuple(torch.from_numpy(a).to(dtype=dtype, device=device) for a in grid_tables(l1, l2, lo))
 
