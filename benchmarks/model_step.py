@@ -320,10 +320,12 @@ def target_name(targets) -> str:
     return "+".join(t for t in GAUNT_TARGETS if t in targets)
 
 
-def gaunt_options(targets, conv_products: int, product_chains: int = 1):
+def gaunt_options(targets, conv_products: int, product_chains: int = 1, product_odd_chains: int = 0):
     from gaunt_plugins.adapters.mace_config import GauntOptions
     if conv_products_supported():
-        return GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains)
+        extra = {"product_odd_chains": product_odd_chains} if product_odd_chains else {}
+        return GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains,
+                            **extra)
     if conv_products != 1:
         raise ValueError("this gaunt-plugins has no conv_products option: only K = 1")
     return GauntOptions(targets=frozenset(targets))
@@ -341,26 +343,28 @@ def gaunt_plan(target_sets, conv_products: Sequence[int]) -> List[Tuple[frozense
     return plan
 
 
-def with_chains(plan, product_chains: Sequence[int]) -> List[Tuple[frozenset, int, int]]:
-    """Each (target set, K) of ``plan`` with every number of many-body chains P for the sets with ``product``
-    (P = 1 otherwise)."""
-    ps = sorted(set(product_chains))
-    return [(targets, k, p) for targets, k in plan for p in (ps if "product" in targets else [1])]
+def with_chains(plan, product_chains: Sequence[int],
+                odd_chains: Sequence[int] = (0,)) -> List[Tuple[frozenset, int, int, int]]:
+    """Each (target set, K) of ``plan`` with every number of many-body chains P and odd-path chains B for the sets
+    with ``product`` (P = 1, B = 0 otherwise)."""
+    ps, bs = sorted(set(product_chains)), sorted(set(odd_chains))
+    return [(targets, k, p, b) for targets, k in plan for p in (ps if "product" in targets else [1])
+            for b in (bs if "product" in targets else [0])]
 
 
 def mace_variants(stock, cuda: bool, plan, device) -> List[Variant]:
     from gaunt_plugins.adapters.mace_blocks import gauntify_model
 
-    def convert(targets, k, p):
-        return lambda: (gauntify_model(copy.deepcopy(stock), gaunt_options(targets, k, p))[0], {})
+    def convert(targets, k, p, b):
+        return lambda: (gauntify_model(copy.deepcopy(stock), gaunt_options(targets, k, p, b))[0], {})
 
     variants = [Variant("e3nn", "e3nn", lambda: (stock, {}))]
-    for targets, k, p in plan:
-        fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p}
+    for targets, k, p, b in plan:
+        fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p, "product_odd_chains": b}
         for backend in (("torch", "triton") if cuda else ("torch",)):
             # on CPU "gaunt-torch" is the automatic choice (the C kernels); a forced "torch" is the reference
-            variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p}", f"gaunt-{backend}",
-                                    convert(targets, k, p), backend if cuda else None, fields, gaunt=True))
+            variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p} B={b}", f"gaunt-{backend}",
+                                    convert(targets, k, p, b), backend if cuda else None, fields, gaunt=True))
     if cuda and cueq_available(device) is None:
         def to_cueq():
             from mace.cli.convert_e3nn_cueq import run as run_e3nn_to_cueq
@@ -722,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--conv-products", type=_conv_products_arg, nargs="*", default=list(DEFAULT_CONV_PRODUCTS),
                     help="K, Gaunt products per channel in the convolution, for the target sets with conv "
                          f"(default {' '.join(map(str, DEFAULT_CONV_PRODUCTS))})")
+    ap.add_argument("--product-odd-chains", type=int, nargs="*", default=[0],
+                    help="B, odd-path chains per channel in the Gaunt many-body product (gaunt_product_odd_chains), "
+                         "for the target sets with product (default 0)")
     ap.add_argument("--product-chains", type=int, nargs="*", default=[1],
                     help="P, power chains per channel in the Gaunt many-body product, for the target sets with "
                          "product (default 1)")
@@ -776,6 +783,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.target_sets.append(targets)
     if any(k != "paths" and k < 1 for k in args.conv_products):
         ap.error(f"--conv-products: every K must be >= 1, got {args.conv_products}")
+    if any(b < 0 for b in args.product_odd_chains):
+        ap.error(f"--product-odd-chains: every B must be >= 0, got {args.product_odd_chains}")
     args.model_set = {m.strip() for m in args.models.split(",") if m.strip()}
     args.model_set = {"eqv2" if m == "equiformer_v2" else m for m in args.model_set}
     unknown = args.model_set - set(MODELS)
@@ -808,7 +817,7 @@ def main(argv=None) -> int:
     k_supported = conv_products_supported()
     if any(p < 1 for p in args.product_chains):
         ap.error(f"--product-chains: every P must be >= 1, got {args.product_chains}")
-    plan = with_chains(gaunt_plan(args.target_sets, args.conv_products), args.product_chains)
+    plan = with_chains(gaunt_plan(args.target_sets, args.conv_products), args.product_chains, args.product_odd_chains)
     notes = []
     if not k_supported and any(k != 1 for k in args.conv_products):
         notes.append("this gaunt-plugins has no conv_products option (GauntOptions.conv_products / "
@@ -842,14 +851,15 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters,
                 "host": platform.platform(), "cpus": os.cpu_count(), "seconds": time.time() - started,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k, _ in plan}, key=str),
-                "product_chains": sorted({p for _, _, p in plan}),
+                "targets": [target_name(t) for t in args.target_sets], "conv_products": sorted({k for _, k, *_ in plan}, key=str),
+                "product_chains": sorted({p for _, _, p, _ in plan}),
+                "product_odd_chains": sorted({b for *_, b in plan}),
                 "conv_products_supported": k_supported, "notes": notes, "results": rows,
             })
 
         def log(row):
             label = row["impl"] + (f" [{row['targets']}] K={row.get('conv_products', 1)} P={row.get('product_chains', 1)}"
-                                   if "targets" in row else "")
+                                   f" B={row.get('product_odd_chains', 0)}" if "targets" in row else "")
             what = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row.get("error")
             print(f"  {row['model']:>13} L={row.get('L')} C={row.get('C')} corr={row.get('correlation', '-')} "
                   f"{label:>32}: {what}", flush=True)

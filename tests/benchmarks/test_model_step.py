@@ -29,10 +29,19 @@ def test_only_k_1_is_timed_where_gaunt_plugins_has_no_conv_products(monkeypatch)
         model_step.gaunt_options(BOTH, 3)
 
 
+def test_chains_and_odd_chains_are_timed_only_where_there_is_a_many_body_product(monkeypatch):
+    monkeypatch.setattr(model_step, "conv_products_supported", lambda: True)
+    plan = model_step.with_chains([(CONV, 1), (PRODUCT, 1)], [1, 2], [0, 1])
+    assert plan == [(CONV, 1, 1, 0), (PRODUCT, 1, 1, 0), (PRODUCT, 1, 1, 1), (PRODUCT, 1, 2, 0), (PRODUCT, 1, 2, 1)]
+    options = model_step.gaunt_options(PRODUCT, 1, 2, 1)
+    assert (options.product_chains, options.product_odd_chains) == (2, 1)
+
+
 def test_bad_targets_models_and_k_are_refused_by_name(capsys):
     for argv, needle in ((["--targets", "conv,edges"], "--targets 'conv,edges'"),
                          (["--models", "mace,nequip"], "unknown ['nequip']"),
                          (["--conv-products", "0"], "every K must be >= 1"),
+                         (["--device", "cpu", "--product-odd-chains", "-1"], "every B must be >= 0"),
                          (["--out", "x.json"], "pick --device cpu or --device cuda")):
         with pytest.raises(SystemExit):
             model_step.parse_args(argv)
