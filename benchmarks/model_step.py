@@ -323,7 +323,9 @@ def target_name(targets) -> str:
 def gaunt_options(targets, conv_products: int, product_chains: int = 1, product_odd_chains: int = 0):
     from gaunt_plugins.adapters.mace_config import GauntOptions
     if conv_products_supported():
-        extra = {"product_odd_chains": product_odd_chains} if product_odd_chains else {}
+        # every count explicit (the shipped default picks them by max_ell): P and B are what the row says
+        extra = ({"product_odd_chains": product_odd_chains} if "product_odd_chains" in GauntOptions.__dataclass_fields__
+                 else {})
         return GauntOptions(targets=frozenset(targets), conv_products=conv_products, product_chains=product_chains,
                             **extra)
     if conv_products != 1:
@@ -783,6 +785,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.target_sets.append(targets)
     if any(k != "paths" and k < 1 for k in args.conv_products):
         ap.error(f"--conv-products: every K must be >= 1, got {args.conv_products}")
+    if any(p < 1 for p in args.product_chains):
+        ap.error(f"--product-chains: every P must be >= 1, got {args.product_chains}")
     if any(b < 0 for b in args.product_odd_chains):
         ap.error(f"--product-odd-chains: every B must be >= 0, got {args.product_odd_chains}")
     args.model_set = {m.strip() for m in args.models.split(",") if m.strip()}
@@ -815,8 +819,6 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     models = args.model_set
     k_supported = conv_products_supported()
-    if any(p < 1 for p in args.product_chains):
-        ap.error(f"--product-chains: every P must be >= 1, got {args.product_chains}")
     plan = with_chains(gaunt_plan(args.target_sets, args.conv_products), args.product_chains, args.product_odd_chains)
     notes = []
     if not k_supported and any(k != 1 for k in args.conv_products):

@@ -53,10 +53,12 @@ def run_settings(args: Any) -> Dict[str, Any]:
                                 "gaunt_targets": [t for t in GAUNT_TARGETS if t in options.targets]}
     if options.conv:
         settings["gaunt_conv_products"] = options.conv_products  # K, or "paths"
-    if options.product and options.product_chains != 1:  # absent: one chain (as before the option existed)
-        settings["gaunt_product_chains"] = int(options.product_chains)
-    if options.product and options.product_odd_chains:  # absent: none (as before the option existed)
-        settings["gaunt_product_odd_chains"] = int(options.product_odd_chains)
+    chains, odd_chains = options.chains_for(int(getattr(args, "max_ell", None) or 3),
+                                            int(getattr(args, "correlation", None) or 3))
+    if options.product and chains != 1:  # absent: one chain (as before the option existed)
+        settings["gaunt_product_chains"] = int(chains)
+    if options.product and odd_chains:  # absent: none (as before the option existed)
+        settings["gaunt_product_odd_chains"] = int(odd_chains)
     if options.product and options.product_gain is not None:
         from gaunt_plugins.layers.many_body import DEFAULT_WEIGHT_GAIN
 

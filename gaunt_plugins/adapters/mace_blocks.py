@@ -212,9 +212,10 @@ class GauntProductBasisBlock(EquivariantProductBasisBlock):
         options = current_build_options()
         self.gaunt_method = method or options.method
         gain = {} if options.product_gain is None else {"weight_gain": options.product_gain}
+        chains, odd_chains = options.chains_for(node_feats_irreps.lmax, correlation)
         self.symmetric_contractions = GauntManyBody(
             node_feats_irreps, target_irreps, correlation, num_elements, method=self.gaunt_method,
-            chains=options.product_chains, odd_chains=options.product_odd_chains, **gain,
+            chains=chains, odd_chains=odd_chains, **gain,
         )
         self.linear = Linear(
             target_irreps,

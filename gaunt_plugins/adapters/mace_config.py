@@ -25,13 +25,19 @@ Options (command line ``--name value`` or YAML ``name: value``):
 ``gaunt_product_chains``
                      the number of independent power chains per channel in the Gaunt many-body product
                      (the symmetric contraction's replacement); more chains fit more of MACE's symmetric
-                     basis, at a proportional cost.
+                     basis, at a proportional cost. Default: by the edge harmonics' degree (below).
 ``gaunt_product_odd_chains``
-                     the number of odd-path chains per channel in the Gaunt many-body product (default 0):
-                     nested Poisson brackets of the sphere that form the order-3 couplings through odd
-                     intermediate paths (``(1 x 2 -> 2) x 1 -> 2``) of MACE's symmetric contraction, which no
-                     product of spherical functions forms; needs correlation >= 3. They start at zero
-                     weight, so the initial model is the same.
+                     the number of odd-path chains per channel in the Gaunt many-body product: nested
+                     Poisson brackets of the sphere that form the order-3 couplings through odd intermediate
+                     paths (``(1 x 2 -> 2) x 1 -> 2``) of MACE's symmetric contraction, which no product of
+                     spherical functions forms; needs correlation >= 3. They start at zero weight, so the
+                     initial model is the same. Default: by the edge harmonics' degree (below).
+
+Where the config leaves the chains unset they follow the degree of the features the many-body product
+receives, which is MACE's ``max_ell`` (:func:`default_product_chains`): below 3 one chain and no odd-path
+chain; from 3 (MACE's own default) two chains and, at correlation >= 3, one odd-path chain, which a trained
+MACE contraction needs there (one chain leaves 8% of it, these 2%; on acac they train to upstream's forces
+where one chain trails by 8-13%, see benchmarks/README.md).
 ``gaunt_product_gain``
                      how many times faster than its parameters the many-body product's weights move under
                      the optimiser (a positive number; default: the layer's, ``GauntManyBody``'s
@@ -52,7 +58,7 @@ import contextlib
 import contextvars
 import warnings
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, FrozenSet, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "GauntSettingsError",
@@ -73,6 +79,7 @@ __all__ = [
     "MAX_PRODUCT_GAIN",
     "DEFAULT_PRODUCT_CHAINS",
     "DEFAULT_PRODUCT_ODD_CHAINS",
+    "default_product_chains",
     "MAX_PRODUCT_ODD_CHAINS",
     "options_from_args",
     "check_irreps",
@@ -91,6 +98,11 @@ PATH_CONV = "paths"
 """``gaunt_conv_products: paths``: the per-path Gaunt convolution."""
 DEFAULT_PRODUCT_CHAINS = 1
 DEFAULT_PRODUCT_ODD_CHAINS = 0
+WIDE_INPUT_DEGREE = 3
+"""From this input degree (MACE's ``max_ell``) the many-body product's default chains are
+:data:`WIDE_PRODUCT_CHAINS` and :data:`WIDE_PRODUCT_ODD_CHAINS` (see :func:`default_product_chains`)."""
+WIDE_PRODUCT_CHAINS = 2
+WIDE_PRODUCT_ODD_CHAINS = 1
 GAUNT_KEYS = ("gaunt_targets", "gaunt_method", "gaunt_conv_products", "gaunt_product_chains", "gaunt_product_gain",
               "gaunt_product_odd_chains")
 
@@ -115,6 +127,19 @@ class GauntSettingsError(ValueError):
     exits with status 2 (see :mod:`gaunt_plugins.patches.mace`)."""
 
 
+def default_product_chains(input_degree: int, correlation: int) -> Tuple[int, int]:
+    """``(chains, odd_chains)`` of a Gaunt many-body product whose input features reach ``input_degree``
+    (MACE's ``max_ell``), where the config does not set them: ``(1, 0)`` below :data:`WIDE_INPUT_DEGREE`, else
+    ``(2, 1)`` (``(2, 0)`` at correlation < 3, which has no odd-path couplings).
+
+    >>> default_product_chains(2, 3), default_product_chains(3, 3), default_product_chains(3, 2)
+    ((1, 0), (2, 1), (2, 0))
+    """
+    if int(input_degree) < WIDE_INPUT_DEGREE:
+        return DEFAULT_PRODUCT_CHAINS, DEFAULT_PRODUCT_ODD_CHAINS
+    return WIDE_PRODUCT_CHAINS, (WIDE_PRODUCT_ODD_CHAINS if int(correlation) >= 3 else 0)
+
+
 def gaunt_methods() -> Sequence[str]:
     """The method names the Gaunt layers accept (the layers' own list, which may be shorter than
     :func:`gaunt_plugins.gaunt_product`'s)."""
@@ -134,9 +159,9 @@ class GauntOptions:
     targets: FrozenSet[str] = frozenset(DEFAULT_TARGETS)
     method: str = "auto"
     conv_products: Union[int, str] = DEFAULT_CONV_PRODUCTS
-    product_chains: int = DEFAULT_PRODUCT_CHAINS
+    product_chains: Optional[int] = None  # None: by the input degree (default_product_chains)
     product_gain: Optional[float] = None  # None: the layer's default
-    product_odd_chains: int = DEFAULT_PRODUCT_ODD_CHAINS
+    product_odd_chains: Optional[int] = None  # None: by the input degree
 
     def __post_init__(self):
         unknown = set(self.targets) - set(GAUNT_TARGETS)
@@ -153,11 +178,21 @@ class GauntOptions:
         if self.method not in methods:
             raise GauntSettingsError(f"gaunt_method: unknown method {self.method!r}; choose one of {list(methods)}")
         object.__setattr__(self, "conv_products", parse_conv_products(self.conv_products))
-        object.__setattr__(self, "product_chains", parse_whole_number(self.product_chains, "gaunt_product_chains"))
+        if self.product_chains is not None:
+            object.__setattr__(self, "product_chains",
+                               parse_whole_number(self.product_chains, "gaunt_product_chains"))
         if self.product_gain is not None:
             object.__setattr__(self, "product_gain", parse_gain(self.product_gain))
-        object.__setattr__(self, "product_odd_chains",
-                           parse_whole_number(self.product_odd_chains, "gaunt_product_odd_chains"))
+        if self.product_odd_chains is not None:
+            object.__setattr__(self, "product_odd_chains",
+                               parse_whole_number(self.product_odd_chains, "gaunt_product_odd_chains"))
+
+    def chains_for(self, input_degree: int, correlation: int) -> Tuple[int, int]:
+        """``(chains, odd_chains)`` of a many-body product with this input degree and correlation: the ones
+        set, the :func:`default_product_chains` of the others."""
+        chains, odd = default_product_chains(input_degree, correlation)
+        return (chains if self.product_chains is None else self.product_chains,
+                odd if self.product_odd_chains is None else self.product_odd_chains)
 
     @property
     def conv(self) -> bool:
@@ -174,7 +209,8 @@ class GauntOptions:
             counts.append("one Gaunt path per MACE path in the convolution" if self.conv_products == PATH_CONV
                           else f"{self.conv_products} product(s) per channel in the convolution")
         if self.product:
-            counts.append(f"{self.product_chains} chain(s) per channel in the many-body product")
+            counts.append("chains per channel in the many-body product by its input degree" if self.product_chains is None
+                          else f"{self.product_chains} chain(s) per channel in the many-body product")
             if self.product_odd_chains:
                 counts.append(f"{self.product_odd_chains} odd-path chain(s) per channel")
             if self.product_gain is not None:
@@ -296,9 +332,9 @@ def options_from_args(args: Any) -> Optional[GauntOptions]:
         targets=parse_targets(getattr(args, "gaunt_targets", None)),
         method=str(method or "auto").lower(),
         conv_products=DEFAULT_CONV_PRODUCTS if products is None else products,
-        product_chains=DEFAULT_PRODUCT_CHAINS if chains is None else chains,
+        product_chains=chains,
         product_gain=gain,
-        product_odd_chains=DEFAULT_PRODUCT_ODD_CHAINS if odd is None else odd,
+        product_odd_chains=odd,
     )
 
 
@@ -418,7 +454,8 @@ def add_arguments(parser: Any) -> Any:
     parser.add_argument(
         "--gaunt_product_chains",
         help="with --tensor_product gaunt: independent power chains per channel in the Gaunt many-body "
-        f"product (default {DEFAULT_PRODUCT_CHAINS}, at most {MAX_PRODUCT_CHAINS})",
+        f"product (default: {DEFAULT_PRODUCT_CHAINS}, or {WIDE_PRODUCT_CHAINS} from max_ell {WIDE_INPUT_DEGREE}; "
+        f"at most {MAX_PRODUCT_CHAINS})",
         type=_argument_type(parse_whole_number, "gaunt_product_chains"),
         default=None,
     )
@@ -426,8 +463,8 @@ def add_arguments(parser: Any) -> Any:
     parser.add_argument(
         "--gaunt_product_odd_chains",
         help="with --tensor_product gaunt: odd-path chains (nested brackets) per channel in the Gaunt many-body "
-        f"product, the couplings through odd intermediate paths (default {DEFAULT_PRODUCT_ODD_CHAINS}, at most "
-        f"{MAX_PRODUCT_ODD_CHAINS}; correlation >= 3)",
+        f"product, the couplings through odd intermediate paths (default: {DEFAULT_PRODUCT_ODD_CHAINS}, or "
+        f"{WIDE_PRODUCT_ODD_CHAINS} from max_ell {WIDE_INPUT_DEGREE}; at most {MAX_PRODUCT_ODD_CHAINS}; correlation >= 3)",
         type=_argument_type(parse_whole_number, "gaunt_product_odd_chains"),
         default=None,
     )

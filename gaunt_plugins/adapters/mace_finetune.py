@@ -29,7 +29,6 @@ from ..layers import GauntPathConvolution
 from .mace_blocks import GAUNT_INTERACTIONS, GauntProductBasisBlock, is_gaunt_model
 from .mace_config import (
     DEFAULT_CONV_PRODUCTS,
-    DEFAULT_PRODUCT_CHAINS,
     GAUNT_TARGETS,
     PATH_CONV,
     GauntOptions,
@@ -81,9 +80,9 @@ def foundation_options(foundation: torch.nn.Module) -> Optional[GauntOptions]:
             f"chains {sorted(chains)}, weight gains {sorted(gains)} or odd-path chains {sorted(odd)}: fine-tuning "
             "rebuilds every block with one setting")
     return GauntOptions(targets=frozenset(targets), conv_products=products.pop() if products else DEFAULT_CONV_PRODUCTS,
-                        product_chains=chains.pop() if chains else DEFAULT_PRODUCT_CHAINS,
+                        product_chains=chains.pop() if chains else None,
                         product_gain=gains.pop() if gains else None,
-                        product_odd_chains=odd.pop() if odd else 0)
+                        product_odd_chains=odd.pop() if odd else None)
 
 
 def resolve_settings(args: Any, foundation: torch.nn.Module,

@@ -42,6 +42,7 @@ def test_bad_targets_models_and_k_are_refused_by_name(capsys):
                          (["--models", "mace,nequip"], "unknown ['nequip']"),
                          (["--conv-products", "0"], "every K must be >= 1"),
                          (["--device", "cpu", "--product-odd-chains", "-1"], "every B must be >= 0"),
+                         (["--device", "cpu", "--product-chains", "0"], "every P must be >= 1"),
                          (["--out", "x.json"], "pick --device cpu or --device cuda")):
         with pytest.raises(SystemExit):
             model_step.parse_args(argv)

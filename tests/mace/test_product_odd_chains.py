@@ -21,7 +21,7 @@ def test_the_yaml_key_and_the_flag_reach_every_many_body_layer(tmp_path, mace_pa
     assert options_from_args(parse_train_args(["--config", str(cfg)])).product_odd_chains == 2
     options = options_from_args(parse_train_args(["--tensor_product", "gaunt", "--gaunt_product_odd_chains", "1"]))
     assert options.product_odd_chains == 1
-    assert options_from_args(parse_train_args(["--tensor_product", "gaunt"])).product_odd_chains == 0
+    assert options_from_args(parse_train_args(["--tensor_product", "gaunt"])).product_odd_chains is None  # default
     model, _ = gauntify_model(tiny_model(), options)
     blocks = [b for b in model.products if isinstance(b, GauntProductBasisBlock)]
     assert blocks and all(b.symmetric_contractions.odd_chains == 1 for b in blocks)
@@ -74,10 +74,39 @@ def test_a_restart_record_names_odd_chains_when_there_are_any():
     """A restart across odd-chain counts is refused like one across chains: the record differs only then."""
     from gaunt_plugins.patches.mace_restart import run_settings
 
-    plain = run_settings(argparse.Namespace(tensor_product="gaunt"))
-    assert run_settings(argparse.Namespace(tensor_product="gaunt", gaunt_product_odd_chains=0)) == plain
-    assert run_settings(argparse.Namespace(tensor_product="gaunt", gaunt_product_odd_chains=1)) == dict(
+    plain = run_settings(argparse.Namespace(tensor_product="gaunt", max_ell=2))
+    assert run_settings(argparse.Namespace(tensor_product="gaunt", max_ell=2, gaunt_product_odd_chains=0)) == plain
+    assert run_settings(argparse.Namespace(tensor_product="gaunt", max_ell=2, gaunt_product_odd_chains=1)) == dict(
         plain, gaunt_product_odd_chains=1)
+
+
+def test_the_default_chains_follow_the_input_degree():
+    """Unset, the many-body product has one chain below max_ell 3 and two chains plus one odd-path chain from 3
+    (none at correlation 2); a key that is set wins, and the other key keeps its default."""
+    from gaunt_plugins.adapters.mace_config import default_product_chains
+
+    assert default_product_chains(1, 3) == default_product_chains(2, 3) == (1, 0)
+    assert default_product_chains(3, 3) == default_product_chains(4, 5) == (2, 1)
+    assert default_product_chains(3, 2) == (2, 0)
+    assert GauntOptions().chains_for(3, 3) == (2, 1)
+    assert GauntOptions(product_chains=1).chains_for(3, 3) == (1, 1)
+    assert GauntOptions(product_odd_chains=0).chains_for(3, 3) == (2, 0)
+
+
+def test_a_max_ell_3_model_gets_two_chains_and_an_odd_path_chain_and_its_restart_record_says_so(float64):
+    from gaunt_plugins.patches.mace_restart import run_settings
+
+    wide, _ = gauntify_model(tiny_model(hidden="4x0e+4x1o", max_ell=3), GauntOptions())
+    layers = [b.symmetric_contractions for b in wide.products]
+    assert [(m.chains, m.odd_chains) for m in layers] == [(2, 1), (2, 1)]
+    assert layers[0].odd_paths is not None and layers[-1].odd_paths is None  # scalar outputs: no brackets
+    narrow, _ = gauntify_model(tiny_model(hidden="4x0e+4x1o", max_ell=2), GauntOptions())
+    assert [(b.symmetric_contractions.chains, b.symmetric_contractions.odd_chains) for b in narrow.products] == [
+        (1, 0), (1, 0)]
+    record = run_settings(argparse.Namespace(tensor_product="gaunt", max_ell=3, correlation=3))
+    assert (record["gaunt_product_chains"], record["gaunt_product_odd_chains"]) == (2, 1)
+    record = run_settings(argparse.Namespace(tensor_product="gaunt", max_ell=2, correlation=3))
+    assert "gaunt_product_chains" not in record and "gaunt_product_odd_chains" not in record
 
 
 def test_fine_tuning_keeps_the_foundation_odd_chains_and_refuses_another(float64):
