@@ -18,8 +18,10 @@ mean +- std over the seeds, the JSON every run.
 Variants (``--variants``):
 
   upstream      MACE as released (e3nn conv TensorProduct, SymmetricContraction)
-  product       ``gaunt_targets: [product]`` (the symmetric contraction only, as in the paper's MACE)
-  product-P     the same with ``gaunt_product_chains: P`` (``product-2``, ``product-3``, ...)
+  product       ``gaunt_targets: [product]`` (the symmetric contraction only, as in the paper's MACE; the chains
+                by max_ell, the shipped default: here, at max_ell 3, 2 chains and 1 odd-path chain)
+  product-P     the same with ``gaunt_product_chains: P`` (``product-2``, ``product-3``, ...; ``product-1-o0``
+                is one chain and no odd-path chain)
   conv-K        ``gaunt_targets: [conv, product]`` with ``gaunt_conv_products: K`` (``conv-1``, ``conv-3``, ...)
   conv-paths    the same with ``gaunt_conv_products: paths`` (one output block per path: MACE's convolution)
   conv-K-P      the same with ``gaunt_product_chains: P``
@@ -145,8 +147,8 @@ def variant_options(name: str) -> Dict[str, object]:
         return options
     odd = counts.pop() if counts and counts[-1].startswith("o") else None
     if odd is not None:
-        if not (odd[1:].isdigit() and int(odd[1:]) >= 1):
-            raise SystemExit(f"unknown variant {name!r}: the odd-path suffix is o<whole number >= 1>, e.g. product-o1")
+        if not odd[1:].isdigit():
+            raise SystemExit(f"unknown variant {name!r}: the odd-path suffix is o<whole number>, e.g. product-o1")
         options = variant_options("-".join([head, *counts]))
         options["gaunt_product_odd_chains"] = int(odd[1:])
         return options
