@@ -178,6 +178,19 @@ def contraction_inputs(model, batch: dict, layer: int):
     return sc, seen["x"], seen["attrs"]
 
 
+def contraction_shape(sc):
+    """``(correlation, irreps_in, irreps_out)`` of a MACE ``SymmetricContraction``."""
+    correlation = int(getattr(sc, "contraction_degree", len(sc.contractions[0].weights) + 1))
+    return correlation, o3.Irreps(str(sc.irreps_in)), o3.Irreps(str(sc.irreps_out))
+
+
+def write_result(path: Path, result: dict) -> None:
+    """The result as indented JSON at ``path`` (folders made as needed), and a line saying so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def _term_outputs(layer: GauntManyBody, x: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
     """``[M, N, dim_out]``: the layer's output with ``weights_out`` one for a single (power, chain) and zero
     elsewhere, for power 1 (chain 0: the chains' linear terms coincide up to scale) and every chain of each
@@ -238,10 +251,32 @@ def _degree_slices(irreps_in) -> List[slice]:
     return slices
 
 
+def _fitted_output(layer: GauntManyBody, x: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor,
+                   irreps_out) -> torch.Tensor:
+    """``[N, irreps_out.dim]``: ``layer``'s output with the least-squares ``weights_out`` for ``target`` (per element,
+    channel and output block, as :func:`_projected_residual` solves it) given its ``weights_in``."""
+    terms = _term_outputs(layer, x, attrs)  # [M, N, dim]
+    element = attrs.argmax(1)
+    out = torch.zeros_like(target)
+    m_terms = terms.shape[0]
+    irreps_out = o3.Irreps(str(irreps_out))
+    for (mul, ir), sl in zip(irreps_out, irreps_out.slices()):
+        for e in range(attrs.shape[1]):
+            pick = element == e
+            if not bool(pick.any()):
+                continue
+            a = terms[:, pick, sl].reshape(m_terms, -1, mul, ir.dim).permute(2, 1, 3, 0).reshape(mul, -1, m_terms)
+            y = target[pick, sl].reshape(-1, mul, ir.dim).permute(1, 0, 2).reshape(mul, -1, 1)
+            w = torch.linalg.lstsq(a, y, rcond=1e-12).solution
+            out[pick, sl] = (a @ w).reshape(mul, -1, ir.dim).permute(1, 0, 2).reshape(-1, mul * ir.dim)
+    return out
+
+
 def fit_many_body(x, attrs, target, irreps_in, irreps_out, correlation: int, chains: int, starts: int,
-                  iterations: int, odd_chains: int = 0) -> float:
+                  iterations: int, odd_chains: int = 0, return_output: bool = False):
     """Best relative residual of a ``GauntManyBody(irreps_in -> irreps_out, chains, odd_chains)`` fitted to
-    ``target``.
+    ``target`` (``return_output``: and that fit's output ``[N, irreps_out.dim]``, in ``target``'s units; ``None``
+    if every start diverged).
 
     ``x [N, C, width]``, ``attrs [N, elements]`` (one-hot), ``target [N, irreps_out.dim]``; all weights free
     (gain 1): ``weights_out`` by least squares given ``weights_in`` (exact: the output is linear in them),
@@ -259,9 +294,10 @@ def fit_many_body(x, attrs, target, irreps_in, irreps_out, correlation: int, cha
         for sl in degrees:
             block = x[pick][:, :, sl]
             x[pick, :, sl] = block / block.square().mean((0, 2), keepdim=True).sqrt().clamp_min(1e-300)
-    target = target / target.square().mean().sqrt()
+    rms = target.square().mean().sqrt()
+    target = target / rms
     den = target.square().sum()
-    best = 1.0
+    best, best_layer = 1.0, None
     for start in range(starts):
         torch.manual_seed(1000 + start)
         layer = GauntManyBody(irreps_in, irreps_out, correlation, attrs.shape[1], chains=chains, weight_gain=1.0,
@@ -286,9 +322,15 @@ def fit_many_body(x, attrs, target, irreps_in, irreps_out, correlation: int, cha
         opt.step(closure)
         with torch.no_grad():
             value = residual().clamp_min(0.0).sqrt().item()
-        if value == value:  # a diverged start (nan) does not count
-            best = min(best, value)
-    return best
+        if value == value and (best_layer is None or value < best):  # a diverged start (nan) does not count
+            best, best_layer = value, layer
+    best = min(best, 1.0)
+    if not return_output:
+        return best
+    if best_layer is None:
+        return best, None
+    with torch.no_grad():
+        return best, _fitted_output(best_layer, x, attrs, target, irreps_out) * rms
 
 
 def _scalar_irreps(irreps) -> o3.Irreps:
@@ -316,8 +358,7 @@ def expressiveness(model, batch: dict, layer: int, chains: Sequence[int], starts
     its homogeneous part of order ``nu`` in the input (``order nu``, the nu-body couplings alone; the linear part
     is fitted exactly by any ``P``); ``share``: that part's norm relative to the whole output's."""
     sc, x, attrs = contraction_inputs(model, batch, layer)
-    correlation = int(getattr(sc, "contraction_degree", len(sc.contractions[0].weights) + 1))
-    irreps_in, irreps_out = o3.Irreps(str(sc.irreps_in)), o3.Irreps(str(sc.irreps_out))
+    correlation, irreps_in, irreps_out = contraction_shape(sc)
     x0 = x.clone()
     x0[:, :, 1:4] = 0.0  # MACE's [N, C, (l m)] layout: l=1 is columns 1..3
     scalars = _scalar_irreps(irreps_out)
@@ -429,9 +470,7 @@ def main(argv=None) -> dict:
               "ratios": {str(s): r for s, r in ratio_rows.items()},
               "upstream": {str(s): r for s, r in upstream.items()}, "gaunt": {str(s): r for s, r in gaunt.items()},
               "fits": fits, "table": table}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

@@ -17,7 +17,6 @@ JSON in benchmarks/results/odd_path_fit.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -52,8 +51,7 @@ def main(argv=None) -> dict:
     config = dict(egd.MODEL, channels=args.fit_channels, max_L=args.max_L, max_ell=args.max_ell)
     model = egd.upstream_model(batch, args.seed, **config)
     sc, x, attrs = egd.contraction_inputs(model, batch, args.layer)
-    correlation = int(getattr(sc, "contraction_degree", len(sc.contractions[0].weights) + 1))
-    irreps_in, irreps_out = o3.Irreps(str(sc.irreps_in)), o3.Irreps(str(sc.irreps_out))
+    correlation, irreps_in, irreps_out = egd.contraction_shape(sc)
     with torch.no_grad():
         whole = sc(x, attrs)
         order3 = egd.homogeneous_parts(lambda v: sc(v, attrs), x, correlation)[2]
@@ -73,9 +71,7 @@ def main(argv=None) -> dict:
               "starts": args.starts, "iterations": args.iterations,
               "device": f"CPU ({platform.machine()}), 1 thread", "date": time.strftime("%Y-%m-%d"),
               "seconds": time.perf_counter() - t_start, "fits": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    egd.write_result(args.out, result)
     return result
 
 

@@ -21,7 +21,6 @@ JSON in benchmarks/results/trained_contraction_fit.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -44,63 +43,6 @@ def channel_columns(irreps, channels: List[int]) -> torch.Tensor:
         for c in channels:
             cols.extend(range(sl.start + c * ir.dim, sl.start + (c + 1) * ir.dim))
     return torch.tensor(cols)
-
-
-def fitted_output(layer, x, attrs, target, irreps_out) -> torch.Tensor:
-    """``[N, irreps_out.dim]``: ``layer``'s best output given its ``weights_in`` (least squares of ``weights_out``
-    per element, channel and output block, as ``fit_many_body`` solves it)."""
-    terms = egd._term_outputs(layer, x, attrs)  # [M, N, dim]
-    element = attrs.argmax(1)
-    out = torch.zeros_like(target)
-    m_terms = terms.shape[0]
-    for (mul, ir), sl in zip(irreps_out, irreps_out.slices()):
-        for e in range(attrs.shape[1]):
-            pick = element == e
-            if not bool(pick.any()):
-                continue
-            a = terms[:, pick, sl].reshape(m_terms, -1, mul, ir.dim).permute(2, 1, 3, 0).reshape(mul, -1, m_terms)
-            y = target[pick, sl].reshape(-1, mul, ir.dim).permute(1, 0, 2).reshape(mul, -1, 1)
-            w = torch.linalg.lstsq(a, y, rcond=1e-12).solution
-            out[pick, sl] = (a @ w).reshape(mul, -1, ir.dim).permute(1, 0, 2).reshape(-1, mul * ir.dim)
-    return out
-
-
-def fit(x, attrs, target, irreps_in, irreps_out, correlation, chains, brackets, starts, iterations):
-    """The fitted output of the best of ``starts`` fits (``energy_gap_diagnostics.fit_many_body``'s method)."""
-    best, best_out = float("inf"), None
-    element = attrs.argmax(1)
-    scale_x = x.clone()
-    for e in range(attrs.shape[1]):  # unit RMS per element and degree, as fit_many_body fits
-        pick = element == e
-        for sl in egd._degree_slices(irreps_in):
-            block = scale_x[pick][:, :, sl]
-            scale_x[pick, :, sl] = block / block.square().mean((0, 2), keepdim=True).sqrt().clamp_min(1e-300)
-    for start in range(starts):
-        torch.manual_seed(1000 + start)
-        layer = egd.GauntManyBody(irreps_in, irreps_out, correlation, attrs.shape[1], chains=chains,
-                                  weight_gain=1.0, odd_chains=brackets)
-        inputs = [layer.weights_in] + ([layer.odd_paths.weights_in] if layer.odd_paths is not None else [])
-        with torch.no_grad():
-            for w in inputs:
-                w.copy_(torch.randn_like(w))
-        opt = torch.optim.LBFGS(inputs, lr=1, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-30, tolerance_change=1e-30)
-        unit = target / target.square().mean().sqrt()
-
-        def closure():
-            opt.zero_grad()
-            loss = egd._projected_residual(egd._term_outputs(layer, scale_x, attrs), unit, irreps_out, element,
-                                           attrs.shape[1], balanced=True)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            out = fitted_output(layer, scale_x, attrs, target, irreps_out)
-            res = ((out - target).norm() / target.norm()).item()
-        if res == res and res < best:
-            best, best_out = res, out
-    return best_out
 
 
 def relative_by_degree(fitted, target, irreps) -> Dict[str, float]:
@@ -134,8 +76,7 @@ def main(argv=None) -> dict:
         for layer_index in args.layers:
             sc, x, attrs = egd.contraction_inputs(model, batch, layer_index)
             linear = model.products[layer_index].linear
-            correlation = int(getattr(sc, "contraction_degree", len(sc.contractions[0].weights) + 1))
-            irreps_in, irreps_out = o3.Irreps(str(sc.irreps_in)), o3.Irreps(str(sc.irreps_out))
+            correlation, irreps_in, irreps_out = egd.contraction_shape(sc)
             channels = list(range(args.fit_channels))
             cols = channel_columns(irreps_out, channels)
             sub_out = o3.Irreps([(len(channels), ir) for _, ir in irreps_out])
@@ -151,8 +92,8 @@ def main(argv=None) -> dict:
                     if b and correlation < 3:
                         continue
                     t0 = time.perf_counter()
-                    fitted = fit(xs, attrs, target, sub_in, sub_out, correlation, p, b, args.starts,
-                                 args.iterations)
+                    _, fitted = egd.fit_many_body(xs, attrs, target, sub_in, sub_out, correlation, p, args.starts,
+                                                  args.iterations, odd_chains=b, return_output=True)
                     with torch.no_grad():  # through the linear's columns of the fitted channels only
                         full_fit, full_target = torch.zeros_like(whole), torch.zeros_like(whole)
                         full_fit[:, cols], full_target[:, cols] = fitted, target
@@ -174,9 +115,7 @@ def main(argv=None) -> dict:
               "starts": args.starts, "iterations": args.iterations,
               "device": f"CPU ({platform.machine()}), 1 thread", "date": time.strftime("%Y-%m-%d"),
               "seconds": time.perf_counter() - t_start, "fits": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    egd.write_result(args.out, result)
     return result
 
 
