@@ -9,7 +9,9 @@ acetylacetone molecules (15 atoms each; ../shared/data/acac, or random 15-atom c
                 ``[conv, product]``, ``[conv]``, ``[product]``) and, for the sets with ``conv``, each
                 number K of Gaunt products per channel in the convolution (--conv-products; only K = 1
                 when this gaunt-plugins has no ``conv_products`` option); backend forced to ``torch``
-                on CUDA (the reference, what ``auto`` runs there), the automatic choice on CPU
+                on CUDA (the PyTorch reference), the automatic choice on CPU (the C kernels)
+  gaunt-auto    the same Gaunt models on the automatic choice on CUDA (the ``torch.ops.gaunt``
+                operators' CUDA implementation, the composed reference; CUDA only)
   gaunt-triton  the same Gaunt models with the backend forced to ``triton`` (CUDA only)
   cueq          the stock model converted by MACE's ``run_e3nn_to_cueq`` (CUDA only, only when
                 cuequivariance_torch and its ops package import)
@@ -32,6 +34,7 @@ transformer blocks, on small EMT-like metal slabs with an adsorbate (built with 
 
   stock         ``equiformer_v2_backbone`` (no self-mix)
   gaunt-torch   ``GauntEquiformerV2Backbone`` (the Gaunt self-mix in every block), backend torch
+  gaunt-auto    the same, the automatic choice (CUDA only: the operators' CUDA implementation)
   gaunt-triton  the same, backend triton (CUDA only)
 
   step = forward, loss = sum(E^2) + sum(F^2) (direct force head), ``loss.backward()``.
@@ -363,10 +366,11 @@ def mace_variants(stock, cuda: bool, plan, device) -> List[Variant]:
     variants = [Variant("e3nn", "e3nn", lambda: (stock, {}))]
     for targets, k, p, b in plan:
         fields = {"targets": target_name(targets), "conv_products": k, "product_chains": p, "product_odd_chains": b}
-        for backend in (("torch", "triton") if cuda else ("torch",)):
+        for backend in (("auto", "torch", "triton") if cuda else ("torch",)):
             # on CPU "gaunt-torch" is the automatic choice (the C kernels); a forced "torch" is the reference
+            forced = backend if cuda and backend != "auto" else None
             variants.append(Variant(f"gaunt-{backend} {fields['targets']} K={k} P={p} B={b}", f"gaunt-{backend}",
-                                    convert(targets, k, p, b), backend if cuda else None, fields, gaunt=True))
+                                    convert(targets, k, p, b), forced, fields, gaunt=True))
     if cuda and cueq_available(device) is None:
         def to_cueq():
             from mace.cli.convert_e3nn_cueq import run as run_e3nn_to_cueq
@@ -675,7 +679,8 @@ def bench_eqv2(device, dtype, lmaxes, channels, layers, n_slabs, warmup, iters, 
             variants = [Variant("stock", "stock", build("equiformer_v2_backbone")),
                         Variant("gaunt-torch", "gaunt-torch", build(gaunt_path), "torch" if cuda else None, gaunt=True)]
             if cuda:
-                variants.append(Variant("gaunt-triton", "gaunt-triton", build(gaunt_path), "triton", gaunt=True))
+                variants += [Variant("gaunt-auto", "gaunt-auto", build(gaunt_path), None, gaunt=True),
+                             Variant("gaunt-triton", "gaunt-triton", build(gaunt_path), "triton", gaunt=True)]
             rows += run_variants(case, variants, lambda m: eqv2_step(m, batch), warmup, iters, device, log)
     finally:
         torch.set_default_dtype(previous)

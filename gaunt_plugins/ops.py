@@ -8,7 +8,7 @@ import torch
 
 
 from .backends import registry, torch_ops
-from .backends.cpu.script import compile_ops_ready, grid_product_fits
+from .backends.cpu.script import compile_ops_ready, grid_product_fits, operator_device, operator_executor
 from .math.fourier import MAX_FOURIER_DEGREE
 from .math.s2_grid import MAX_DEGREE
 from .plans import functional_plan
@@ -118,10 +118,10 @@ def _run(plan, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         rows = registry.select_backend("gaunt_product", dict(x1=a, x2=b), widths=dict(
             x1=a.shape[-1], x2=b.shape[-1], out=f.shape[1])).grid_rows
         registry.record("gaunt_product", "triton", "triton")
-    elif (setting == "auto" and a.device.type == "cpu" and compile_ops_ready()
+    elif (setting == "auto" and operator_device(a) and compile_ops_ready()
           and grid_product_fits(y1.shape[1], plan.widths)):
         rows = torch.ops.gaunt.grid_product
-        registry.record("gaunt_product", "torch", "cpu-kernels")
+        registry.record("gaunt_product", "torch", operator_executor(a))
     else:
         registry.record("gaunt_product", "torch", "torch-reference")
         return torch_ops.grid_product(a, b, y1, y2, f)

@@ -1,7 +1,7 @@
 """Where a Gaunt product runs (:mod:`.registry`: the one route and the backend setting that steers it).
 
-- the ``torch.ops.gaunt`` operators (:mod:`.cpu`): the C kernels on float32/float64 CPU tensors, for eager calls,
-  TorchScript, ``torch.compile`` and C++ hosts alike;
+- the ``torch.ops.gaunt`` operators (:mod:`.cpu`), for eager calls, TorchScript, ``torch.compile`` and C++ hosts
+  alike: the C kernels on float32/float64 CPU tensors, the composed reference (ATen operations) on CUDA tensors;
 - ``torch`` (:mod:`.torch_ops`): the reference, every device and dtype, TorchScript-able;
 - ``triton`` (:mod:`.triton_backend`): fused kernels, CUDA only, imported lazily, run where forced.
 

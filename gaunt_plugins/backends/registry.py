@@ -3,15 +3,16 @@
 The layers and :func:`gaunt_plugins.gaunt_product` take one route in eager mode, under TorchScript and under
 ``torch.compile`` alike (:mod:`gaunt_plugins.layers._planned`):
 
-1. ``auto`` (the default) and float32/float64 CPU tensors: the ``torch.ops.gaunt`` operators (the C kernels,
-   :mod:`.cpu.library`), where they are registered and the product is within the kernels' limits; PyTorch's
-   dispatcher runs their CPU implementation, their autograd and, under ``torch.compile``, their fake one.
+1. ``auto`` (the default) and float32/float64 CPU or CUDA tensors: the ``torch.ops.gaunt`` operators
+   (:mod:`.cpu.library`), where they are registered and the product is within the C kernels' limits. PyTorch's
+   dispatcher chooses by device: on CPU the C kernels with their autograd, on CUDA the composed reference (ATen
+   operations that autograd records; on an H200 the reference trained MACE faster per step than the Triton
+   kernels, ``benchmarks/results/gpu_h200``); under ``torch.compile`` their fake implementation gives shapes.
    Convolutions of scalar node features run coefficient-wise (a degree-0 factor is a scaling) on any device.
 2. Otherwise the dense ops below (``weighted_product``, ``conv_product``, ``many_body_product``,
    ``conv_message``: the :mod:`.torch_ops` signatures plus ``backend=``), which select, first match wins: the
    call's ``backend=`` (``"torch"`` or ``"triton"``); :func:`set_backend` / :func:`use_backend`; the environment
-   variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``); else the PyTorch reference (on CUDA too: on an
-   H200 it trained MACE faster per step than the Triton kernels, ``benchmarks/results/gpu_h200``).
+   variable ``GAUNT_BACKEND`` (``torch`` | ``triton`` | ``auto``); else the PyTorch reference.
 
 ``torch`` forced means the PyTorch reference on every device: no C or Triton kernel. A forced ``triton`` never
 falls back: when the kernels cannot serve a call, ``ValueError`` says why and what forced it. Meta tensors (shape
@@ -27,7 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 
 from . import torch_ops
-from .cpu.script import compile_ops_ready, grid_product_fits, weighted_grid_product
+from .cpu.script import compile_ops_ready, grid_product_fits, operator_device, weighted_grid_product
 from .triton_backend import TritonBackend
 
 __all__ = [
@@ -56,8 +57,8 @@ BACKEND_CHOICES = ("auto", "torch", "triton")
 
 class TorchBackend:
     """The PyTorch backend: the reference (:mod:`.torch_ops`) on every device and dtype. With ``kernels=True``
-    (what ``auto`` runs) the dense ``weighted_product`` calls the CPU grid-product operator
-    (``torch.ops.gaunt.grid_product``) on float32/float64 CPU tensors where it is registered."""
+    (what ``auto`` runs) the dense ``weighted_product`` calls the grid-product operator
+    (``torch.ops.gaunt.grid_product``) on float32/float64 CPU and CUDA tensors where it is registered."""
 
     name = "torch"
 
@@ -71,7 +72,7 @@ class TorchBackend:
         return None
 
     def weighted_product(self, x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid):
-        if self.kernels and x1.device.type == "cpu" and x1.dtype in (torch.float32, torch.float64) \
+        if self.kernels and operator_device(x1) and x1.dtype in (torch.float32, torch.float64) \
                 and compile_ops_ready() \
                 and grid_product_fits(to_grid1.shape[1], (x1.shape[-1], x2.shape[-1], from_grid.shape[1])):
             return weighted_grid_product(x1, x2, w1, w2, w3, deg1, deg2, deg3, to_grid1, to_grid2, from_grid)
@@ -149,8 +150,8 @@ def last_backend(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
 
 
 def last_executor(op: Optional[str] = None) -> Union[None, str, Dict[str, str]]:
-    """What ran the latest eager layer call of ``op`` (or all ops): ``"cpu-kernels"``, ``"torch-reference"``,
-    ``"triton"``."""
+    """What ran the latest eager layer call of ``op`` (or all ops): ``"cpu-kernels"``, ``"cuda-composed-reference"``
+    (the operators on CUDA), ``"torch-scalar-nodes"``, ``"torch-reference"``, ``"triton"``."""
     return dict(_LAST_EXECUTOR) if op is None else _LAST_EXECUTOR.get(op)
 
 

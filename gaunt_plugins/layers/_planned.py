@@ -3,7 +3,7 @@
 A layer keeps the plan of its product (:mod:`gaunt_plugins.plans`; derived state, rebuilt on demand, never
 pickled or deep-copied) and registers the plan's tables as buffers. Every call, eager, scripted or compiled,
 takes the same route on those buffers (:mod:`gaunt_plugins.backends.registry`): the ``torch.ops.gaunt``
-operators on CPU tensors where they serve, else the dense ops of the backend setting. After a dtype or device
+operators on CPU and CUDA tensors where they serve, else the dense ops of the backend setting. After a dtype or device
 change the buffers are refilled from the plan's float64 masters, so ``.double()`` on a layer built under a
 float32 default computes from float64 tables, not from float32-rounded ones. Layers can be built and run on
 the ``meta`` device (shapes only): the PyTorch reference runs there.
@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from ..backends import registry
-from ..backends.cpu.script import compile_ops_ready, script_ops_ready
+from ..backends.cpu.script import compile_ops_ready, operator_device, operator_executor, script_ops_ready
 
 __all__ = ["PlannedModule", "LAYER_METHODS", "layer_method", "check_floating", "whole_number", "pickled_normalize"]
 
@@ -73,8 +73,8 @@ class PlannedModule(torch.nn.Module):
     __jit_unused_properties__ = ["plan"]
     __constants__ = ["_kernel_ops"]
     _kernel_ops = False
-    """Whether the scripted forward calls the ``torch.ops.gaunt`` CPU operators on CPU tensors (the operators are
-    registered and the plan is within the kernels' limits): set when the layer is scripted
+    """Whether the scripted forward calls the ``torch.ops.gaunt`` operators on CPU and CUDA tensors (they are
+    registered and the plan is within the C kernels' limits): set when the layer is scripted
     (:meth:`__prepare_scriptable__`), a constant of the script."""
 
     def __prepare_scriptable__(self):
@@ -123,14 +123,19 @@ class PlannedModule(torch.nn.Module):
 
     @torch.jit.unused
     def _kernels_serve(self, x: torch.Tensor) -> bool:
-        """Eager and ``torch.compile``: whether the ``torch.ops.gaunt`` operators run this call (``auto``, CPU
-        tensors, the operators registered, the plan within the kernels' limits)."""
-        return x.device.type == "cpu" and compile_ops_ready() and self._fits_kernels()
+        """Eager and ``torch.compile``: whether the ``torch.ops.gaunt`` operators run this call (``auto``, CPU or
+        CUDA tensors, the operators registered, the plan within the C kernels' limits)."""
+        return operator_device(x) and compile_ops_ready() and self._fits_kernels()
 
     @torch.jit.unused
     def _note(self, op: str, executor: str) -> None:
         """Record what ran ``op`` (:func:`gaunt_plugins.backends.last_executor`)."""
         registry.record(op, "torch", executor)
+
+    @torch.jit.unused
+    def _note_operator(self, op: str, x: torch.Tensor) -> None:
+        """Record that the ``torch.ops.gaunt`` operators ran ``op`` on ``x``'s device."""
+        registry.record(op, "torch", operator_executor(x))
 
     def __getstate__(self):
         state = dict(self.__dict__)

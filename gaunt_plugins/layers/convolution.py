@@ -7,7 +7,7 @@ import torch
 
 from .._e3nn import compile_mode, o3
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import CONV_MAXI, CONV_MAXK2, CONV_MAXP
+from ..backends.cpu.script import CONV_MAXI, CONV_MAXK2, CONV_MAXP, operator_device
 from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -138,7 +138,7 @@ class GauntConvolution(PlannedModule):
                  edge_index: Optional[torch.Tensor]) -> torch.Tensor:
         """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
         under ``auto`` scalar node features coefficient-wise, else ``torch.ops.gaunt.conv``/``message`` on CPU
-        tensors where the operators serve; otherwise the dense ops of the backend setting (scripted: the
+        and CUDA tensors where the operators serve; otherwise the dense ops of the backend setting (scripted: the
         reference)."""
         op = "conv_product" if edge_index is None else "conv_message"
         sh = flat_to_dense(x2, self.index_in2, 1, self.width2).view(x2.shape[0], self.width2)
@@ -146,13 +146,13 @@ class GauntConvolution(PlannedModule):
             if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
                 if self.width1 == 1:
                     return self._scalar_nodes(x1, sh, weight, edge_index)
-                if x1.device.type == "cpu":
+                if operator_device(x1):
                     return self._kernel_forward(x1, sh, weight, edge_index)
         elif self._auto_setting() and self.width1 == 1:
             self._note(op, "torch-scalar-nodes")
             return self._scalar_nodes(x1, sh, weight, edge_index)
         elif self._kernels_serve(x1):
-            self._note(op, "cpu-kernels")
+            self._note_operator(op, x1)
             return self._kernel_forward(x1, sh, weight, edge_index)
         compute = x1.dtype
         lanes = self.products * self.channels

@@ -7,7 +7,7 @@ from typing import Optional
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP
+from ..backends.cpu.script import MB_MAXI, MB_MAXNU, MB_MAXP, operator_device
 from ..backends.torch_ops import dense_to_flat
 from ..irreps import channel_irreps
 from ..plans import many_body_plan
@@ -198,14 +198,14 @@ class GauntManyBody(PlannedModule):
 
     def _compute(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
         """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
-        ``torch.ops.gaunt.many_body`` on CPU tensors where it serves, else the dense op of the backend setting
+        ``torch.ops.gaunt.many_body`` on CPU and CUDA tensors where it serves, else the dense op of the backend setting
         (scripted: the reference)."""
         if torch.jit.is_scripting():
             if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
-                if x.device.type == "cpu":
+                if operator_device(x):
                     return self._kernel_forward(x, w_in, w_out)
         elif self._kernels_serve(x):
-            self._note("many_body_product", "cpu-kernels")
+            self._note_operator("many_body_product", x)
             return self._kernel_forward(x, w_in, w_out)
         compute = x.dtype
         xd = x

@@ -7,7 +7,7 @@ import torch
 
 from .._e3nn import compile_mode
 from ..backends import registry, torch_ops
-from ..backends.cpu.script import grid_product_fits, weighted_grid_product
+from ..backends.cpu.script import grid_product_fits, operator_device, weighted_grid_product
 from ..backends.torch_ops import dense_to_flat, flat_to_dense
 from ..irreps import channel_irreps, output_irreps
 from ..math.gaunt import gaunt_path_allowed
@@ -127,19 +127,19 @@ class GauntTensorProduct(PlannedModule):
     def _compute(self, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                  w3: torch.Tensor) -> torch.Tensor:
         """The one route of every call (eager, TorchScript, ``torch.compile``; :mod:`gaunt_plugins.backends.registry`):
-        the weighted product with its grid product as ``torch.ops.gaunt.grid_product`` on CPU tensors where that
-        serves, else the dense op of the backend setting (scripted: the reference)."""
+        the weighted product with its grid product as ``torch.ops.gaunt.grid_product`` on CPU and CUDA tensors
+        where that serves, else the dense op of the backend setting (scripted: the reference)."""
         compute = a.dtype
         ad = flat_to_dense(a, self.index_in1, self.channels, self.width1)
         bd = flat_to_dense(b, self.index_in2, self.channels, self.width2)
         y1, y2, f = self.to_grid1.to(compute), self.to_grid2.to(compute), self.from_grid.to(compute)
         if torch.jit.is_scripting():
             if self._kernel_ops:  # a constant of the script: without the operators this branch is not compiled
-                if a.device.type == "cpu":
+                if operator_device(a):
                     return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
             out = torch_ops.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)
         elif self._kernels_serve(a):
-            self._note("weighted_product", "cpu-kernels")
+            self._note_operator("weighted_product", a)
             return self._kernel_forward(ad, bd, w1, w2, w3, y1, y2, f)
         else:
             out = registry.weighted_product(ad, bd, w1, w2, w3, self.deg1, self.deg2, self.deg3, y1, y2, f)

@@ -180,3 +180,102 @@ def test_a_forced_torch_backend_runs_only_the_pytorch_reference(monkeypatch, set
         with GauntOpsSeen() as mode:
             calls[name]()
         assert last_executor(name) == "cpu-kernels" and mode.seen, name
+
+
+_FORWARD_OPS = ("grid_product", "conv", "message", "many_body")
+_BACKWARD_ARGS = {"grid_product": 2, "conv": 3, "message": 3, "many_body": 3}
+
+
+def _on_dispatch_key(monkeypatch, key: str) -> list:
+    """Route every ``torch.ops.gaunt`` forward operator the code calls to its kernel for dispatch key ``key``
+    (``AutogradCUDA``: the CUDA implementation, here on CPU tensors); returns ``(operator, autograd node of its
+    output)`` for every operator run."""
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+    ran = []
+    for name in _FORWARD_OPS:
+        overload = getattr(torch.ops.gaunt, name).default
+
+        def redispatched(*args, _overload=overload, _name=name):
+            out = _overload.redispatch(keyset, *args)
+            ran.append((_name, type(out.grad_fn).__name__))
+            return out
+        monkeypatch.setattr(torch.ops.gaunt, name, redispatched)
+    return ran
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", [c for c in CASES if "scalar nodes" not in c])
+def test_the_cuda_implementation_equals_the_reference_values_first_and_second_derivatives(case, dtype,
+                                                                                          monkeypatch):
+    """The operators' CUDA implementation (the composed reference, registered for AutogradCUDA; run here on CPU
+    tensors through the dispatcher's redispatch) gives every layer the reference's values and first and second
+    derivatives."""
+    monkeypatch.delenv("GAUNT_BACKEND", raising=False)
+    op, fn, inputs, fixed = CASES[case](torch.Generator().manual_seed(7), dtype)
+    params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+    with registry.use_backend("torch"):
+        want = _derivatives(fn, inputs, fixed, params, torch.Generator().manual_seed(1))
+    with monkeypatch.context() as patch:
+        ran = _on_dispatch_key(patch, "AutogradCUDA")
+        got = _derivatives(fn, inputs, fixed, params, torch.Generator().manual_seed(1))
+    # autograd recorded ATen operations (the composed reference), not the CPU operators' C++ autograd function
+    assert ran and all(node != "CppFunction" for _, node in ran), ran
+    for i, (a, b) in enumerate(zip(got, want)):
+        scale = b.abs().max().clamp_min(1e-30)
+        assert ((a - b).abs().max() / scale) < TOLERANCE[dtype], f"{case}: output {i} of the derivatives"
+
+
+def _op_inputs(name, layer_case):
+    """The arguments one layer passes to ``torch.ops.gaunt.<name>`` (captured from its CPU call)."""
+    captured = {}
+    original = getattr(torch.ops.gaunt, name)
+
+    def capture(*args):
+        captured["args"] = args
+        return original(*args)
+    _, fn, inputs, fixed = CASES[layer_case](torch.Generator().manual_seed(3), torch.float64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.ops.gaunt, name, capture)
+        fn(*inputs, *fixed)
+    return captured["args"]
+
+
+@needs_ops
+@pytest.mark.parametrize("name, layer_case", [("grid_product", "product"),
+                                              ("conv", "conv, 3 products, missing degrees"),
+                                              ("message", "message, 2 products"), ("many_body", "many_body")])
+def test_the_cuda_implementation_of_each_operator_and_its_backward_equals_the_cpu_kernels(name, layer_case):
+    """Below autograd (the CUDA dispatch key: inference mode) the forward operators' CUDA kernels equal the C
+    kernels; the backward operators' AutogradCUDA kernels equal theirs and are differentiable (equal second
+    derivatives)."""
+    args = _op_inputs(name, layer_case)
+    forward = getattr(torch.ops.gaunt, name).default
+    backward = getattr(torch.ops.gaunt, name + "_backward").default
+    with torch.inference_mode():
+        cpu = forward(*args)
+        cuda = forward.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), *args)
+    assert torch.allclose(cuda, cpu, rtol=1e-12, atol=1e-12)
+
+    n = _BACKWARD_ARGS[name]
+    gen = torch.Generator().manual_seed(5)
+    grad = torch.randn(cpu.shape, dtype=torch.float64, generator=gen).requires_grad_()
+    inputs = [a.detach().clone().requires_grad_() for a in args[:n]]
+    vs = [torch.randn(a.shape, dtype=torch.float64, generator=gen) for a in inputs]
+    keyset = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradCUDA)
+    results = []
+    for call in (backward, lambda *a: backward.redispatch(keyset, *a)):
+        first = call(grad, *inputs, *args[n:])
+        second = torch.autograd.grad(sum((f * v).sum() for f, v in zip(first, vs)), [grad] + inputs)
+        results.append([t.detach() for t in first] + list(second))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), name
+
+
+@needs_ops
+def test_the_operators_have_cuda_kernels_for_every_dispatch_a_model_reaches():
+    """CUDA tensors reach the operators with and without autograd (a C++ host runs a scripted model on either)."""
+    for name in _FORWARD_OPS:
+        for key in ("CUDA", "AutogradCUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gaunt::{name}", key), (name, key)
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gaunt::{name}_backward", "AutogradCUDA"), name

@@ -101,9 +101,9 @@ def test_validate_reasons(tk, device, case, match):
             b.validate("op", {"x": x, "edge_index": torch.zeros(3, 2, dtype=torch.long, device=device)})
 
 
-def test_auto_runs_the_pytorch_reference_off_the_cpu(monkeypatch):
-    """Under auto, a layer's tensors off the CPU (CUDA in use; the meta device here) run the PyTorch reference,
-    with no warning."""
+def test_auto_runs_the_pytorch_reference_on_the_meta_device(monkeypatch):
+    """Under auto, a layer's tensors on the meta device (shape inference) run the PyTorch reference, with no
+    warning."""
     from gaunt_plugins.layers import GauntConvolution
 
     monkeypatch.delenv("GAUNT_BACKEND", raising=False)

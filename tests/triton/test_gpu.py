@@ -1,6 +1,6 @@
 """Tests that need a CUDA device (skipped without one): compiled kernels at model-sized shapes,
 bit-reproducibility of the deterministic message op, inductor compilation through triton_op, and
-the layers dispatching CUDA tensors to the kernels."""
+the layers dispatching CUDA tensors to the operators and, forced, to the Triton kernels."""
 import pytest
 import torch
 
@@ -92,16 +92,55 @@ def test_gpu_inductor_compiles_through_triton_op(tk):
         assert rel_err(a, b) < 1e-5
 
 
-def test_gpu_layers_run_the_reference_under_auto_and_triton_when_forced(tk):
+def test_gpu_layers_run_the_operators_under_auto_the_reference_and_triton_when_forced(tk):
+    """Under auto, CUDA tensors run the ``torch.ops.gaunt`` operators' CUDA implementation (the composed
+    reference): the forced reference's values and first and second derivatives; forced triton agrees."""
     from gaunt_plugins import GauntConvolution
-    conv = GauntConvolution("8x0e+8x1o+8x2e", "1x0e+1x1o+1x2e", "8x0e+8x1o+8x2e").cuda()
-    x = torch.randn(64, conv.dim_in1, device="cuda")
-    sh = torch.randn(64, conv.dim_in2, device="cuda")
-    w = torch.randn(64, conv.weight_numel, device="cuda")
+    from gaunt_plugins.backends.cpu import ops_available
+    if not ops_available():
+        pytest.skip("the gaunt operators cannot be built here")
+    conv = GauntConvolution("8x0e+8x1o+8x2e", "1x0e+1x1o+1x2e", "8x0e+8x1o+8x2e").cuda().double()
+    x = torch.randn(64, conv.dim_in1, device="cuda", dtype=torch.float64, requires_grad=True)
+    sh = torch.randn(64, conv.dim_in2, device="cuda", dtype=torch.float64)
+    w = torch.randn(64, conv.weight_numel, device="cuda", dtype=torch.float64)
+    edges = torch.randint(0, 64, (2, 64), device="cuda")
+
+    def derivatives():
+        out = conv(x, sh, w, edges)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        return out.detach(), g.detach(), gg
     backends.set_backend(None)
-    ref = conv(x, sh, w)
-    assert backends.last_backend("conv_product") == "torch"
+    got = derivatives()
+    assert backends.last_executor("conv_message") == "cuda-composed-reference"
+    with backends.use_backend("torch"):
+        want = derivatives()
+    assert backends.last_executor("conv_message") == "torch-reference"
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
     with backends.use_backend("triton"):
-        out = conv(x, sh, w)
-    assert backends.last_backend("conv_product") == "triton"
-    assert rel_err(out, ref) < _tol(tk)
+        out = conv(x.float().detach(), sh.float(), w.float(), edges)
+    assert backends.last_backend("conv_message") == "triton"
+    assert rel_err(out.double(), want[0]) < _tol(tk)
+
+
+def test_gpu_a_scripted_layer_calls_the_operators_on_cuda(tk):
+    """A scripted layer (what MACE's ``_compiled.model`` holds) calls ``torch.ops.gaunt`` on CUDA tensors too and
+    gives eager's values and gradients."""
+    from gaunt_plugins import GauntManyBody
+    from gaunt_plugins.backends.cpu import ops_available
+    if not ops_available():
+        pytest.skip("the gaunt operators cannot be built here")
+    backends.set_backend(None)
+    layer = GauntManyBody("4x0e+4x1o+4x2e", "4x0e+4x1o", 3, 2).cuda().double()
+    scripted = torch.jit.script(layer)
+    x = torch.randn(16, 4, layer.compact_in, device="cuda", dtype=torch.float64, requires_grad=True)
+    attrs = torch.eye(2, device="cuda", dtype=torch.float64)[torch.randint(0, 2, (16,), device="cuda")]
+    results = []
+    for fn in (layer, scripted):
+        with torch.profiler.profile() as prof:
+            out = fn(x, attrs)
+        assert "gaunt::many_body" in {e.name for e in prof.events()}
+        results.append((out.detach(), torch.autograd.grad(out.pow(2).sum(), x)[0]))
+    for a, b in zip(*results):
+        assert rel_err(a, b) < 1e-12

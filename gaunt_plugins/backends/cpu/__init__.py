@@ -1,5 +1,6 @@
 """The CPU kernels (C: the grid product, the convolution on flat e3nn features with the fused MACE message step, the
-many-body power product, each with a one-pass backward) as the PyTorch operators ``torch.ops.gaunt.*``.
+many-body power product, each with a one-pass backward) as the PyTorch operators ``torch.ops.gaunt.*``, whose
+CUDA implementation is the composed reference (ATen operations, in ``ops.cpp``).
 
 The whole chain of a row runs with its grid values in a stack buffer, so no ``[rows, P]`` intermediate is written
 to memory. :mod:`.library` builds the operators (``ops.cpp`` linked with the kernels, compiled on first use with

@@ -1,9 +1,10 @@
-"""The CPU kernels as PyTorch operators (``ops.cpp``: ``torch.ops.gaunt.conv``, ``message``, ``many_body``,
+"""The Gaunt products as PyTorch operators (``ops.cpp``: ``torch.ops.gaunt.conv``, ``message``, ``many_body``,
 ``grid_product`` and their backwards), built on first use and loaded with ``torch.ops.load_library``.
 
 Eager calls, TorchScript (MACE's ``_compiled.model``), ``torch.compile`` and C++ hosts all reach the kernels
-through these operators. The library is one shared object: ``ops.cpp`` compiled against this torch, linked with
-the C kernels compiled with the flags of :mod:`.build`. It is cached under :mod:`.build`'s rules (a private
+through these operators: on CPU tensors the C kernels, on CUDA tensors the composed reference (ATen operations,
+registered for the CUDA and AutogradCUDA dispatch keys). The library is one shared object: ``ops.cpp``
+compiled against this torch, linked with the C kernels compiled with the flags of :mod:`.build`. It is cached under :mod:`.build`'s rules (a private
 folder; a cached file is loaded only if it is this user's, writable by nobody else and matches the digest
 recorded when it was built; an unusable cache costs one warning and a build in a private temporary folder). Its
 name hashes the sources, the compilers, their flags and the torch version, so a library built against another
@@ -119,7 +120,7 @@ def load_ops() -> bool:
     reason = _load()[1]
     if reason is not None and not _WARNED and "GAUNT_CPU_KERNELS=0" not in reason:
         _WARNED.append(reason)
-        warnings.warn(f"gaunt_plugins: the Gaunt products run the PyTorch reference on CPU: {reason}",
+        warnings.warn(f"gaunt_plugins: the Gaunt products run the PyTorch reference: {reason}",
                       RuntimeWarning)
     return reason is None
 

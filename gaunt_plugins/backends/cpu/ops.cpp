@@ -1,7 +1,8 @@
-// The CPU kernels (grid_product.c, conv.c, many_body.c) as PyTorch operators in the namespace `gaunt`, so that
-// TorchScript, torch.compile and C++ hosts (LAMMPS's pair_style mace) reach them through the dispatcher.
+// The Gaunt products as PyTorch operators in the namespace `gaunt`, so that eager calls, TorchScript, torch.compile
+// and C++ hosts (LAMMPS's pair_style mace) reach the same kernels through the dispatcher: on CPU tensors the C
+// kernels (grid_product.c, conv.c, many_body.c), on CUDA tensors the composed references (ATen operations, below).
 //
-// Forward operators (float32/float64 CPU tensors; tables in the inputs' dtype or cast to it; int64 index tables):
+// Forward operators (CPU: float32/float64; tables in the inputs' dtype or cast to it; int64 index tables):
 //   gaunt::grid_product(u [R, I1], v [R, I2], to_grid1 [I1, P], to_grid2 [I2, P], from_grid [P, Io]) -> [R, Io]
 //   gaunt::conv(x1 [E, D1], sh [E, I2] dense, weight [E, (K1+K2+K3) C], offsets_in1 [C, I1], offsets_out [C, Io],
 //               deg1 [I1], deg2 [I2], deg3 [Io], to_grid1, to_grid2, from_grid, k1, k2, dim_out) -> [E, dim_out]
@@ -10,7 +11,7 @@
 //   gaunt::many_body(x [N, C, Ic], w_in [N, NU, K, C], w_out [N, NU, Ko, C], offsets_in [I], offsets_out [C, Io],
 //               deg_in [I], deg_out [Io], to_grid [I, P], from_grids [NU, P, Io], dim_out) -> [N, dim_out]
 // Each has a `<name>_backward(grad, <the forward's inputs>)` returning the gradients of its tensor inputs (one
-// fused kernel pass). Autograd: a first derivative runs the backward operator; one taken with create_graph (it
+// fused kernel pass). Autograd on CPU: a first derivative runs the backward operator; one taken with create_graph (it
 // will be differentiated again: force training) differentiates the composed reference below (ATen operations)
 // instead, so autograd records it and every order is exact (traced by torch.compile, the backward operator
 // stays, with the composed double backward). The backward operators' own derivatives (someone
@@ -801,6 +802,66 @@ std::tuple<Tensor, Tensor, Tensor> many_body_backward_autograd(const Tensor& g, 
     return {r[0], r[1], r[2]};
 }
 
+// ---- CUDA: the composed references -----------------------------------------------------------------------------
+// On CUDA tensors the operators run the composed references above: ATen operations on the device, the faster
+// choice than the fused Triton kernels in every MACE training step measured on an H200. They are the AutogradCUDA
+// kernels of the forward operators, so autograd records the ATen operations themselves (exact derivatives at every
+// order, nothing recomputed) and torch.compile traces them, and their CUDA kernels (reached without autograd:
+// inference mode). The backward operators' AutogradCUDA kernel is the composed reference's vector-Jacobian
+// product, differentiable when grad mode is on and the gradient or an input requires grad.
+
+variable_list composed_vjp(const std::function<Tensor(const variable_list&)>& composed, const variable_list& inputs,
+                           const Tensor& g) {
+    bool graph = at::GradMode::is_enabled() && g.requires_grad();
+    for (const auto& t : inputs) graph = graph || (at::GradMode::is_enabled() && t.requires_grad());
+    at::AutoGradMode enable(true);
+    variable_list xs;
+    for (const auto& t : inputs) xs.push_back(graph && t.requires_grad() ? t : t.detach().requires_grad_(true));
+    Tensor out = composed(xs);
+    variable_list r = torch::autograd::grad({out}, xs, {g}, /*retain_graph=*/graph, /*create_graph=*/graph,
+                                            /*allow_unused=*/true);
+    for (size_t i = 0; i < r.size(); ++i)
+        if (!r[i].defined()) r[i] = at::zeros_like(inputs[i]);
+    return r;
+}
+
+std::tuple<Tensor, Tensor> grid_product_backward_composed(const Tensor& g, const Tensor& u, const Tensor& v,
+                                                          const Tensor& t1, const Tensor& t2, const Tensor& t3) {
+    auto r = composed_vjp([&](const variable_list& in) { return grid_product_ref(in[0], in[1], t1, t2, t3); },
+                          {u, v}, g);
+    return {r[0], r[1]};
+}
+std::tuple<Tensor, Tensor, Tensor> conv_backward_composed(const Tensor& g, const Tensor& x, const Tensor& sh,
+                                                          const Tensor& w, const Tensor& off1, const Tensor& offo,
+                                                          const Tensor& d1, const Tensor& d2, const Tensor& d3,
+                                                          const Tensor& y1, const Tensor& y2, const Tensor& f,
+                                                          int64_t k1, int64_t k2, int64_t dim_out) {
+    auto r = composed_vjp([&](const variable_list& in) {
+        return conv_ref(in[0], in[1], in[2], off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+    }, {x, sh, w}, g);
+    return {r[0], r[1], r[2]};
+}
+std::tuple<Tensor, Tensor, Tensor> message_backward_composed(const Tensor& g, const Tensor& x, const Tensor& sh,
+                                                             const Tensor& w, const Tensor& ei, int64_t num_nodes,
+                                                             const Tensor& off1, const Tensor& offo, const Tensor& d1,
+                                                             const Tensor& d2, const Tensor& d3, const Tensor& y1,
+                                                             const Tensor& y2, const Tensor& f, int64_t k1, int64_t k2,
+                                                             int64_t dim_out) {
+    auto r = composed_vjp([&](const variable_list& in) {
+        return message_ref(in[0], in[1], in[2], ei, num_nodes, off1, offo, d1, d2, d3, y1, y2, f, k1, k2, dim_out);
+    }, {x, sh, w}, g);
+    return {r[0], r[1], r[2]};
+}
+std::tuple<Tensor, Tensor, Tensor> many_body_backward_composed(const Tensor& g, const Tensor& x, const Tensor& wi,
+                                                               const Tensor& wo, const Tensor& offi, const Tensor& offo,
+                                                               const Tensor& degi, const Tensor& dego, const Tensor& y,
+                                                               const Tensor& fs, int64_t dim_out) {
+    auto r = composed_vjp([&](const variable_list& in) {
+        return many_body_ref(in[0], in[1], in[2], offi, offo, degi, dego, y, fs, dim_out);
+    }, {x, wi, wo}, g);
+    return {r[0], r[1], r[2]};
+}
+
 }  // namespace
 
 #define GAUNT_CONV_TABLES                                                                                           \
@@ -846,4 +907,22 @@ TORCH_LIBRARY_IMPL(gaunt, Autograd, m) {
     m.impl("message_backward", message_backward_autograd);
     m.impl("many_body", many_body_autograd);
     m.impl("many_body_backward", many_body_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(gaunt, AutogradCUDA, m) {
+    m.impl("grid_product", grid_product_ref);
+    m.impl("grid_product_backward", grid_product_backward_composed);
+    m.impl("conv", conv_ref);
+    m.impl("conv_backward", conv_backward_composed);
+    m.impl("message", message_ref);
+    m.impl("message_backward", message_backward_composed);
+    m.impl("many_body", many_body_ref);
+    m.impl("many_body_backward", many_body_backward_composed);
+}
+
+TORCH_LIBRARY_IMPL(gaunt, CUDA, m) {
+    m.impl("grid_product", grid_product_ref);
+    m.impl("conv", conv_ref);
+    m.impl("message", message_ref);
+    m.impl("many_body", many_body_ref);
 }

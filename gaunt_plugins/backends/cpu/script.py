@@ -2,8 +2,9 @@
 ``torch.compile``.
 
 The kernels' stack limits as constants (and :func:`grid_product_fits`), the weighted product on the grid-product
-operator (:func:`weighted_grid_product`), :func:`script_ops_ready` (whether the operators serve this process) and
-:func:`compile_ops_ready`, which ``torch.compile`` evaluates once per trace.
+operator (:func:`weighted_grid_product`), :func:`script_ops_ready` (whether the operators serve this process),
+:func:`compile_ops_ready`, which ``torch.compile`` evaluates once per trace, and :func:`operator_device`: the
+devices the operators serve (CPU: the C kernels; CUDA: the composed reference, ATen operations).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 
 from .limits import kernel_limits
 
-__all__ = ["compile_ops_ready", "script_ops_ready", "grid_product_fits", "weighted_grid_product", "CONV_MAXP",
-           "CONV_MAXI", "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU", "GP_MAXP", "GP_MAXI"]
+__all__ = ["compile_ops_ready", "script_ops_ready", "operator_device", "operator_executor", "grid_product_fits",
+           "weighted_grid_product", "CONV_MAXP", "CONV_MAXI", "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU", "GP_MAXP", "GP_MAXI"]
 
 CONV_MAXP = kernel_limits("conv.c")["MAXP"]
 CONV_MAXI = kernel_limits("conv.c")["MAXI"]
@@ -42,8 +43,19 @@ def weighted_grid_product(x1: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, 
     return out.view(n, c, -1) * w3.transpose(-1, -2).index_select(-1, deg3)
 
 
+def operator_device(t: torch.Tensor) -> bool:
+    """Whether the operators have an implementation for ``t``'s device: CPU (the C kernels) or CUDA (the composed
+    reference). TorchScript-able."""
+    return t.device.type == "cpu" or t.device.type == "cuda"
+
+
+def operator_executor(t: torch.Tensor) -> str:
+    """What the operators run on ``t``'s device, as :func:`gaunt_plugins.backends.last_executor` names it."""
+    return "cpu-kernels" if t.device.type == "cpu" else "cuda-composed-reference"
+
+
 def script_ops_ready() -> bool:
-    """Whether the layers call the operators on CPU (a model scripted now, and every eager call): the backend
+    """Whether the layers call the operators (a model scripted now, and every eager call): the backend
     setting is ``auto`` and they are registered (built on first use; one warning when they cannot be)."""
     from .. import registry
     from .library import load_ops
