@@ -279,3 +279,21 @@ def test_the_operators_have_cuda_kernels_for_every_dispatch_a_model_reaches():
         for key in ("CUDA", "AutogradCUDA"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gaunt::{name}", key), (name, key)
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gaunt::{name}_backward", "AutogradCUDA"), name
+
+
+@needs_ops
+@pytest.mark.parametrize("name, layer_case", [("grid_product", "product"),
+                                              ("conv", "conv, 3 products, missing degrees")])
+def test_the_cuda_implementation_runs_on_fake_cuda_tensors(name, layer_case):
+    """What ``torch.compile`` does on a GPU before it runs anything: the CUDA implementation runs on fake CUDA
+    tensors (no device needed) and gives the output's shape, dtype and device. (The message and many-body
+    operators scatter with ``index_add``, which fake CUDA tensors support only where PyTorch is built with CUDA.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _op_inputs(name, layer_case)
+    want = getattr(torch.ops.gaunt, name)(*args)
+    with FakeTensorMode():
+        fake = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="cuda")
+                if isinstance(a, torch.Tensor) else a for a in args]
+        out = getattr(torch.ops.gaunt, name)(*fake)
+    assert (out.shape, out.dtype, out.device.type) == (want.shape, want.dtype, "cuda")

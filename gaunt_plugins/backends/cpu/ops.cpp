@@ -419,8 +419,10 @@ Tensor scatter_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
 // autograd and the CPU run faster than the scatter, through the inverse of the offsets.
 Tensor gather_flat(const Tensor& y, const Tensor& offsets, int64_t dim_out) {
     Tensor target = flat_targets(offsets, dim_out);
-    Tensor source = at::zeros({dim_out + 1}, target.options())
-                        .index_put_({target}, at::arange(target.size(0), target.options()))
+    // the ATen operator, not Tensor::index_put_'s indexing helper (which sets a device guard of its own)
+    c10::List<std::optional<Tensor>> where({target});
+    Tensor source = at::index_put(at::zeros({dim_out + 1}, target.options()), where,
+                                  at::arange(target.size(0), target.options()))
                         .narrow(0, 0, dim_out);
     return y.reshape({y.size(0), -1}).index_select(1, source);
 }
