@@ -153,9 +153,11 @@ def targets_of(variant: str) -> Optional[frozenset]:
     return None if variant == "upstream" else frozenset(variant.split(","))
 
 
-def build_model(variant: str, lmax: int, channels: int, seed: int, codegen: bool = True):
+def build_model(variant: str, lmax: int, channels: int, seed: int, codegen: bool = True, product_chains: int = 1,
+                product_odd_chains: int = 0):
     """The model of ``variant`` in the default dtype, seeded, parameters frozen (as MACECalculator leaves
-    them). ``codegen=False`` builds with e3nn's code generation off (MACE's torch.compile route)."""
+    them); a Gaunt many-body product with ``product_chains`` chains and ``product_odd_chains`` odd-path brackets.
+    ``codegen=False`` builds with e3nn's code generation off (MACE's torch.compile route)."""
     import torch
     from mace.tools.compile import disable_e3nn_codegen
 
@@ -167,7 +169,8 @@ def build_model(variant: str, lmax: int, channels: int, seed: int, codegen: bool
         if targets is None:
             model = ms.mace_model(lmax, channels, MAX_ELL, CORRELATION)
         else:
-            model = ms.gaunt_mace_model(lmax, channels, MAX_ELL, CORRELATION, ms.gaunt_options(targets, 1))
+            model = ms.gaunt_mace_model(lmax, channels, MAX_ELL, CORRELATION,
+                                        ms.gaunt_options(targets, 1, product_chains, product_odd_chains))
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -295,7 +298,9 @@ def run_case(spec: dict) -> List[dict]:
             continue
         try:
             t_variant = time.perf_counter()
-            model = build_model(variant, spec["L"], spec["C"], spec["seed"], codegen=spec["mode"] != "compile")
+            model = build_model(variant, spec["L"], spec["C"], spec["seed"], codegen=spec["mode"] != "compile",
+                                product_chains=spec.get("product_chains", 1),
+                                product_odd_chains=spec.get("product_odd_chains", 0))
             row["parameters"] = int(sum(p.numel() for p in model.parameters()))
             row["model_mib"] = tensor_mib(model)
             fn, training = prepare(model, spec["mode"])
@@ -379,7 +384,8 @@ def plan_cases(args) -> List[dict]:
                 for lmax in args.lmax:
                     for channels in args.channels:
                         base = dict(L=lmax, C=channels, dtype=dtype, threads=threads, mode=mode,
-                                    variants=list(args.variants), seed=args.seed, budget_s=args.case_budget)
+                                    variants=list(args.variants), seed=args.seed, budget_s=args.case_budget,
+                                    product_chains=args.product_chains, product_odd_chains=args.product_odd_chains)
                         if args.molecule:
                             cases.append(dict(base, system="molecule", warmup=args.md_warmup, iters=args.md_iters,
                                               md_chunk=args.md_chunk))
@@ -561,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--variants", nargs="+", default=d["variants"], choices=VARIANTS,
                     help="default: all (upstream, product, conv,product)")
     ap.add_argument("--seed", type=int, default=0, help="torch.manual_seed before each model is built")
+    ap.add_argument("--product-chains", type=int, default=1,
+                    help="the Gaunt many-body product's chains (default 1; the shipped default at max_ell 3 is 2)")
+    ap.add_argument("--product-odd-chains", type=int, default=0,
+                    help="its odd-path brackets (default 0; the shipped default at max_ell 3 is 1)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="box: untimed calls per variant, the last one measuring memory (TorchScript: at least 2)")
     ap.add_argument("--iters", type=int, default=3, help="box: timed rounds (median)")
@@ -593,6 +603,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--lmax: MACE's hidden L here is at most 6, got {args.lmax}")
     if not args.atoms and not args.molecule:
         ap.error("nothing to time: no --atoms and --no-molecule")
+    if args.product_chains < 1 or args.product_odd_chains < 0:
+        ap.error(f"--product-chains must be >= 1 and --product-odd-chains >= 0, got {args.product_chains} and "
+                 f"{args.product_odd_chains}")
     for name in ("iters", "md_iters", "md_chunk"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}: must be >= 1")
@@ -635,6 +648,7 @@ def main(argv=None) -> int:
                    "Gaunt variants alike); the Gaunt models built directly as tensor_product: gaunt builds them",
         "variants": {"upstream": "mace-torch's e3nn model", "product": "tensor_product: gaunt, gaunt_targets: [product]",
                      "conv,product": "tensor_product: gaunt, gaunt_targets: [conv, product], gaunt_conv_products: 1"},
+        "gaunt_product_chains": args.product_chains, "gaunt_product_odd_chains": args.product_odd_chains,
         "timing": "median over round-robin rounds (variants interleaved) in one child process per case; box: one "
                   "energy+forces evaluation (graph built outside, graph_ms); molecule: ASE velocity Verlet through "
                   "MACECalculator, ms per MD step",
