@@ -27,6 +27,17 @@ def test_the_grid_is_what_the_command_line_selects():
     # eager first; within one setting the molecule, then the boxes smallest first
     assert [c["mode"] for c in cases[:6]] == ["eager"] * 6
     assert [c.get("k") for c in cases[:3]] == [None, 2, 7]
+    assert all((c["product_chains"], c["product_odd_chains"]) == (1, 0) for c in cases)
+
+
+def test_the_gaunt_models_get_the_chains_the_command_line_asks_for():
+    args = md_speed.parse_args(["--lmax", "1", "--channels", "4", "--product-chains", "2", "--product-odd-chains",
+                                "1"])
+    spec = md_speed.plan_cases(args)[0]
+    model = md_speed.build_model("product", spec["L"], spec["C"], 0, product_chains=spec["product_chains"],
+                                 product_odd_chains=spec["product_odd_chains"])
+    blocks = [p.symmetric_contractions for p in model.products]
+    assert [(b.chains, b.odd_chains) for b in blocks] == [(2, 1)] * len(blocks)
 
 
 def test_bad_arguments_are_refused_by_name(capsys):
@@ -34,7 +45,8 @@ def test_bad_arguments_are_refused_by_name(capsys):
                          (["--threads", "0"], "--threads: every value must be >= 1"),
                          (["--modes", "jit"], "invalid choice: 'jit'"),
                          (["--atoms", "--no-molecule"], "nothing to time"),
-                         (["--case-budget", "0"], "--case-budget: must be > 0")):
+                         (["--case-budget", "0"], "--case-budget: must be > 0"),
+                         (["--product-chains", "0"], "--product-chains must be >= 1")):
         with pytest.raises(SystemExit):
             md_speed.parse_args(argv)
         assert needle in capsys.readouterr().err
