@@ -4,12 +4,12 @@
 Eager calls, TorchScript (MACE's ``_compiled.model``), ``torch.compile`` and C++ hosts all reach the kernels
 through these operators: on CPU tensors the C kernels, on CUDA tensors the composed reference (ATen operations,
 registered for the CUDA and AutogradCUDA dispatch keys). The library is one shared object: ``ops.cpp``
-compiled against this torch, linked with the C kernels compiled with the flags of :mod:`.build`. It is cached under :mod:`.build`'s rules (a private
-folder; a cached file is loaded only if it is this user's, writable by nobody else and matches the digest
-recorded when it was built; an unusable cache costs one warning and a build in a private temporary folder). Its
-name hashes the sources, the compilers, their flags and the torch version, so a library built against another
-torch is never loaded. ``GAUNT_CPU_KERNELS=0`` disables it; when it cannot be built, the layers run the PyTorch
-reference (one warning says why).
+compiled against this torch, linked with the C kernels compiled with the flags of :mod:`.build`. It is cached
+under :mod:`.build`'s rules (a private folder; a cached file is loaded only if it is this user's, writable by
+nobody else and matches the digest recorded when it was built; an unusable cache costs one warning and a build
+in a private temporary folder). Its name hashes the sources, the compilers, their flags and the torch version,
+so a library built against another torch is never loaded. ``GAUNT_CPU_KERNELS=0`` disables it (on every
+device); when it cannot be built, the layers run the PyTorch reference (one warning says why).
 
 ``python -m gaunt_plugins.backends.cpu.library`` builds it if needed and prints its path: what a C++ host loads
 before a scripted Gaunt model (``torch.ops.load_library(path)``, or ``LD_PRELOAD`` for LAMMPS).

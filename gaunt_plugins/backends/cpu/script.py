@@ -13,7 +13,8 @@ import torch
 from .limits import kernel_limits
 
 __all__ = ["compile_ops_ready", "script_ops_ready", "operator_device", "operator_executor", "grid_product_fits",
-           "weighted_grid_product", "CONV_MAXP", "CONV_MAXI", "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU", "GP_MAXP", "GP_MAXI"]
+           "weighted_grid_product", "CONV_MAXP", "CONV_MAXI", "CONV_MAXK2", "MB_MAXP", "MB_MAXI", "MB_MAXNU",
+           "GP_MAXP", "GP_MAXI"]
 
 CONV_MAXP = kernel_limits("conv.c")["MAXP"]
 CONV_MAXI = kernel_limits("conv.c")["MAXI"]
