@@ -94,3 +94,16 @@ def test_time_budget_skips_the_cases_left_and_says_so(tmp_path):
     data = json.loads(out.read_text())
     assert [r["error"] for r in data["results"]] == ["skipped: the time budget of 0 s was spent"] * 2
     assert {"targets", "conv_products", "conv_products_supported", "results", "device"} <= set(data)
+
+
+def test_on_cuda_each_gaunt_model_is_timed_on_the_operators_the_reference_and_triton():
+    """On CUDA every Gaunt case has three rows: ``gaunt-auto`` (the automatic choice: the operators), and the
+    reference and the Triton kernels forced; on the CPU one row, the automatic choice."""
+    import torch
+
+    plan = [(frozenset({"conv", "product"}), 1, 1, 0)]
+    cuda = model_step.mace_variants(object(), True, plan, torch.device("cuda"))
+    gaunt = [(v.impl, v.backend) for v in cuda if v.gaunt]
+    assert gaunt == [("gaunt-auto", None), ("gaunt-torch", "torch"), ("gaunt-triton", "triton")]
+    cpu = model_step.mace_variants(object(), False, plan, torch.device("cpu"))
+    assert [(v.impl, v.backend) for v in cpu if v.gaunt] == [("gaunt-torch", None)]
